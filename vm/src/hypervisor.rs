@@ -1,0 +1,109 @@
+//! The backend-neutral view of a pod VM (Kata's `hypervisor` crate shape, much smaller).
+//!
+//! hulld builds a [`VmConfig`] from the pod and its own config, asks a [`Hypervisor`] to
+//! start it, and gets a [`VmHandle`] back. Whatever the backend, the guest agent is reached
+//! the same way: a host unix socket speaking the hybrid-vsock handshake
+//! (`CONNECT <port>\n` → `OK <port>\n`), at [`VmHandle::agent_socket`].
+
+use std::path::PathBuf;
+
+/// The vsock port hull-agent serves its gRPC API on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Which VMM runs a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// hull-vmm, hull's own monitor (KVM only).
+    Hull,
+    /// QEMU's `microvm` machine (KVM or TCG).
+    Qemu,
+}
+
+/// The pod NIC: a tap device inside the pod's netns, and the MAC/MTU the guest's eth0 gets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: String,
+    pub mtu: u32,
+}
+
+/// Everything a backend needs to boot one pod VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmConfig {
+    /// The sandbox id (names processes, sockets and logs).
+    pub id: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Extra kernel command-line arguments, appended to the backend's own.
+    pub cmdline: String,
+    /// Per-VM runtime dir (`/run/hull/sandboxes/<id>`): sockets, console log, pid files.
+    pub run_dir: PathBuf,
+    /// Path of the netns the VMM process runs in (`/run/netns/hull-<id>`), if any.
+    pub netns: Option<PathBuf>,
+    pub net: Option<NetConfig>,
+    /// Host directory shared into the guest over virtio-fs (tag `hullshare`).
+    pub shared_dir: Option<PathBuf>,
+}
+
+/// Errors from starting, stopping or finding a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("VM config is invalid: {0}")]
+    InvalidConfig(String),
+    #[error("Missing {what} at {path}")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("Failed to spawn {what}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("VM did not come up: {0}")]
+    Boot(String),
+    #[error("Failed to stop VM: {0}")]
+    Stop(String),
+    #[error("I/O error on {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum VmExit {
+    /// The guest powered off or rebooted (a clean shutdown).
+    Shutdown,
+    /// The VMM exited with this code or signal for another reason.
+    Failed { code: Option<i32>, signal: Option<i32> },
+}
+
+/// A running VM. It must survive the drop of the handle (hulld restarts and re-attaches).
+#[async_trait::async_trait]
+pub trait VmHandle: Send + Sync {
+    /// Pid of the VMM process.
+    fn pid(&self) -> u32;
+    /// Host unix socket of the guest's vsock (hybrid vsock handshake).
+    fn agent_socket(&self) -> PathBuf;
+    /// File the guest console (kernel log, agent log) is written to.
+    fn console_log(&self) -> PathBuf;
+    /// Stop the VM: ask nicely, kill after `grace`, and clean up every helper process,
+    /// socket and file the backend made. Idempotent.
+    async fn stop(&self, grace: std::time::Duration) -> Result<VmExit, HypervisorError>;
+    /// Whether the VMM process is still alive.
+    fn is_running(&self) -> bool;
+}
+
+/// A VM backend.
+#[async_trait::async_trait]
+pub trait Hypervisor: Send + Sync {
+    fn backend(&self) -> Backend;
+    /// Boot a VM. On error nothing the call started is left running.
+    async fn start(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError>;
+    /// Re-attach to a VM started by an earlier hulld from what is in its `run_dir`.
+    async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError>;
+}

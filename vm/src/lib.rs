@@ -1,0 +1,8 @@
+//! # hull-vm
+//!
+//! The [`Hypervisor`](hypervisor::Hypervisor) abstraction hulld uses to run each pod's
+//! microVM, and its backends: `qemu` (QEMU microvm, KVM where the host can boot stock guests,
+//! TCG otherwise) and `hull` (hull-vmm, hull's own monitor on rust-vmm crates, the default on
+//! hosts with hardware virtualization). The `hull-vmm` binary lives in this crate too.
+
+pub mod hypervisor;
