@@ -1,7 +1,26 @@
 //! # hull-network
 //!
-//! Pod networking for hull. It will own the named network namespace of each pod
-//! (`/run/netns/hull-<id>`), CNI plugin execution per the CNI spec (ADD/DEL/CHECK, result
-//! cache for DEL after a restart), the tap device inside the netns, and Kata's "tcfilter"
-//! model: ingress qdiscs on eth0 and tap0 with `u32` + `mirred egress redirect` filters both
-//! ways, so the microVM's NIC sees the pod's traffic.
+//! Pod networking for hull:
+//! - [`netns`]: the named network namespace of each pod (`/run/netns/hull-<id>`), and
+//!   running code or processes inside it;
+//! - [`cni`]: CNI plugin execution per the CNI spec (ADD/DEL/CHECK, `prevResult`
+//!   chaining, capabilities through `runtimeConfig`, result cache for DEL after a restart);
+//! - [`tap`]: the persistent tap device inside the netns that the VMM opens by name;
+//! - [`tc`]: Kata's "tcfilter" model: ingress qdiscs on eth0 and the tap with `u32` +
+//!   `mirred egress redirect` filters both ways, so the microVM's NIC sees the pod's traffic;
+//! - [`PodNetwork`]: the facade hulld calls (`setup`, `teardown`, `check`, `ready`).
+//!
+//! All `unsafe` code is in `sys.rs`.
+
+pub mod cni;
+pub mod netlink;
+pub mod netns;
+mod pod;
+mod sys;
+pub mod tap;
+pub mod tc;
+
+pub use pod::{
+    POD_IFNAME, PodNetwork, PodNetworkConfig, PodNetworkError, PodNetworkStatus, PodSpec,
+    SetupTimings,
+};
