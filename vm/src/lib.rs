@@ -6,3 +6,4 @@
 //! hosts with hardware virtualization). The `hull-vmm` binary lives in this crate too.
 
 pub mod hypervisor;
+pub mod vmm;

@@ -1,0 +1,137 @@
+//! hull-vmm: one microVM per process. Reads a JSON config (`--config`) or flags, boots the
+//! guest and exits with a code that says why it stopped (see `ExitReason::code`):
+//! 0 guest shutdown, 1 config error, 2 setup error, 3 guest crash, 4 VMM error,
+//! 5 shutdown requested (API or SIGTERM), 6 all vCPUs halted.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use hull_vm::vmm::builder;
+use hull_vm::vmm::config::{VmmConfig, VsockConfig};
+use hull_vm::vmm::event_loop::EventLoop;
+use hull_vm::vmm::exit::ExitReason;
+
+#[derive(Debug, Parser)]
+#[command(name = "hull-vmm", about = "hull's microVM monitor (KVM)")]
+struct Args {
+    /// JSON config file; when given, the other flags are ignored.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    id: String,
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// Extra kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    #[arg(long)]
+    console_log: Option<PathBuf>,
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    #[arg(long)]
+    rng: bool,
+    #[arg(long)]
+    vsock_cid: Option<u32>,
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+}
+
+fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
+    if let Some(path) = &args.config {
+        return Ok(VmmConfig::from_file(path)?);
+    }
+    let kernel = args
+        .kernel
+        .ok_or_else(|| anyhow::anyhow!("--kernel or --config is required"))?;
+    let vsock = match (args.vsock_cid, args.vsock_uds) {
+        (Some(guest_cid), Some(uds_path)) => Some(VsockConfig {
+            guest_cid,
+            uds_path,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("--vsock-cid and --vsock-uds go together"),
+    };
+    let config = VmmConfig {
+        id: args.id,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        kernel,
+        initramfs: args.initramfs,
+        cmdline: args.cmdline,
+        console_log: args.console_log,
+        api_socket: args.api_socket,
+        rng: args.rng,
+        vsock,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(args: Args) -> ExitReason {
+    let config = match config_from(args) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("hull-vmm: {err:#}");
+            return ExitReason::ConfigError;
+        }
+    };
+    let span = tracing::info_span!("vmm", sandbox_id = %config.id);
+    let _enter = span.enter();
+    let started = std::time::Instant::now();
+    let mut vmm = match builder::build(config) {
+        Ok(vmm) => vmm,
+        Err(err) => {
+            eprintln!("hull-vmm: {}", error_chain(&err));
+            return err.exit_reason();
+        }
+    };
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "VM built"
+    );
+    let event_loop = match EventLoop::new(vmm.exit.clone()) {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("hull-vmm: {:#}", anyhow::Error::from(err));
+            return ExitReason::SetupError;
+        }
+    };
+    match event_loop.run(&mut vmm) {
+        Ok(reason) => reason,
+        Err(err) => {
+            eprintln!("hull-vmm: {:#}", anyhow::Error::from(err));
+            ExitReason::VmmError
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let reason = run(Args::parse());
+    tracing::info!(?reason, code = reason.code(), "hull-vmm exiting");
+    // vCPU threads may still be inside KVM_RUN; exiting the process ends them with the VM.
+    std::process::exit(reason.code());
+}

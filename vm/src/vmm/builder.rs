@@ -1,0 +1,173 @@
+//! Assembling a microVM from a [`VmmConfig`]: a flat recipe of named steps
+//! (Firecracker `builder.rs::build_microvm_for_boot`).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::boot::{self, BootError, LoadedInitrd};
+use super::config::{BASE_CMDLINE, ConfigError, VmmConfig};
+use super::devices::bus::{Bus, BusError};
+use super::devices::i8042::I8042;
+use super::devices::serial::SerialDevice;
+use super::exit::{ExitError, ExitReason, ExitSignal};
+use super::kvm::{KvmError, KvmVm, KvmVmOptions};
+use super::layout;
+use super::memory::{GuestRam, MemoryError};
+use super::regs::BootEntry;
+use super::vcpu::{Vcpu, VcpuError};
+
+/// Errors from building a VM, one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("Invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("Failed to create the exit signal")]
+    ExitSignal(#[from] ExitError),
+    #[error("Failed to create guest memory")]
+    CreateMemory(#[from] MemoryError),
+    #[error("Failed to set up KVM")]
+    Kvm(#[from] KvmError),
+    #[error("Failed to open the console log {path}")]
+    OpenConsole {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to create an interrupt eventfd")]
+    CreateIrqEventFd(#[source] std::io::Error),
+    #[error("Failed to place a device on a bus")]
+    AttachDevice(#[from] BusError),
+    #[error("Failed to load the guest")]
+    Boot(#[from] BootError),
+    #[error("Failed to configure a vCPU")]
+    ConfigureVcpu(#[from] VcpuError),
+}
+
+impl BuildError {
+    /// The exit reason this failure means for the process.
+    pub fn exit_reason(&self) -> ExitReason {
+        match self {
+            BuildError::Config(_) | BuildError::Boot(_) | BuildError::OpenConsole { .. } => {
+                ExitReason::ConfigError
+            }
+            _ => ExitReason::SetupError,
+        }
+    }
+}
+
+/// A built VM, vCPUs configured but not running.
+#[derive(Debug)]
+pub struct Vmm {
+    pub config: VmmConfig,
+    pub exit: Arc<ExitSignal>,
+    pub vcpus: Vec<Vcpu>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    /// Declared after the vCPUs and buses so it is dropped after them; the VM fd before RAM.
+    pub vm: KvmVm,
+    pub ram: GuestRam,
+}
+
+fn console_writer(config: &VmmConfig) -> Result<Box<dyn Write + Send>, BuildError> {
+    match &config.console_log {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::OpenConsole {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Ok(Box::new(file))
+        }
+        None => Ok(Box::new(std::io::sink())),
+    }
+}
+
+/// Serial on COM1 (irqfd GSI 4) and the i8042 reset port.
+fn attach_legacy_devices(
+    vm: &KvmVm,
+    pio: &mut Bus,
+    config: &VmmConfig,
+    exit: &Arc<ExitSignal>,
+) -> Result<(), BuildError> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::CreateIrqEventFd)?;
+    if vm.has_irqchip() {
+        vm.register_irqfd(&irq, layout::SERIAL_IRQ)?;
+    }
+    let serial = SerialDevice::new(irq, console_writer(config)?);
+    pio.insert(
+        u64::from(layout::SERIAL_PORT_BASE),
+        8,
+        Arc::new(Mutex::new(serial)),
+    )?;
+    let i8042 = I8042::new(exit.clone());
+    pio.insert(
+        u64::from(layout::I8042_DATA_PORT),
+        5,
+        Arc::new(Mutex::new(i8042)),
+    )?;
+    Ok(())
+}
+
+/// Kernel, initramfs, command line and boot structures; returns the boot entry.
+fn load_guest(
+    ram: &GuestRam,
+    config: &VmmConfig,
+    extra: &[String],
+) -> Result<BootEntry, BuildError> {
+    let (kernel, result) = boot::load_kernel(ram, &config.kernel)?;
+    let max_initrd = result
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|m| *m != 0)
+        .unwrap_or(u64::MAX);
+    let initrd: Option<LoadedInitrd> = match &config.initramfs {
+        Some(path) => Some(boot::load_initrd(ram, path, kernel.kernel_end, max_initrd)?),
+        None => None,
+    };
+    let mut parts: Vec<&str> = vec![BASE_CMDLINE];
+    parts.extend(extra.iter().map(String::as_str));
+    parts.push(&config.cmdline);
+    let cmdline = boot::build_cmdline(&parts)?;
+    match kernel.entry {
+        BootEntry::Pvh { .. } => boot::write_pvh_start_info(ram, &cmdline, initrd)?,
+        _ => boot::write_linux_boot_params(ram, &cmdline, result.setup_header, initrd)?,
+    }
+    tracing::info!(entry = ?kernel.entry, initrd = ?initrd, "guest loaded");
+    Ok(kernel.entry)
+}
+
+/// Build the VM described by `config`.
+pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
+    config.validate()?;
+    let exit = Arc::new(ExitSignal::new()?);
+    let ram = GuestRam::new(config.memory_mib)?;
+    let vm = KvmVm::new(KvmVmOptions::default())?;
+    vm.register_memory(&ram)?;
+    let mut pio = Bus::new();
+    attach_legacy_devices(&vm, &mut pio, &config, &exit)?;
+    let mmio = Bus::new();
+    let extra_cmdline: Vec<String> = Vec::new();
+    let entry = load_guest(&ram, &config, &extra_cmdline)?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let mut vcpus = Vec::new();
+    for index in 0..config.vcpus {
+        let vcpu = Vcpu::new(&vm, index, pio.clone(), mmio.clone(), exit.clone())?;
+        vcpu.configure(&vm, &ram.memory, entry, config.vcpus)?;
+        vcpus.push(vcpu);
+    }
+    Ok(Vmm {
+        config,
+        exit,
+        vcpus,
+        pio,
+        mmio,
+        vm,
+        ram,
+    })
+}

@@ -1,0 +1,191 @@
+//! What one hull-vmm process runs: read from a JSON file (`--config`) or CLI flags.
+
+use std::path::PathBuf;
+
+use super::memory::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+
+/// Most vCPUs we give one VM (the MP table and IOAPIC routing are sized for this).
+pub const MAX_VCPUS: u32 = 32;
+
+/// Arguments hull-vmm always puts first on the kernel command line.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule \
+    i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// The guest's vsock device, bridged to a host unix socket (hybrid vsock).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id (≥ 3).
+    pub guest_cid: u32,
+    /// Host socket: hosts connect here and send `CONNECT <port>\n`; guest-initiated
+    /// connections to port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// A full hull-vmm configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmmConfig {
+    /// Sandbox id, for logs.
+    #[serde(default)]
+    pub id: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Kernel: ELF vmlinux (PVH entry used if present) or bzImage.
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Extra command-line arguments, after [`BASE_CMDLINE`] and the virtio-mmio devices.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Where the serial console goes (default: discarded).
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+    /// Control API socket.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+    /// Add a virtio-rng device.
+    #[serde(default)]
+    pub rng: bool,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+}
+
+/// Errors in a configuration, found before anything is created.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Failed to read config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to parse config file {path}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("vcpus must be 1..={MAX_VCPUS}, got {0}")]
+    Vcpus(u32),
+    #[error("memory_mib must be {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}, got {0}")]
+    Memory(u64),
+    #[error("Missing {what} at {path}")]
+    Missing { what: &'static str, path: String },
+    #[error("vsock guest_cid must be at least 3, got {0}")]
+    GuestCid(u32),
+}
+
+impl VmmConfig {
+    /// Read and validate a JSON config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: Self = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check sizes and that the files exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        let must_exist = |what, path: &PathBuf| {
+            if path.is_file() {
+                Ok(())
+            } else {
+                Err(ConfigError::Missing {
+                    what,
+                    path: path.display().to_string(),
+                })
+            }
+        };
+        must_exist("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initramfs {
+            must_exist("initramfs", initrd)?;
+        }
+        if let Some(vsock) = &self.vsock
+            && vsock.guest_cid < 3
+        {
+            return Err(ConfigError::GuestCid(vsock.guest_cid));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(kernel: PathBuf) -> VmmConfig {
+        VmmConfig {
+            id: "t".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel,
+            initramfs: None,
+            cmdline: String::new(),
+            console_log: None,
+            api_socket: None,
+            rng: false,
+            vsock: None,
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let path = dir.path().join("c.json");
+        let json = format!(
+            r#"{{"vcpus":2,"memory_mib":256,"kernel":"{}","rng":true,
+                "vsock":{{"guest_cid":3,"uds_path":"/tmp/v.sock"}}}}"#,
+            kernel.display()
+        );
+        std::fs::write(&path, json).unwrap();
+        let c = VmmConfig::from_file(&path).unwrap();
+        assert_eq!((c.vcpus, c.memory_mib, c.rng), (2, 256, true));
+        assert_eq!(c.vsock.unwrap().guest_cid, 3);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let mut c = base(kernel.clone());
+        c.vcpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::Vcpus(0))));
+        let mut c = base(kernel.clone());
+        c.memory_mib = 1;
+        assert!(matches!(c.validate(), Err(ConfigError::Memory(1))));
+        let mut c = base(dir.path().join("nope"));
+        c.vcpus = 1;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Missing { what: "kernel", .. })
+        ));
+        let mut c = base(kernel);
+        c.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: "/x".into(),
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::GuestCid(2))));
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, r#"{"vcpus":1,"unknown":1}"#).unwrap();
+        assert!(matches!(
+            VmmConfig::from_file(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

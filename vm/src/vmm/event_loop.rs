@@ -1,0 +1,127 @@
+//! The VMM thread: starts the vCPUs, then waits on epoll for the exit signal, SIGTERM/SIGINT
+//! (via signalfd) and the handlers registered by devices and the control API.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::builder::Vmm;
+use super::exit::{ExitReason, ExitSignal};
+
+/// Errors from running the event loop.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    #[error("Failed to block termination signals")]
+    BlockSignals(#[source] nix::Error),
+    #[error("Failed to create the signalfd")]
+    CreateSignalFd(#[source] nix::Error),
+    #[error("Failed to create the epoll instance")]
+    CreateEpoll(#[source] std::io::Error),
+    #[error("Failed to register fd {0} with epoll")]
+    AddFd(RawFd, #[source] std::io::Error),
+    #[error("epoll_wait failed")]
+    Wait(#[source] std::io::Error),
+    #[error("Failed to start vCPU threads")]
+    StartVcpus(#[source] super::vcpu::VcpuError),
+}
+
+/// Something the event loop wakes when its fd is readable.
+pub trait EventHandler: Send {
+    /// The fd to watch (level-triggered, readable).
+    fn fd(&self) -> RawFd;
+    /// Handle readiness. Return an exit reason to stop the VM.
+    fn handle(&mut self) -> Option<ExitReason>;
+}
+
+/// The loop's state.
+pub struct EventLoop {
+    epoll: Epoll,
+    exit: Arc<ExitSignal>,
+    signals: SignalFd,
+    handlers: Vec<Box<dyn EventHandler>>,
+}
+
+const EXIT_TOKEN: u64 = u64::MAX;
+const SIGNAL_TOKEN: u64 = u64::MAX - 1;
+
+impl EventLoop {
+    /// Block SIGTERM/SIGINT in this thread (threads spawned later inherit the mask) and
+    /// watch them and `exit` through epoll. Call before spawning any thread.
+    pub fn new(exit: Arc<ExitSignal>) -> Result<Self, EventLoopError> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(EventLoopError::BlockSignals)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(EventLoopError::CreateSignalFd)?;
+        let epoll = Epoll::new().map_err(EventLoopError::CreateEpoll)?;
+        let this = Self {
+            epoll,
+            exit,
+            signals,
+            handlers: Vec::new(),
+        };
+        this.watch(this.exit.eventfd().as_raw_fd(), EXIT_TOKEN)?;
+        this.watch(this.signals.as_raw_fd(), SIGNAL_TOKEN)?;
+        Ok(this)
+    }
+
+    fn watch(&self, fd: RawFd, token: u64) -> Result<(), EventLoopError> {
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(|e| EventLoopError::AddFd(fd, e))
+    }
+
+    /// Watch `handler`'s fd.
+    pub fn add_handler(&mut self, handler: Box<dyn EventHandler>) -> Result<(), EventLoopError> {
+        let token = self.handlers.len() as u64;
+        self.watch(handler.fd(), token)?;
+        self.handlers.push(handler);
+        Ok(())
+    }
+
+    /// Start every vCPU on its own thread, then dispatch events until the VM stops.
+    pub fn run(mut self, vmm: &mut Vmm) -> Result<ExitReason, EventLoopError> {
+        for vcpu in vmm.vcpus.drain(..) {
+            vcpu.spawn(|| Ok(())).map_err(EventLoopError::StartVcpus)?;
+        }
+        tracing::info!(vcpus = vmm.config.vcpus, "vCPUs started");
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(EventLoopError::Wait(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    EXIT_TOKEN => {}
+                    SIGNAL_TOKEN => {
+                        if let Ok(Some(info)) = self.signals.read_signal() {
+                            tracing::info!(signal = info.ssi_signo, "termination signal");
+                            self.exit.stop(ExitReason::ApiShutdown);
+                        }
+                    }
+                    token => {
+                        let idx = usize::try_from(token).unwrap_or(usize::MAX);
+                        if let Some(h) = self.handlers.get_mut(idx)
+                            && let Some(reason) = h.handle()
+                        {
+                            self.exit.stop(reason);
+                        }
+                    }
+                }
+            }
+            if let Some(reason) = self.exit.reason() {
+                return Ok(reason);
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The `hull-vmm` binary end to end on /dev/kvm, with a tiny PVH ELF "kernel" built here:
+//! the full builder path (memfd RAM, irqchip, ELF loader, PVH start info, command line,
+//! serial to a log file, i8042 reset) and the exit codes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// 32-bit code, entered per PVH with %ebx = hvm_start_info:
+///   mov 24(%ebx),%esi        # cmdline_paddr
+///   mov $0x3f8,%dx
+/// 1: lodsb; test %al,%al; jz 2f; out %al,%dx; jmp 1b
+/// 2: mov $'\n',%al; out %al,%dx; mov $0xfe,%al; out %al,$0x64; hlt
+const PRINT_CMDLINE_AND_RESET: &[u8] = &[
+    0x8b, 0x73, 0x18, 0x66, 0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xb0,
+    0x0a, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+];
+
+/// `int3` with an empty IDT: a triple fault.
+const TRIPLE_FAULT: &[u8] = &[0xcc];
+
+const LOAD_ADDR: u64 = 0x10_0000;
+
+/// A minimal ELF64 executable: one PT_LOAD of `code` at 1 MiB and a PT_NOTE carrying the
+/// Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY = 18) pointing at it.
+fn pvh_elf(code: &[u8]) -> Vec<u8> {
+    let mut elf = Vec::new();
+    let (phoff, phnum, note_off, code_off) = (64u64, 2u16, 64 + 2 * 56u64, 0x1000u64);
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&phoff.to_le_bytes());
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, phnum, 64, 0, 0] {
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    let phdr = |elf: &mut Vec<u8>, kind: u32, off: u64, addr: u64, size: u64| {
+        elf.extend_from_slice(&kind.to_le_bytes());
+        elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        for v in [off, addr, addr, size, size, 0x1000] {
+            elf.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    phdr(&mut elf, 1, code_off, LOAD_ADDR, code.len() as u64);
+    phdr(&mut elf, 4, note_off, 0, 20);
+    assert_eq!(elf.len() as u64, note_off);
+    for v in [4u32, 4, 18] {
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    elf.extend_from_slice(b"Xen\0");
+    elf.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+    elf.resize(code_off as usize, 0);
+    elf.extend_from_slice(code);
+    elf
+}
+
+fn run_vmm(dir: &Path, code: &[u8], extra: &[&str]) -> (i32, String, String) {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test needs /dev/kvm (run as root on a host with KVM)"
+    );
+    let kernel = dir.join("tiny.elf");
+    std::fs::write(&kernel, pvh_elf(code)).unwrap();
+    let console = dir.join("console.log");
+    let _ = std::fs::remove_file(&console);
+    let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--console-log")
+        .arg(&console)
+        .args(["--memory-mib", "64", "--id", "test-vm"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), log, stderr)
+}
+
+#[test]
+fn pvh_guest_prints_its_cmdline_and_resets_with_exit_code_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, log, stderr) = run_vmm(
+        dir.path(),
+        PRINT_CMDLINE_AND_RESET,
+        &["--cmdline", "hull.test=42"],
+    );
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        log.starts_with("console=ttyS0 reboot=k"),
+        "console: {log:?}"
+    );
+    assert!(log.trim_end().ends_with("hull.test=42"), "console: {log:?}");
+}
+
+#[test]
+fn triple_fault_exits_with_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run_vmm(dir.path(), TRIPLE_FAULT, &[]);
+    assert_eq!(code, 3, "stderr: {stderr}");
+}
+
+#[test]
+fn two_vcpus_boot_the_same_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, log, stderr) = run_vmm(dir.path(), PRINT_CMDLINE_AND_RESET, &["--vcpus", "2"]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(log.contains("panic=1"), "console: {log:?}");
+}
+
+#[test]
+fn bad_config_exits_with_code_1() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(["--kernel", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Missing kernel"));
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, vec![0u8; 4096]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .arg("--kernel")
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
