@@ -1,0 +1,297 @@
+//! Registry configuration, in the spirit of containerd's `hosts.toml`.
+//!
+//! hulld embeds [`RegistryConfig`] in its TOML config as `[registry]`:
+//!
+//! ```toml
+//! [registry.hosts."registry.k8s.io"]
+//! mirrors = [{ endpoint = "http://127.0.0.1:5000" }]
+//! upstream = false          # never fall back to https://registry.k8s.io
+//!
+//! [registry.hosts."myregistry.example:5443"]
+//! mirrors = [{ endpoint = "https://mirror.example", ca_file = "/etc/hull/mirror-ca.pem" }]
+//! auth = { username = "me", password = "secret" }
+//!
+//! [registry.hosts."127.0.0.1:5001"]
+//! plain_http = true         # the upstream itself speaks http
+//! ```
+//!
+//! A mirror endpoint is `scheme://host[:port]`; the repository path is kept
+//! (`registry.k8s.io/pause:3.10` is fetched as `127.0.0.1:5000/pause:3.10`) and the image
+//! keeps its original name in `RepoTags`. Plain http is used only where configured.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ImageError, Result};
+
+/// The registry section of hull's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Per registry host (`registry.k8s.io`, `docker.io`, `host:port`).
+    pub hosts: BTreeMap<String, HostConfig>,
+    /// The platform picked from multi-platform indexes.
+    pub platform: PlatformConfig,
+    /// Layers fetched and unpacked at once per pull.
+    pub max_concurrent_layers: usize,
+    /// Upper bound of the uncompressed size of one layer, in bytes.
+    pub max_layer_bytes: u64,
+    /// Upper bound of the number of entries in one layer.
+    pub max_layer_entries: u64,
+    /// Upper bound of a manifest, index or config document, in bytes.
+    pub max_manifest_bytes: u64,
+}
+
+/// Settings of one registry host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Mirrors tried in order before the upstream.
+    pub mirrors: Vec<MirrorConfig>,
+    /// Whether the upstream host itself is tried after the mirrors (default true).
+    pub upstream: Option<bool>,
+    /// Speak plain http to the upstream host (never the default).
+    pub plain_http: bool,
+    /// Skip TLS verification of the upstream host.
+    pub skip_verify: bool,
+    /// Extra CA (PEM) for the upstream host.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials for this host, used when the CRI request carries none.
+    pub auth: Option<AuthConfig>,
+}
+
+/// One mirror endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// `http://host:port` or `https://host[:port]`.
+    pub endpoint: String,
+    /// Skip TLS verification (https only).
+    pub skip_verify: bool,
+    /// Extra CA (PEM) trusted for this mirror.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials for the mirror; otherwise the request's credentials are used.
+    pub auth: Option<AuthConfig>,
+}
+
+/// Registry credentials, the same fields as the CRI `AuthConfig`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// User name for basic auth (or the token exchange).
+    pub username: String,
+    /// Password for basic auth.
+    pub password: String,
+    /// base64 of `username:password`.
+    pub auth: String,
+    /// An OAuth2 refresh token, exchanged at the registry's token endpoint.
+    pub identity_token: String,
+    /// A bearer token sent as is.
+    pub registry_token: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("AuthConfig")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The platform to select from an image index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// GOOS-style OS, `linux`.
+    pub os: String,
+    /// GOARCH-style architecture, `amd64`.
+    pub architecture: String,
+    /// Optional variant (`v8`); empty matches any.
+    pub variant: String,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: String::new(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        let local = HostConfig {
+            mirrors: vec![MirrorConfig {
+                endpoint: "http://127.0.0.1:5000".into(),
+                ..MirrorConfig::default()
+            }],
+            upstream: Some(false),
+            ..HostConfig::default()
+        };
+        let hosts = ["registry.k8s.io", "k8s.gcr.io", "gcr.io"]
+            .into_iter()
+            .map(|h| (h.to_string(), local.clone()))
+            .collect();
+        Self {
+            hosts,
+            platform: PlatformConfig::default(),
+            max_concurrent_layers: 3,
+            max_layer_bytes: 32 << 30,
+            max_layer_entries: 2_000_000,
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Where one pull attempt goes: scheme, host and TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Endpoint {
+    /// `host[:port]`, as used in the rewritten reference.
+    pub host: String,
+    pub plain_http: bool,
+    pub skip_verify: bool,
+    pub ca_file: Option<PathBuf>,
+    /// Credentials configured for this endpoint (mirror or host).
+    pub auth: Option<AuthConfig>,
+    pub is_mirror: bool,
+}
+
+impl std::hash::Hash for AuthConfig {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.username.hash(state);
+        self.password.hash(state);
+        self.auth.hash(state);
+        self.identity_token.hash(state);
+        self.registry_token.hash(state);
+    }
+}
+impl Eq for AuthConfig {}
+
+impl RegistryConfig {
+    /// Checks endpoints and limits; call it when loading the config.
+    pub fn validate(&self) -> Result<()> {
+        for (host, cfg) in &self.hosts {
+            for m in &cfg.mirrors {
+                parse_endpoint(&m.endpoint).map_err(|e| {
+                    ImageError::Config(format!("host {host}: mirror {:?}: {e}", m.endpoint))
+                })?;
+            }
+        }
+        if self.max_concurrent_layers == 0 {
+            return Err(ImageError::Config(
+                "max_concurrent_layers must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The endpoints to try for `registry`, in order.
+    pub(crate) fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>> {
+        let Some(cfg) = self.hosts.get(registry) else {
+            return Ok(vec![upstream(registry, &HostConfig::default())]);
+        };
+        let mut out = Vec::with_capacity(cfg.mirrors.len() + 1);
+        for m in &cfg.mirrors {
+            let (plain_http, host) = parse_endpoint(&m.endpoint)
+                .map_err(|e| ImageError::Config(format!("mirror {:?}: {e}", m.endpoint)))?;
+            out.push(Endpoint {
+                host,
+                plain_http,
+                skip_verify: m.skip_verify,
+                ca_file: m.ca_file.clone(),
+                auth: m.auth.clone(),
+                is_mirror: true,
+            });
+        }
+        if cfg.upstream.unwrap_or(true) || out.is_empty() {
+            out.push(upstream(registry, cfg));
+        }
+        Ok(out)
+    }
+}
+
+fn upstream(registry: &str, cfg: &HostConfig) -> Endpoint {
+    // Docker Hub's API lives on index.docker.io.
+    let host = if registry == "docker.io" {
+        "index.docker.io"
+    } else {
+        registry
+    };
+    Endpoint {
+        host: host.to_string(),
+        plain_http: cfg.plain_http,
+        skip_verify: cfg.skip_verify,
+        ca_file: cfg.ca_file.clone(),
+        auth: cfg.auth.clone(),
+        is_mirror: false,
+    }
+}
+
+/// `http://h:p` → (true, "h:p"); `https://h` → (false, "h").
+fn parse_endpoint(endpoint: &str) -> std::result::Result<(bool, String), String> {
+    let (plain, rest) = if let Some(r) = endpoint.strip_prefix("http://") {
+        (true, r)
+    } else if let Some(r) = endpoint.strip_prefix("https://") {
+        (false, r)
+    } else {
+        return Err("must start with http:// or https://".into());
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') || host.contains('@') {
+        return Err("must be scheme://host[:port] without a path".into());
+    }
+    Ok((plain, host.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_maps_k8s_registries_to_local_mirror_only() {
+        let cfg = RegistryConfig::default();
+        cfg.validate().unwrap();
+        for h in ["registry.k8s.io", "k8s.gcr.io", "gcr.io"] {
+            let eps = cfg.endpoints(h).unwrap();
+            assert_eq!(eps.len(), 1);
+            assert_eq!(eps[0].host, "127.0.0.1:5000");
+            assert!(eps[0].plain_http);
+        }
+        let eps = cfg.endpoints("docker.io").unwrap();
+        assert_eq!(eps[0].host, "index.docker.io");
+        assert!(!eps[0].plain_http, "plain http only where configured");
+    }
+
+    #[test]
+    fn toml_round_trip_and_bad_endpoint() {
+        let text = r#"
+            [hosts."example.com"]
+            mirrors = [{ endpoint = "https://m1.example", skip_verify = true }, { endpoint = "http://10.0.0.1:5000" }]
+            auth = { username = "u", password = "p" }
+        "#;
+        let cfg: RegistryConfig = toml::from_str(text).unwrap();
+        let eps = cfg.endpoints("example.com").unwrap();
+        let hosts: Vec<_> = eps
+            .iter()
+            .map(|e| (e.host.as_str(), e.plain_http))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("m1.example", false),
+                ("10.0.0.1:5000", true),
+                ("example.com", false)
+            ]
+        );
+        assert_eq!(eps[2].auth.as_ref().unwrap().username, "u");
+        assert!(format!("{:?}", eps[2].auth).find("p\"").is_none());
+        let bad: RegistryConfig =
+            toml::from_str("[hosts.x]\nmirrors = [{ endpoint = \"ftp://x\" }]").unwrap();
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! PullImage: resolve → store manifests → config → layers (download and unpack, a few at
+//! once, each blob and layer once however many pulls ask) → record.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use tracing::Instrument as _;
+
+use crate::config::AuthConfig;
+use crate::content::Digest;
+use crate::error::{ImageError, Result};
+use crate::meta::{ImageRecord, LayerRecord};
+use crate::registry::Session;
+use crate::registry::manifest::{self, Descriptor};
+use crate::service::{ImageService, parse_reference};
+use crate::unpack::{Compression, Limits};
+
+/// How often a running pull logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Progress {
+    bytes: AtomicU64,
+    layers_done: AtomicU64,
+}
+
+/// Aborts the progress logger when the pull ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ImageService {
+    /// Pulls `image` (tag or digest reference), unpacks its layers and records it.
+    /// Returns the record; its `id` is the CRI image ref.
+    pub async fn pull(&self, image: &str, auth: Option<&AuthConfig>) -> Result<ImageRecord> {
+        let reference = parse_reference(image)?;
+        let span = tracing::info_span!("pull_image", image = %reference.whole());
+        self.pull_inner(reference, auth).instrument(span).await
+    }
+
+    async fn pull_inner(
+        &self,
+        reference: oci_client::Reference,
+        auth: Option<&AuthConfig>,
+    ) -> Result<ImageRecord> {
+        let started = Instant::now();
+        let _gc = self.inner.gc_lock.read().await;
+        let resolved = self.inner.registry.resolve(&reference, auth).await?;
+        tracing::info!(endpoint = %resolved.session.host, manifest = %resolved.manifest_digest, "resolved");
+        for (d, b) in &resolved.documents {
+            self.inner.content.write_bytes(d, b)?;
+        }
+        let m = &resolved.manifest;
+        let max_doc = self.inner.registry.config().max_manifest_bytes;
+        let config_digest = Digest::parse(&m.config.digest)?;
+        let config_size = desc_size(&m.config, max_doc)?;
+        let session = &resolved.session;
+        self.inner
+            .content
+            .ensure(&config_digest, config_size, || {
+                session.blob(&config_digest, &m.config.media_type, m.config.size)
+            })
+            .await?;
+        let config = manifest::parse_config(
+            &config_digest,
+            &self.inner.content.read(&config_digest, max_doc)?,
+        )?;
+        if config.rootfs.diff_ids.len() != m.layers.len() {
+            return Err(ImageError::ParseManifest {
+                digest: config_digest.to_string(),
+                reason: format!(
+                    "{} diff ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    m.layers.len()
+                ),
+            });
+        }
+        let progress = Arc::new(Progress::default());
+        let _logger = AbortOnDrop(tokio::spawn(log_progress(progress.clone(), m.layers.len())));
+        let mut layers = Vec::with_capacity(m.layers.len());
+        for (l, diff) in m.layers.iter().zip(&config.rootfs.diff_ids) {
+            layers.push(LayerRecord {
+                digest: Digest::parse(&l.digest)?.to_string(),
+                diff_id: Digest::parse(diff)?.to_string(),
+                media_type: l.media_type.clone(),
+                size: desc_size(l, u64::MAX)?,
+            });
+        }
+        let n = self.inner.registry.config().max_concurrent_layers;
+        futures::stream::iter(
+            layers
+                .iter()
+                .map(|l| self.fetch_layer(session, l, &progress)),
+        )
+        .buffer_unordered(n)
+        .try_collect::<Vec<()>>()
+        .await?;
+        let (uid, username) =
+            manifest::user_of(config.config.and_then(|c| c.user).as_deref().unwrap_or(""));
+        let repo = format!("{}/{}", reference.registry(), reference.repository());
+        let repo_tags = match (reference.tag(), reference.digest()) {
+            (_, Some(_)) => vec![],
+            (t, None) => vec![format!("{repo}:{}", t.unwrap_or("latest"))],
+        };
+        let rec = ImageRecord {
+            id: config_digest.to_string(),
+            repo_tags,
+            repo_digests: vec![format!("{repo}@{}", resolved.top_digest)],
+            size: config_size + layers.iter().map(|l| l.size).sum::<u64>(),
+            uid,
+            username,
+            pinned: false,
+            annotations: m.annotations.clone(),
+            manifest_digest: resolved.manifest_digest.to_string(),
+            layers,
+            pulled_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let rec = self.inner.meta.upsert(rec)?;
+        tracing::info!(
+            id = %rec.id,
+            layers = rec.layers.len(),
+            bytes = progress.bytes.load(Ordering::Relaxed),
+            ms = started.elapsed().as_millis() as u64,
+            "image pulled"
+        );
+        Ok(rec)
+    }
+
+    async fn fetch_layer(
+        &self,
+        session: &Session,
+        l: &LayerRecord,
+        progress: &Progress,
+    ) -> Result<()> {
+        let digest = Digest::parse(&l.digest)?;
+        let diff_id = Digest::parse(&l.diff_id)?;
+        let compression = Compression::from_media_type(&l.media_type)?;
+        let size = i64::try_from(l.size).unwrap_or(i64::MAX);
+        let fetched = self
+            .inner
+            .content
+            .ensure(&digest, l.size, || async {
+                let s = session.blob(&digest, &l.media_type, size).await?;
+                Ok(s.inspect_ok(|b| {
+                    progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }))
+            })
+            .await?;
+        tracing::debug!(layer = %digest, fetched, "blob present");
+        let cfg = self.inner.registry.config();
+        let limits = Limits {
+            max_bytes: cfg.max_layer_bytes,
+            max_entries: cfg.max_layer_entries,
+        };
+        self.inner
+            .layers
+            .ensure(
+                &diff_id,
+                self.inner.content.path(&digest),
+                compression,
+                limits,
+            )
+            .await?;
+        progress.layers_done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn desc_size(d: &Descriptor, max: u64) -> Result<u64> {
+    let size = u64::try_from(d.size).map_err(|_| ImageError::ParseManifest {
+        digest: d.digest.clone(),
+        reason: "negative size".into(),
+    })?;
+    if size > max {
+        return Err(ImageError::SizeLimit {
+            what: d.digest.clone(),
+            limit: max,
+        });
+    }
+    Ok(size)
+}
+
+async fn log_progress(p: Arc<Progress>, total: usize) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        tracing::info!(
+            bytes = p.bytes.load(Ordering::Relaxed),
+            layers_done = p.layers_done.load(Ordering::Relaxed),
+            layers = total,
+            "pull in progress"
+        );
+    }
+}

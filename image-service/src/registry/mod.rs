@@ -1,0 +1,8 @@
+//! Talking to registries: endpoints from the mirror config, credentials, manifests with
+//! platform selection, and blob streams.
+
+mod auth;
+mod client;
+pub(crate) mod manifest;
+
+pub(crate) use client::{Registry, Session};
