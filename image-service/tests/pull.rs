@@ -142,14 +142,10 @@ async fn multiarch_zstd_plain_and_user() {
 }
 
 fn unpacked_file(env: &Env, rec: &hull_image::ImageRecord, path: &str) -> Vec<u8> {
-    let hex = rec
-        .layers
-        .last()
-        .unwrap()
-        .diff_id
-        .trim_start_matches("sha256:")
-        .to_string();
-    std::fs::read(env.root().join("layers").join(hex).join("fs").join(path)).unwrap()
+    let top = rec.layers.last().expect("image has layers");
+    let hex = top.diff_id.trim_start_matches("sha256:");
+    std::fs::read(env.root().join("layers").join(hex).join("fs").join(path))
+        .expect("read unpacked file")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 pub mod images;
 pub mod registry;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hull_image::{HostConfig, ImageService, MirrorConfig, RegistryConfig};
@@ -45,7 +45,7 @@ pub fn config_for(reg: &TestRegistry) -> RegistryConfig {
 impl Env {
     pub fn new(cfg: RegistryConfig) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let svc = open(&dir.path().to_path_buf(), cfg.clone());
+        let svc = open(dir.path(), cfg.clone());
         Self { dir, svc, cfg }
     }
 
@@ -62,12 +62,12 @@ impl Env {
     }
 }
 
-fn open(dir: &PathBuf, cfg: RegistryConfig) -> ImageService {
+fn open(dir: &Path, cfg: RegistryConfig) -> ImageService {
     let db = redb::Database::create(dir.join("meta.redb")).expect("open redb");
     ImageService::open(&dir.join("images"), Arc::new(db), cfg).expect("open image service")
 }
 
-fn open_fresh_placeholder(dir: &PathBuf) -> ImageService {
+fn open_fresh_placeholder(dir: &Path) -> ImageService {
     let db = redb::Database::create(dir.join("placeholder.redb")).expect("open redb");
     ImageService::open(
         &dir.join("placeholder"),
