@@ -342,3 +342,56 @@ async fn check_detects_missing_mirroring() {
         .unwrap();
     assert!(env.reserved_ips().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packaged_default_conflist_works_with_real_plugins() {
+    let env = TestEnv::new(&[]);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/cni/10-hull-bridge.conflist"
+    ))
+    .unwrap();
+    let mut list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Same config, with this test's unique network name, bridge and subnet.
+    list["name"] = env.net_name.clone().into();
+    list["plugins"][0]["bridge"] = env.bridge.clone().into();
+    list["plugins"][0]["ipam"]["ranges"] = serde_json::json!([[{"subnet": env.subnet}]]);
+    std::fs::write(
+        env.conf_dir.path().join("00-packaged.conflist"),
+        serde_json::to_vec(&list).unwrap(),
+    )
+    .unwrap();
+    let net = env.network();
+    let port = PortMapping {
+        host_port: 18081,
+        container_port: 80,
+        protocol: "tcp".into(),
+        host_ip: String::new(),
+    };
+    let st = net
+        .setup(&spec("pkgpod", vec![port]))
+        .await
+        .map_err(|e| error_chain(&e))
+        .unwrap();
+    assert_eq!(env.reserved_ips(), vec![ipv4(&st).to_string()]);
+    assert!(
+        env.host_links().contains(&env.bridge),
+        "{:?}",
+        env.host_links()
+    );
+    assert!(
+        env.host_cmd(&["iptables-save", "-t", "nat"])
+            .contains("CNI-DN-")
+    );
+    assert_mirroring(&st).await;
+    net.teardown("pkgpod")
+        .await
+        .map_err(|e| error_chain(&e))
+        .unwrap();
+    assert!(env.reserved_ips().is_empty() && env.netns_files().is_empty());
+    assert!(
+        !env.host_cmd(&["iptables-save", "-t", "nat"])
+            .contains("CNI-DN-")
+    );
+    assert!(!env.host_links().iter().any(|l| l.starts_with("veth")));
+}

@@ -136,3 +136,25 @@ fn dns_capability_shape() {
     );
     assert!(RuntimeConfig::default().capability_args().is_empty());
 }
+
+#[test]
+fn packaged_default_conflist_parses() -> Result<(), ConfigError> {
+    let text = include_str!("../../../packaging/cni/10-hull-bridge.conflist");
+    let path = Path::new("10-hull-bridge.conflist");
+    let value = serde_json::from_str(text).map_err(|source| ConfigError::Json {
+        path: path.into(),
+        source,
+    })?;
+    let l = NetworkConfigList::from_list_value(value, path)?;
+    assert_eq!((l.name.as_str(), l.cni_version.as_str()), ("hull", "1.0.0"));
+    assert_eq!(l.plugin_types(), vec!["bridge", "portmap"]);
+    let bridge = &l.plugins[0];
+    assert_eq!(bridge["bridge"], "hull0");
+    assert_eq!(
+        (bridge["isGateway"].clone(), bridge["ipMasq"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(bridge["ipam"]["type"], "host-local");
+    assert_eq!(l.plugins[1]["capabilities"], json!({"portMappings": true}));
+    Ok(())
+}
