@@ -62,6 +62,35 @@ impl Compression {
     }
 }
 
+/// Marks the read error raised at the size limit, wherever the tar reader wraps it.
+#[derive(Debug)]
+struct SizeExceeded;
+impl std::fmt::Display for SizeExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("layer exceeds its size limit")
+    }
+}
+impl std::error::Error for SizeExceeded {}
+
+/// A read error of layer `layer`, or `SizeLimit` when it was the size bound.
+fn read_error(layer: &str, max: u64, e: std::io::Error) -> ImageError {
+    // io::Error::source() skips the wrapped error itself, so start from get_ref().
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
+    while let Some(err) = cur {
+        if err.is::<SizeExceeded>() {
+            return ImageError::SizeLimit {
+                what: format!("layer {layer}"),
+                limit: max,
+            };
+        }
+        cur = err.source();
+    }
+    ImageError::ReadLayer {
+        layer: layer.to_string(),
+        source: e,
+    }
+}
+
 /// Reads through, hashing and counting, failing past the byte limit.
 struct Hashing<R> {
     inner: R,
@@ -75,7 +104,7 @@ impl<R: Read> Read for Hashing<R> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if self.count > self.max {
-            return Err(std::io::Error::other("layer exceeds its size limit"));
+            return Err(std::io::Error::other(SizeExceeded));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -109,36 +138,19 @@ pub fn extract(
         count: 0,
         max: limits.max_bytes,
     };
-    let read_err = |r: &Hashing<Box<dyn Read>>, source| {
-        if r.count > r.max {
-            ImageError::SizeLimit {
-                what: format!("layer {layer}"),
-                limit: r.max,
-            }
-        } else {
-            ImageError::ReadLayer {
-                layer: layer.clone(),
-                source,
-            }
-        }
-    };
+    let max = limits.max_bytes;
     let mut ex = Extractor {
         layer: &layer,
+        max,
         scope: Scope::new(dest),
         dirs: Vec::new(),
     };
     {
         let mut archive = tar::Archive::new(&mut reader);
-        let entries = archive.entries().map_err(|e| ImageError::ReadLayer {
-            layer: layer.clone(),
-            source: e,
-        })?;
+        let entries = archive.entries().map_err(|e| read_error(&layer, max, e))?;
         let mut n = 0u64;
         for entry in entries {
-            let entry = entry.map_err(|e| ImageError::ReadLayer {
-                layer: layer.clone(),
-                source: e,
-            })?;
+            let entry = entry.map_err(|e| read_error(&layer, max, e))?;
             n += 1;
             if n > limits.max_entries {
                 return Err(ImageError::SizeLimit {
@@ -150,7 +162,7 @@ pub fn extract(
         }
     }
     // Trailing padding after the end-of-archive blocks still counts for the diff id.
-    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| read_err(&reader, e))?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| read_error(&layer, max, e))?;
     let actual = Digest::from_hasher(reader.hasher.clone());
     if &actual != diff_id {
         return Err(ImageError::DigestMismatch {
@@ -164,6 +176,7 @@ pub fn extract(
 
 struct Extractor<'a> {
     layer: &'a str,
+    max: u64,
     scope: Scope,
     /// Directories whose mtime is set last (adding children changes it).
     dirs: Vec<(PathBuf, filetime::FileTime)>,
@@ -235,10 +248,7 @@ impl Extractor<'_> {
     }
 
     fn read_err(&self, source: std::io::Error) -> ImageError {
-        ImageError::ReadLayer {
-            layer: self.layer.to_string(),
-            source,
-        }
+        read_error(self.layer, self.max, source)
     }
 
     /// Removes whatever non-directory (or directory, when replaced by a non-directory)
