@@ -133,20 +133,32 @@ impl CniResult {
         Ok(result)
     }
 
-    /// The index of the interface called `ifname` inside the sandbox `netns`.
+    /// The index of the interface called `ifname` inside the sandbox `netns`; if no
+    /// interface names that exact netns path (a plugin may print it differently), the
+    /// first `ifname` that is inside some sandbox.
     pub fn interface_index(&self, ifname: &str, netns: &str) -> Option<usize> {
         self.interfaces
             .iter()
             .position(|i| i.name == ifname && i.sandbox == netns)
+            .or_else(|| {
+                self.interfaces
+                    .iter()
+                    .position(|i| i.name == ifname && !i.sandbox.is_empty())
+            })
     }
 
-    /// The addresses of `ifname` (an IP without an interface index counts too).
+    /// The addresses of interface `index` (an IP without an interface index counts too).
+    /// With no such interface, all addresses.
     pub fn ips_of(&self, index: Option<usize>) -> Vec<IpConfig> {
-        self.ips
-            .iter()
-            .filter(|ip| ip.interface.is_none() || ip.interface == index)
-            .cloned()
-            .collect()
+        match index {
+            Some(_) => self
+                .ips
+                .iter()
+                .filter(|ip| ip.interface.is_none() || ip.interface == index)
+                .cloned()
+                .collect(),
+            None => self.ips.clone(),
+        }
     }
 }
 

@@ -29,6 +29,10 @@ fn parses_1_0_0_result() -> Result<(), ResultError> {
     assert_eq!(r.routes[1].gw, None);
     assert_eq!(r.dns.nameservers, vec!["10.96.0.10".to_string()]);
     assert_eq!(r.ips_of(Some(0)).len(), 0);
+    // A differently spelled netns path still finds eth0; no eth0 at all gives every IP.
+    assert_eq!(r.interface_index("eth0", "/var/run/netns/hull-x"), Some(2));
+    assert_eq!(r.interface_index("eth1", "/run/netns/hull-x"), None);
+    assert_eq!(r.ips_of(None).len(), 2);
     Ok(())
 }
 
