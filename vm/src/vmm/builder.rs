@@ -11,7 +11,10 @@ use super::boot::{self, BootError, LoadedInitrd};
 use super::config::{BASE_CMDLINE, ConfigError, VmmConfig};
 use super::devices::bus::{Bus, BusError};
 use super::devices::i8042::I8042;
+use super::devices::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use super::devices::rng::Rng;
 use super::devices::serial::SerialDevice;
+use super::devices::virtio::VirtioDevice;
 use super::exit::{ExitError, ExitReason, ExitSignal};
 use super::kvm::{KvmError, KvmVm, KvmVmOptions};
 use super::layout;
@@ -40,6 +43,10 @@ pub enum BuildError {
     CreateIrqEventFd(#[source] std::io::Error),
     #[error("Failed to place a device on a bus")]
     AttachDevice(#[from] BusError),
+    #[error("Failed to create a virtio-mmio transport")]
+    CreateTransport(#[from] MmioError),
+    #[error("Too many virtio devices (GSIs {first}..={last} are all used)")]
+    TooManyDevices { first: u32, last: u32 },
     #[error("Failed to load the guest")]
     Boot(#[from] BootError),
     #[error("Failed to configure a vCPU")]
@@ -114,6 +121,39 @@ fn attach_legacy_devices(
     Ok(())
 }
 
+/// Put `device` in virtio-mmio window `index` with GSI `IRQ_BASE + index`: irqfd for its
+/// interrupt, one ioeventfd per queue on QueueNotify. Returns the transport and the
+/// `virtio_mmio.device=` kernel argument that tells the guest where it is.
+pub fn attach_virtio_device(
+    vm: &KvmVm,
+    mmio: &mut Bus,
+    ram: &GuestRam,
+    exit: &Arc<ExitSignal>,
+    index: u32,
+    device: Box<dyn VirtioDevice>,
+) -> Result<(Arc<Mutex<MmioTransport>>, String), BuildError> {
+    let gsi = layout::IRQ_BASE + index;
+    if gsi > layout::IRQ_MAX {
+        return Err(BuildError::TooManyDevices {
+            first: layout::IRQ_BASE,
+            last: layout::IRQ_MAX,
+        });
+    }
+    let base = layout::mmio_window(index);
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::CreateIrqEventFd)?;
+    if vm.has_irqchip() {
+        vm.register_irqfd(&irq, gsi)?;
+    }
+    let transport = MmioTransport::new(device, ram.memory.clone(), irq, exit.clone())?;
+    for (q, evt) in (0u32..).zip(transport.queue_evts()) {
+        vm.register_mmio_ioevent(evt, base + QUEUE_NOTIFY_OFFSET, Some(q))?;
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(base, layout::MMIO_WINDOW_SIZE, transport.clone())?;
+    let arg = format!("virtio_mmio.device=4K@{base:#x}:{gsi}");
+    Ok((transport, arg))
+}
+
 /// Kernel, initramfs, command line and boot structures; returns the boot entry.
 fn load_guest(
     ram: &GuestRam,
@@ -151,8 +191,16 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
     vm.register_memory(&ram)?;
     let mut pio = Bus::new();
     attach_legacy_devices(&vm, &mut pio, &config, &exit)?;
-    let mmio = Bus::new();
-    let extra_cmdline: Vec<String> = Vec::new();
+    let mut mmio = Bus::new();
+    let mut extra_cmdline: Vec<String> = Vec::new();
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    for (index, device) in (0u32..).zip(devices) {
+        let (_, arg) = attach_virtio_device(&vm, &mut mmio, &ram, &exit, index, device)?;
+        extra_cmdline.push(arg);
+    }
     let entry = load_guest(&ram, &config, &extra_cmdline)?;
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut vcpus = Vec::new();

@@ -3,4 +3,9 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod mmio;
+pub mod rng;
 pub mod serial;
+#[cfg(test)]
+pub mod test_utils;
+pub mod virtio;

@@ -1,0 +1,362 @@
+//! hull-vmm's virtio-mmio transport (virtio 1.x, "version 2" register layout).
+//!
+//! Guest input is checked before use (Firecracker `transport/mmio.rs`): only 4-byte register
+//! accesses are answered (config space may be accessed at any width), unknown offsets are
+//! logged and ignored, the driver status may only move along the spec's sequence, features are
+//! only accepted between DRIVER and FEATURES_OK and must include VERSION_1, queue registers
+//! only change before DRIVER_OK, and every queue must pass size/alignment/bounds checks before
+//! the device is activated.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::bus::BusDevice;
+use super::virtio::{Activation, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt, status};
+use crate::vmm::exit::ExitSignal;
+use crate::vmm::memory::GuestMemoryMmap;
+
+/// "virt" in little endian.
+pub const MMIO_MAGIC: u32 = 0x7472_6976;
+/// Register layout version (virtio 1.x).
+pub const MMIO_VERSION: u32 = 2;
+/// Vendor id we report ("HULL" is not registered anywhere; QEMU reports 0x554d4551).
+pub const VENDOR_ID: u32 = 0x4c4c_5548;
+/// Offset of the QueueNotify register (where ioeventfds are registered).
+pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+/// Start of the device config space.
+pub const CONFIG_OFFSET: u64 = 0x100;
+
+/// Errors from creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    #[error("Device declares an invalid queue max size {0}")]
+    QueueMaxSize(u16),
+    #[error("Failed to create a queue eventfd")]
+    CreateEventFd(#[source] std::io::Error),
+}
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    interrupt: Arc<VirtioInterrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    stop_evt: Option<EventFd>,
+    status: u32,
+    features_select: u32,
+    acked_features_select: u32,
+    acked_features: u64,
+    queue_select: u32,
+    config_generation: u32,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// The driver-status changes the spec allows (from, to); plus any → 0 (reset) and
+/// any → |FAILED.
+const ALLOWED_STATUS: [(u32, u32); 4] = [
+    (0, status::ACKNOWLEDGE),
+    (status::ACKNOWLEDGE, status::ACKNOWLEDGE | status::DRIVER),
+    (
+        status::ACKNOWLEDGE | status::DRIVER,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    ),
+    (
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    ),
+];
+
+impl MmioTransport {
+    /// Wrap `device`, whose interrupt is `irqfd`.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irqfd: EventFd,
+        exit: Arc<ExitSignal>,
+    ) -> Result<Self, MmioError> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &max in device.queue_max_sizes() {
+            queues.push(Queue::new(max).map_err(|_| MmioError::QueueMaxSize(max))?);
+            queue_evts.push(EventFd::new(EFD_NONBLOCK).map_err(MmioError::CreateEventFd)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            exit,
+            interrupt: Arc::new(VirtioInterrupt::new(irqfd)),
+            queues,
+            queue_evts,
+            stop_evt: None,
+            status: 0,
+            features_select: 0,
+            acked_features_select: 0,
+            acked_features: 0,
+            queue_select: 0,
+            config_generation: 0,
+        })
+    }
+
+    /// The notification eventfd of each queue (the builder registers them as ioeventfds at
+    /// `base + QUEUE_NOTIFY_OFFSET` with the queue index as datamatch).
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// The interrupt (tests check InterruptStatus and the irqfd).
+    pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
+        &self.interrupt
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        let index = usize::try_from(self.queue_select).ok()?;
+        self.queues.get_mut(index)
+    }
+
+    fn features_negotiable(&self) -> bool {
+        self.status == status::ACKNOWLEDGE | status::DRIVER
+    }
+
+    fn queues_configurable(&self) -> bool {
+        self.status & status::FEATURES_OK != 0 && self.status & status::DRIVER_OK == 0
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = usize::try_from(self.queue_select)
+            .ok()
+            .and_then(|i| self.queues.get(i));
+        match offset {
+            0x00 => MMIO_MAGIC,
+            0x04 => MMIO_VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => {
+                let f = self.device.device_features();
+                match self.features_select {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            0x34 => queue.map_or(0, |q| u32::from(q.max_size())),
+            0x44 => queue.map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => {
+                tracing::debug!(offset, "read of unknown virtio-mmio register");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            0x14 => self.features_select = value,
+            0x20 => self.write_driver_features(value),
+            0x24 => self.acked_features_select = value,
+            0x30 => self.queue_select = value,
+            0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {
+                self.write_queue_register(offset, value)
+            }
+            QUEUE_NOTIFY_OFFSET => self.notify(value),
+            0x64 => self.interrupt.ack(value),
+            0x70 => self.write_status(value),
+            _ => tracing::debug!(offset, "write of unknown virtio-mmio register"),
+        }
+    }
+
+    fn write_driver_features(&mut self, value: u32) {
+        if !self.features_negotiable() {
+            tracing::debug!(
+                status = self.status,
+                "driver features written in wrong state"
+            );
+            return;
+        }
+        let shift = match self.acked_features_select {
+            0 => 0,
+            1 => 32,
+            _ => return,
+        };
+        let offered = self.device.device_features();
+        let mask = 0xffff_ffffu64 << shift;
+        // Only offered features can be acked; anything else is dropped.
+        self.acked_features =
+            (self.acked_features & !mask) | ((u64::from(value) << shift) & offered & mask);
+    }
+
+    fn write_queue_register(&mut self, offset: u64, value: u32) {
+        if !self.queues_configurable() {
+            tracing::debug!(
+                status = self.status,
+                offset,
+                "queue register written in wrong state"
+            );
+            return;
+        }
+        let Some(q) = self.selected_queue() else {
+            return;
+        };
+        match offset {
+            0x38 => match u16::try_from(value) {
+                Ok(size) if size.is_power_of_two() && size <= q.max_size() => q.set_size(size),
+                _ => tracing::debug!(value, "rejected queue size"),
+            },
+            0x44 => q.set_ready(value == 1),
+            0x80 => q.set_desc_table_address(Some(value), None),
+            0x84 => q.set_desc_table_address(None, Some(value)),
+            0x90 => q.set_avail_ring_address(Some(value), None),
+            0x94 => q.set_avail_ring_address(None, Some(value)),
+            0xa0 => q.set_used_ring_address(Some(value), None),
+            0xa4 => q.set_used_ring_address(None, Some(value)),
+            _ => {}
+        }
+    }
+
+    fn notify(&mut self, value: u32) {
+        // Without an ioeventfd the write arrives here; forward it to the same eventfd.
+        match usize::try_from(value)
+            .ok()
+            .and_then(|i| self.queue_evts.get(i))
+        {
+            Some(evt) => {
+                let _ = evt.write(1);
+            }
+            None => tracing::debug!(value, "notify of a queue that does not exist"),
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & status::FAILED != 0 {
+            self.status |= status::FAILED;
+            return;
+        }
+        if !ALLOWED_STATUS.contains(&(self.status, value)) {
+            tracing::debug!(from = self.status, to = value, "rejected status change");
+            return;
+        }
+        if value & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
+            // The driver must accept VERSION_1: hull devices have no legacy interface.
+            if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+                tracing::debug!("driver did not accept VIRTIO_F_VERSION_1");
+                return;
+            }
+        }
+        if value & status::DRIVER_OK != 0 && !self.activate() {
+            self.status |= status::DEVICE_NEEDS_RESET;
+            return;
+        }
+        self.status = value;
+    }
+
+    /// Check every queue and hand them to the device. False if a queue is bad.
+    fn activate(&mut self) -> bool {
+        for (i, q) in self.queues.iter().enumerate() {
+            if !q.is_valid(&self.mem) {
+                tracing::warn!(queue = i, "queue is not ready or lies outside guest memory");
+                return false;
+            }
+        }
+        let cloned: Result<Vec<_>, _> = self.queue_evts.iter().map(EventFd::try_clone).collect();
+        let stop = EventFd::new(EFD_NONBLOCK);
+        let (Ok(queue_evts), Ok(stop_evt)) = (cloned, stop) else {
+            tracing::error!("failed to clone eventfds for activation");
+            return false;
+        };
+        let Ok(worker_stop) = stop_evt.try_clone() else {
+            return false;
+        };
+        let queues: Result<Vec<Queue>, _> = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect();
+        let Ok(queues) = queues else {
+            return false;
+        };
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            queue_evts,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.acked_features,
+            stop_evt: worker_stop,
+            exit: self.exit.clone(),
+        };
+        match self.device.activate(activation) {
+            Ok(()) => {
+                self.stop_evt = Some(stop_evt);
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "device activation failed");
+                false
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Some(stop) = self.stop_evt.take() {
+            let _ = stop.write(1);
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.status = 0;
+        self.features_select = 0;
+        self.acked_features_select = 0;
+        self.acked_features = 0;
+        self.queue_select = 0;
+        self.interrupt.ack(u32::MAX);
+        self.config_generation = self.config_generation.wrapping_add(1);
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_OFFSET {
+            self.device.read_config(offset - CONFIG_OFFSET, data);
+            return;
+        }
+        match <&mut [u8; 4]>::try_from(data) {
+            Ok(buf) => *buf = self.read_register(offset).to_le_bytes(),
+            Err(_) => tracing::debug!(offset, "non-4-byte read of a virtio-mmio register"),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_OFFSET {
+            self.device.write_config(offset - CONFIG_OFFSET, data);
+            return;
+        }
+        match <[u8; 4]>::try_from(data) {
+            Ok(buf) => self.write_register(offset, u32::from_le_bytes(buf)),
+            Err(_) => tracing::debug!(offset, "non-4-byte write of a virtio-mmio register"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
