@@ -1,5 +1,7 @@
 //! A CNI runtime per the CNI spec (0.3.x, 0.4.0, 1.0.0, 1.1.0): load the network from the
-//! lexically first `.conflist`/`.conf`/`.json` in the conf dir, run its plugins for
+//! lexically first valid `.conflist`/`.conf`/`.json` in the conf dir (invalid files are
+//! skipped with a warning, as CRI-O does, so one stray file does not take the node
+//! network down), run its plugins for
 //! ADD (in order, chaining `prevResult`), DEL (in reverse, with the cached result) and
 //! CHECK, pass capabilities through `runtimeConfig` to the plugins that declare them, and
 //! cache config + result per sandbox so DEL works after a restart or a config change.
@@ -47,7 +49,9 @@ pub enum CniError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Failed to load the CNI network config")]
+    #[error("No valid CNI network config in {dir}: {problems}")]
+    NoValidConfig { dir: PathBuf, problems: String },
+    #[error("Failed to load the cached CNI network config")]
     LoadConfig(#[from] ConfigError),
     #[error("Invalid CNI argument {0:?}")]
     InvalidArgs(String),
@@ -171,7 +175,9 @@ impl Cni {
         &self.cache
     }
 
-    /// Loads the lexically first `.conflist`/`.conf`/`.json` of the conf dir.
+    /// Loads the lexically first valid `.conflist`/`.conf`/`.json` of the conf dir.
+    /// Invalid files are skipped with a warning (as CRI-O does, and as hulld's condition
+    /// check does); if none is valid, the error names each file's problem.
     pub fn load_network(&self) -> Result<NetworkConfigList, CniError> {
         let dir = &self.config.conf_dir;
         let rd = std::fs::read_dir(dir).map_err(|source| CniError::ReadConfDir {
@@ -187,10 +193,25 @@ impl Cni {
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        let first = files
-            .first()
-            .ok_or_else(|| CniError::NoConfig(dir.clone()))?;
-        Ok(NetworkConfigList::from_file(first)?)
+        let mut problems = Vec::new();
+        for file in &files {
+            match NetworkConfigList::from_file(file) {
+                Ok(list) => {
+                    for p in &problems {
+                        warn!(problem = %p, "skipped an invalid CNI config");
+                    }
+                    return Ok(list);
+                }
+                Err(e) => problems.push(error_chain(&e)),
+            }
+        }
+        if problems.is_empty() {
+            return Err(CniError::NoConfig(dir.clone()));
+        }
+        Err(CniError::NoValidConfig {
+            dir: dir.clone(),
+            problems: problems.join("; "),
+        })
     }
 
     /// Whether a usable network exists: a parseable config whose plugins are all found.
@@ -295,7 +316,11 @@ impl Cni {
         }
         match self.load_network() {
             Ok(list) => Ok(Some((list, None))),
-            Err(CniError::NoConfig(_) | CniError::ReadConfDir { .. }) => Ok(None),
+            Err(
+                CniError::NoConfig(_)
+                | CniError::ReadConfDir { .. }
+                | CniError::NoValidConfig { .. },
+            ) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -460,7 +485,11 @@ mod tests {
             std::fs::Permissions::from_mode(0o755),
         )?;
         assert!(cni.validate().is_ok());
+        // An invalid file is skipped; with no valid file left, the message names it.
         std::fs::write(dir.path().join("05-bad.conflist"), "{")?;
+        assert_eq!(cni.load_network()?.name, "a");
+        std::fs::remove_file(dir.path().join("10-a.conf"))?;
+        std::fs::remove_file(dir.path().join("20-b.conflist"))?;
         let nr = cni
             .validate()
             .err()
