@@ -79,7 +79,10 @@ pub enum VmExit {
     /// The guest powered off or rebooted (a clean shutdown).
     Shutdown,
     /// The VMM exited with this code or signal for another reason.
-    Failed { code: Option<i32>, signal: Option<i32> },
+    Failed {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 /// A running VM. It must survive the drop of the handle (hulld restarts and re-attaches).

@@ -6,4 +6,5 @@
 //! hosts with hardware virtualization). The `hull-vmm` binary lives in this crate too.
 
 pub mod hypervisor;
+pub mod qemu;
 pub mod vmm;

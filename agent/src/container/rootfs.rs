@@ -1,0 +1,277 @@
+//! Mount namespace setup of a container's init process (runs in the helper's child, in its
+//! new mount namespace, before `pivot_root`).
+//!
+//! The agent switched the guest's root away from the initramfs rootfs at boot (see
+//! `init::switch_root`), so `pivot_root` works here. Mount destinations are joined onto the
+//! rootfs path without resolving symlinks inside the rootfs; a hostile image can only
+//! redirect a mount inside its own VM.
+
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use super::spec::{Mount, Spec};
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Device nodes bind-mounted from the guest's /dev into the container's /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Mounts used when the spec has none.
+fn default_mounts() -> Vec<Mount> {
+    let m = |dest: &str, kind: &str, opts: &[&str]| Mount {
+        destination: dest.to_owned(),
+        kind: Some(kind.to_owned()),
+        source: Some(kind.to_owned()),
+        options: opts.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    vec![
+        m("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+        m(
+            "/dev",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        m(
+            "/dev/pts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        ),
+        m(
+            "/dev/shm",
+            "tmpfs",
+            &["nosuid", "noexec", "nodev", "mode=1777"],
+        ),
+        m("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+    ]
+}
+
+pub fn setup(rootfs: &Path, spec: &Spec) -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make / private: {e}"))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind rootfs {}: {e}", rootfs.display()))?;
+    let mounts = if spec.mounts.is_empty() {
+        default_mounts()
+    } else {
+        spec.mounts.clone()
+    };
+    let mut dev_is_tmpfs = false;
+    for m in &mounts {
+        mount_one(rootfs, m)?;
+        dev_is_tmpfs |= m.destination == "/dev" && m.kind.as_deref() == Some("tmpfs");
+    }
+    if dev_is_tmpfs {
+        populate_dev(rootfs)?;
+    }
+    pivot(rootfs)?;
+    if let Some(linux) = &spec.linux {
+        for (key, value) in &linux.sysctl {
+            let path = hull_agent_api::validate::sysctl_key(key).map_err(|e| e.to_string())?;
+            std::fs::write(&path, value).map_err(|e| format!("sysctl {key}: {e}"))?;
+        }
+        for p in &linux.masked_paths {
+            mask(p)?;
+        }
+        for p in &linux.readonly_paths {
+            readonly(p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Splits OCI mount options into flags and the data string.
+fn parse_options(options: &[String]) -> (MsFlags, bool, Vec<String>) {
+    let mut flags = MsFlags::empty();
+    let mut bind = false;
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "bind" => bind = true,
+            "rbind" => {
+                bind = true;
+                flags |= MsFlags::MS_REC;
+            }
+            other => data.push(other.to_owned()),
+        }
+    }
+    (flags, bind, data)
+}
+
+fn mount_one(rootfs: &Path, m: &Mount) -> Result<()> {
+    let dest = rootfs.join(m.destination.trim_start_matches('/'));
+    let kind = m.kind.as_deref().unwrap_or("bind");
+    let (flags, bind, data) = parse_options(&m.options);
+    if bind || kind == "bind" {
+        let source = m.source.as_deref().ok_or("bind mount without source")?;
+        make_target(&dest, Path::new(source).is_dir())?;
+        let rec = flags & MsFlags::MS_REC;
+        mount(
+            Some(source),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND | rec,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind {source} on {}: {e}", m.destination))?;
+        // Bind mounts take their flags only on a remount.
+        let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | (flags - MsFlags::MS_REC);
+        if flags.intersects(
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        ) {
+            mount(None::<&str>, &dest, None::<&str>, remount, None::<&str>)
+                .map_err(|e| format!("remount {}: {e}", m.destination))?;
+        }
+        return Ok(());
+    }
+    let kind = if kind == "cgroup" { "cgroup2" } else { kind };
+    make_target(&dest, true)?;
+    let data = data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    let source = m.source.as_deref().unwrap_or(kind);
+    mount(Some(source), &dest, Some(kind), flags, data)
+        .map_err(|e| format!("mount {kind} on {}: {e}", m.destination))
+}
+
+fn make_target(dest: &Path, dir: bool) -> Result<()> {
+    let made = if dir {
+        std::fs::create_dir_all(dest)
+    } else {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dest)
+            .map(drop)
+    };
+    made.map_err(|e| format!("create mount point {}: {e}", dest.display()))
+}
+
+fn populate_dev(rootfs: &Path) -> Result<()> {
+    let dev = rootfs.join("dev");
+    for name in DEVICES {
+        let target = dev.join(name);
+        make_target(&target, false)?;
+        mount(
+            Some(&Path::new("/dev").join(name)),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind /dev/{name}: {e}"))?;
+    }
+    let links = [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ];
+    for (link, target) in links {
+        let path = dev.join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(target, &path)
+            .map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `pivot_root(rootfs, rootfs)` then detach the old root (runc's trick, no put_old dir).
+fn pivot(rootfs: &Path) -> Result<()> {
+    nix::unistd::chdir(rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach old root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+fn mask(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    if !p.exists() {
+        return Ok(());
+    }
+    let result = if p.is_dir() {
+        mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    };
+    result.map_err(|e| format!("mask {path}: {e}"))
+}
+
+fn readonly(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    if !p.exists() {
+        return Ok(());
+    }
+    mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .and_then(|()| {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
+        mount(None::<&str>, p, None::<&str>, flags, None::<&str>)
+    })
+    .map_err(|e| format!("readonly {path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let opts: Vec<String> = ["rbind", "ro", "nosuid", "mode=755", "size=1k"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let (flags, bind, data) = parse_options(&opts);
+        assert!(bind);
+        assert!(flags.contains(MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+        assert_eq!(data, vec!["mode=755", "size=1k"]);
+    }
+}

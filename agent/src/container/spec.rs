@@ -1,0 +1,270 @@
+//! The subset of the OCI runtime spec (config.json) the agent implements, with validation.
+//! Unknown fields are ignored; fields that matter but are not implemented (user namespaces)
+//! are rejected rather than silently dropped.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    pub process: Option<Process>,
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    pub linux: Option<Linux>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    #[serde(default)]
+    pub terminal: bool,
+    pub console_size: Option<ConsoleSize>,
+    #[serde(default)]
+    pub user: User,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default = "root_dir")]
+    pub cwd: String,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+fn root_dir() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ConsoleSize {
+    pub height: u16,
+    pub width: u16,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hard: u64,
+    pub soft: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Mount {
+    pub destination: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub source: Option<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Linux {
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory: Option<Memory>,
+    pub cpu: Option<Cpu>,
+    pub pids: Option<Pids>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Memory {
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cpu {
+    pub shares: Option<u64>,
+    pub quota: Option<i64>,
+    pub period: Option<u64>,
+    pub cpus: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pids {
+    pub limit: i64,
+}
+
+/// Validation errors (reported as `InvalidArgument`).
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("OCI spec is not valid JSON for the supported subset: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("OCI spec has no process")]
+    NoProcess,
+    #[error("process.args is empty")]
+    NoArgs,
+    #[error("{field} {value:?} must be an absolute path without '..'")]
+    BadPath { field: &'static str, value: String },
+    #[error("process.env entry {0:?} is not KEY=VALUE")]
+    BadEnv(String),
+    #[error("{0} namespaces are not supported")]
+    UnsupportedNamespace(String),
+    #[error("rlimit {0:?} is unknown")]
+    BadRlimit(String),
+    #[error("a string in the spec contains a NUL byte")]
+    Nul,
+}
+
+/// An absolute path with no `..` component and no NUL.
+pub fn check_path(field: &'static str, value: &str) -> Result<(), SpecError> {
+    if !value.starts_with('/') || value.split('/').any(|c| c == "..") || value.contains('\0') {
+        return Err(SpecError::BadPath {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl Process {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.args.is_empty() {
+            return Err(SpecError::NoArgs);
+        }
+        check_path("process.cwd", &self.cwd)?;
+        for e in &self.env {
+            if !e.contains('=') || e.starts_with('=') {
+                return Err(SpecError::BadEnv(e.clone()));
+            }
+        }
+        let strings = self.args.iter().chain(&self.env);
+        if strings.into_iter().any(|s| s.contains('\0')) {
+            return Err(SpecError::Nul);
+        }
+        for r in &self.rlimits {
+            rlimit_resource(&r.kind).ok_or_else(|| SpecError::BadRlimit(r.kind.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Spec {
+    pub fn parse(json: &[u8]) -> Result<Self, SpecError> {
+        let spec: Spec = serde_json::from_slice(json)?;
+        spec.process
+            .as_ref()
+            .ok_or(SpecError::NoProcess)?
+            .validate()?;
+        for m in &spec.mounts {
+            check_path("mounts[].destination", &m.destination)?;
+        }
+        if let Some(linux) = &spec.linux {
+            for ns in &linux.namespaces {
+                if ns.kind == "user" {
+                    return Err(SpecError::UnsupportedNamespace(ns.kind.clone()));
+                }
+            }
+            for p in linux.masked_paths.iter().chain(&linux.readonly_paths) {
+                check_path("linux.maskedPaths/readonlyPaths", p)?;
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Whether the spec asks for a new namespace of this kind (no `path`).
+    pub fn wants_namespace(&self, kind: &str) -> bool {
+        self.linux.as_ref().is_some_and(|l| {
+            l.namespaces
+                .iter()
+                .any(|n| n.kind == kind && n.path.is_none())
+        })
+    }
+}
+
+/// Maps an OCI rlimit name (`RLIMIT_NOFILE`) to the libc resource.
+pub fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    Some(match name {
+        "RLIMIT_NOFILE" => R::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => R::RLIMIT_NPROC,
+        "RLIMIT_CORE" => R::RLIMIT_CORE,
+        "RLIMIT_STACK" => R::RLIMIT_STACK,
+        "RLIMIT_MEMLOCK" => R::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => R::RLIMIT_AS,
+        "RLIMIT_FSIZE" => R::RLIMIT_FSIZE,
+        "RLIMIT_CPU" => R::RLIMIT_CPU,
+        "RLIMIT_DATA" => R::RLIMIT_DATA,
+        "RLIMIT_NICE" => R::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => R::RLIMIT_RTPRIO,
+        "RLIMIT_SIGPENDING" => R::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => R::RLIMIT_MSGQUEUE,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_runc_style_spec() {
+        let json = br#"{"ociVersion":"1.0.2","process":{"terminal":false,"user":{"uid":0,"gid":0},
+            "args":["sh","-c","exit 3"],"env":["PATH=/bin"],"cwd":"/",
+            "rlimits":[{"type":"RLIMIT_NOFILE","hard":1024,"soft":1024}]},
+            "root":{"path":"rootfs"},"hostname":"c1",
+            "mounts":[{"destination":"/proc","type":"proc","source":"proc"}],
+            "linux":{"namespaces":[{"type":"pid"},{"type":"mount"},{"type":"network","path":"/x"}],
+            "resources":{"memory":{"limit":67108864},"pids":{"limit":100}}}}"#;
+        let spec = Spec::parse(json).expect("valid");
+        assert!(spec.wants_namespace("pid"));
+        assert!(!spec.wants_namespace("network"));
+        assert_eq!(spec.mounts.len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        let bad: [&[u8]; 7] = [
+            b"{",
+            br#"{"hostname":"x"}"#,
+            br#"{"process":{"args":[]}}"#,
+            br#"{"process":{"args":["a"],"cwd":"rel"}}"#,
+            br#"{"process":{"args":["a"],"env":["NOEQUALS"]}}"#,
+            br#"{"process":{"args":["a"]},"mounts":[{"destination":"/a/../../etc"}]}"#,
+            br#"{"process":{"args":["a"]},"linux":{"namespaces":[{"type":"user"}]}}"#,
+        ];
+        for json in bad {
+            assert!(
+                Spec::parse(json).is_err(),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The gRPC service: thin handlers that validate, call [`crate::container`] or
+//! [`crate::sandbox`], and map errors to status codes. Bad requests get
+//! `InvalidArgument`/`NotFound`/`AlreadyExists`/`FailedPrecondition`, never a crash.
+
+use std::io::{Read, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hull_agent_api::v1::{self as pb, agent_server::Agent};
+use hull_agent_api::{AGENT_VSOCK_PORT, AgentServer, VERSION};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::container::{self, ContainerError, Containers, Output, cgroup};
+use crate::reaper::Reaper;
+use crate::sandbox::{self, SandboxError};
+
+const OUTPUT_CHUNK: usize = 32 * 1024;
+const OOM_POLL: Duration = Duration::from_millis(500);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn status(e: ContainerError) -> Status {
+    use ContainerError as E;
+    let msg = e.to_string();
+    match e {
+        E::Validate(_) | E::Spec(_) | E::Rootfs(_) => Status::invalid_argument(msg),
+        E::NotFound(_) | E::ProcessNotFound { .. } => Status::not_found(msg),
+        E::AlreadyExists(_) => Status::already_exists(msg),
+        E::FailedPrecondition(_) => Status::failed_precondition(msg),
+        E::Process(container::ProcessError::Setup(_)) => Status::failed_precondition(msg),
+        other => Status::internal(format!("{other}: {}", source_chain(&other))),
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub struct AgentService {
+    containers: Arc<Containers>,
+    oom: broadcast::Sender<pb::OomEvent>,
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        let kernel_release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let uptime_seconds = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        Ok(Response::new(pb::HealthResponse {
+            agent_version: VERSION.to_owned(),
+            kernel_release,
+            uptime_seconds,
+        }))
+    }
+
+    async fn setup_sandbox(
+        &self,
+        req: Request<pb::SetupSandboxRequest>,
+    ) -> Result<Response<pb::SetupSandboxResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("setup_sandbox", sandbox_id = %req.sandbox_id);
+        let _enter = span.enter();
+        sandbox::setup(&req).map_err(|e| match e {
+            SandboxError::Validate(_) | SandboxError::NoInterface(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            other => Status::internal(format!("{other}: {}", source_chain(&other))),
+        })?;
+        tracing::info!("sandbox set up");
+        Ok(Response::new(pb::SetupSandboxResponse {}))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<pb::CreateContainerRequest>,
+    ) -> Result<Response<pb::CreateContainerResponse>, Status> {
+        let r = req.into_inner();
+        let pid = self
+            .containers
+            .create(&r.container_id, &r.oci_spec_json, &r.rootfs)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateContainerResponse { pid }))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<pb::StartContainerRequest>,
+    ) -> Result<Response<pb::StartContainerResponse>, Status> {
+        self.containers
+            .start(&req.into_inner().container_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StartContainerResponse {}))
+    }
+
+    async fn exec_process(
+        &self,
+        req: Request<pb::ExecProcessRequest>,
+    ) -> Result<Response<pb::ExecProcessResponse>, Status> {
+        let r = req.into_inner();
+        let pid = self
+            .containers
+            .exec(&r.container_id, &r.exec_id, &r.oci_process_json)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ExecProcessResponse { pid }))
+    }
+
+    async fn signal_process(
+        &self,
+        req: Request<pb::SignalProcessRequest>,
+    ) -> Result<Response<pb::SignalProcessResponse>, Status> {
+        let r = req.into_inner();
+        self.containers
+            .signal(&r.container_id, &r.exec_id, r.signal)
+            .map_err(status)?;
+        Ok(Response::new(pb::SignalProcessResponse {}))
+    }
+
+    async fn wait_process(
+        &self,
+        req: Request<pb::WaitProcessRequest>,
+    ) -> Result<Response<pb::WaitProcessResponse>, Status> {
+        let r = req.into_inner();
+        let (exit, oom_killed) = self
+            .containers
+            .wait(&r.container_id, &r.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::WaitProcessResponse {
+            exit_status: exit.status,
+            signal: exit.signal,
+            oom_killed,
+            exited_at_unix_nanos: nanos(exit.at),
+        }))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<pb::RemoveContainerRequest>,
+    ) -> Result<Response<pb::RemoveContainerResponse>, Status> {
+        let r = req.into_inner();
+        self.containers
+            .remove(&r.container_id, r.force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RemoveContainerResponse {}))
+    }
+
+    type ReadOutputStream = BoxStream<pb::OutputChunk>;
+
+    async fn read_output(
+        &self,
+        req: Request<pb::ReadOutputRequest>,
+    ) -> Result<Response<Self::ReadOutputStream>, Status> {
+        let r = req.into_inner();
+        let which = match pb::OutputStream::try_from(r.stream) {
+            Ok(pb::OutputStream::Stdout) => Output::Stdout,
+            Ok(pb::OutputStream::Stderr) => Output::Stderr,
+            _ => return Err(Status::invalid_argument("stream must be STDOUT or STDERR")),
+        };
+        let process = self
+            .containers
+            .process(&r.container_id, &r.exec_id)
+            .map_err(status)?;
+        let file = process
+            .take_output(which)
+            .ok_or_else(|| Status::failed_precondition("stream already taken or absent"))?;
+        let (tx, rx) = mpsc::channel(8);
+        // A blocking reader: pipes and pty masters alike; EIO from a pty is its EOF.
+        tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut buf = vec![0u8; OUTPUT_CHUNK];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx
+                            .blocking_send(Ok(pb::OutputChunk {
+                                data: buf[..n].to_vec(),
+                            }))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn write_stdin(
+        &self,
+        req: Request<Streaming<pb::StdinChunk>>,
+    ) -> Result<Response<pb::WriteStdinResponse>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty stdin stream"))??;
+        let process = self
+            .containers
+            .process(&first.container_id, &first.exec_id)
+            .map_err(status)?;
+        let mut written = 0u64;
+        let mut chunk = Some(first);
+        while let Some(c) = chunk.take() {
+            if !c.data.is_empty() {
+                let mut stdin = process
+                    .stdin()
+                    .ok_or_else(|| Status::failed_precondition("stdin is closed"))?;
+                let data = c.data;
+                let n = data.len() as u64;
+                tokio::task::spawn_blocking(move || stdin.write_all(&data))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::failed_precondition(format!("write stdin: {e}")))?;
+                written += n;
+            }
+            if c.close_stdin {
+                process.close_stdin();
+                break;
+            }
+            chunk = stream.next().await.transpose()?;
+        }
+        Ok(Response::new(pb::WriteStdinResponse {
+            bytes_written: written,
+        }))
+    }
+
+    async fn resize_tty(
+        &self,
+        req: Request<pb::ResizeTtyRequest>,
+    ) -> Result<Response<pb::ResizeTtyResponse>, Status> {
+        let r = req.into_inner();
+        let rows =
+            u16::try_from(r.rows).map_err(|_| Status::invalid_argument("rows out of range"))?;
+        let cols =
+            u16::try_from(r.cols).map_err(|_| Status::invalid_argument("cols out of range"))?;
+        let process = self
+            .containers
+            .process(&r.container_id, &r.exec_id)
+            .map_err(status)?;
+        process
+            .resize(rows, cols)
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ResizeTtyResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<pb::ContainerStatsRequest>,
+    ) -> Result<Response<pb::ContainerStatsResponse>, Status> {
+        let c = self
+            .containers
+            .get(&req.into_inner().container_id)
+            .map_err(status)?;
+        let p = &c.cgroup;
+        Ok(Response::new(pb::ContainerStatsResponse {
+            cpu_usage_usec: cgroup::flat_keyed(p, "cpu.stat", "usage_usec"),
+            cpu_user_usec: cgroup::flat_keyed(p, "cpu.stat", "user_usec"),
+            cpu_system_usec: cgroup::flat_keyed(p, "cpu.stat", "system_usec"),
+            memory_current_bytes: cgroup::single(p, "memory.current"),
+            memory_max_bytes: cgroup::single(p, "memory.max"),
+            memory_anon_bytes: cgroup::flat_keyed(p, "memory.stat", "anon"),
+            memory_file_bytes: cgroup::flat_keyed(p, "memory.stat", "file"),
+            oom_kills: cgroup::flat_keyed(p, "memory.events", "oom_kill"),
+            pids_current: cgroup::single(p, "pids.current"),
+            timestamp_unix_nanos: nanos(SystemTime::now()),
+        }))
+    }
+
+    type OomEventsStream = BoxStream<pb::OomEvent>;
+
+    async fn oom_events(
+        &self,
+        _: Request<pb::OomEventsRequest>,
+    ) -> Result<Response<Self::OomEventsStream>, Status> {
+        let rx = tokio_stream::wrappers::BroadcastStream::new(self.oom.subscribe());
+        // A lagging reader skips events rather than failing the stream.
+        Ok(Response::new(Box::pin(rx.filter_map(|e| e.ok().map(Ok)))))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        tracing::info!("shutdown requested");
+        let containers = self.containers.clone();
+        tokio::spawn(async move {
+            // Let the reply reach the host first.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            containers.kill_all().await;
+            if std::process::id() == 1 {
+                crate::init::power_off();
+            }
+            std::process::exit(0);
+        });
+        Ok(Response::new(pb::ShutdownResponse {}))
+    }
+}
+
+/// Polls each container's `memory.events` and broadcasts new OOM kills.
+fn spawn_oom_monitor(containers: Arc<Containers>, tx: broadcast::Sender<pb::OomEvent>) {
+    tokio::spawn(async move {
+        let mut seen: std::collections::HashMap<String, u64> = Default::default();
+        loop {
+            tokio::time::sleep(OOM_POLL).await;
+            let all = containers.ids();
+            seen.retain(|id, _| all.iter().any(|c| &c.id == id));
+            for c in all {
+                let kills = cgroup::flat_keyed(&c.cgroup, "memory.events", "oom_kill");
+                let before = seen.insert(c.id.clone(), kills).unwrap_or(0);
+                if kills > before {
+                    tracing::warn!(container_id = %c.id, kills, "OOM kill");
+                    let _ = tx.send(pb::OomEvent {
+                        container_id: c.id.clone(),
+                        timestamp_unix_nanos: nanos(SystemTime::now()),
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// Serves the API on vsock port 1024 until the process ends (Shutdown powers off).
+pub async fn serve() -> anyhow::Result<()> {
+    let reaper = Reaper::start()?;
+    let containers = Arc::new(Containers::new(reaper));
+    let (oom, _) = broadcast::channel(64);
+    spawn_oom_monitor(containers.clone(), oom.clone());
+    let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, AGENT_VSOCK_PORT);
+    let listener = tokio_vsock::VsockListener::bind(addr)?;
+    tracing::info!(
+        port = AGENT_VSOCK_PORT,
+        version = VERSION,
+        "hull-agent ready"
+    );
+    tonic::transport::Server::builder()
+        .add_service(AgentServer::new(AgentService { containers, oom }))
+        .serve_with_incoming(listener.incoming())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! Command lines of QEMU microvm and its vhost-user helpers, built from a [`VmConfig`]
+//! (Kata's `cmdline_generator.rs` idea: pure functions, no processes, unit-tested).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::hypervisor::VmConfig;
+
+/// How QEMU runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where the host can boot stock guests (/dev/kvm and VT-x/AMD-V), TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// TSC frequency given to the guest under TCG: without it the kernel's early TSC
+/// calibration hangs about half the boots.
+pub const TCG_TSC_KHZ: u32 = 2_100_000;
+
+/// The virtio-fs tag the agent mounts.
+pub const SHARE_TAG: &str = "hullshare";
+
+/// Files a VM's processes create in its run dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFiles {
+    /// Hybrid-vsock socket for host clients (vhost-device-vsock `--uds-path`).
+    pub agent_socket: PathBuf,
+    /// vhost-user socket between QEMU and vhost-device-vsock.
+    pub vsock_backend: PathBuf,
+    /// vhost-user socket between QEMU and virtiofsd.
+    pub fs_backend: PathBuf,
+    /// The pid file virtiofsd itself writes next to its socket.
+    pub fs_backend_pid: PathBuf,
+    pub console_log: PathBuf,
+    pub qemu_pid: PathBuf,
+    pub vsock_pid: PathBuf,
+    pub virtiofsd_pid: PathBuf,
+    pub vsock_log: PathBuf,
+    pub virtiofsd_log: PathBuf,
+}
+
+impl RunFiles {
+    pub fn new(run_dir: &Path) -> Self {
+        let f = |name: &str| run_dir.join(name);
+        Self {
+            agent_socket: f("agent.vsock"),
+            vsock_backend: f("vhost-vsock.sock"),
+            fs_backend: f("vhost-fs.sock"),
+            fs_backend_pid: f("vhost-fs.sock.pid"),
+            console_log: f("console.log"),
+            qemu_pid: f("qemu.pid"),
+            vsock_pid: f("vhost-vsock.pid"),
+            virtiofsd_pid: f("virtiofsd.pid"),
+            vsock_log: f("vhost-vsock.log"),
+            virtiofsd_log: f("virtiofsd.log"),
+        }
+    }
+
+    /// Sockets and pid files (what `stop` removes; logs stay for debugging).
+    pub fn transient(&self) -> [&Path; 7] {
+        [
+            &self.agent_socket,
+            &self.vsock_backend,
+            &self.fs_backend,
+            &self.fs_backend_pid,
+            &self.qemu_pid,
+            &self.vsock_pid,
+            &self.virtiofsd_pid,
+        ]
+    }
+}
+
+/// Kernel command line: the backend's own arguments, then the caller's.
+pub fn kernel_cmdline(config: &VmConfig, tcg: bool) -> String {
+    // reboot=t + QEMU -no-reboot: the agent's reboot(2) ends QEMU (poweroff does not on
+    // microvm); panic=-1 makes a guest panic end it too.
+    let mut parts = vec![
+        "console=ttyS0",
+        "reboot=t",
+        "panic=-1",
+        "loglevel=4",
+        "8250.nr_uarts=1",
+    ];
+    let tsc = format!("tsc_early_khz={TCG_TSC_KHZ}");
+    if tcg {
+        parts.push(&tsc);
+    }
+    let mut line = parts.join(" ");
+    if !config.cmdline.trim().is_empty() {
+        line.push(' ');
+        line.push_str(config.cmdline.trim());
+    }
+    line
+}
+
+fn os(parts: &[&str]) -> Vec<OsString> {
+    parts.iter().map(OsString::from).collect()
+}
+
+/// QEMU microvm arguments. QEMU adds the `virtio_mmio.device=` kernel arguments itself.
+pub fn qemu_args(config: &VmConfig, files: &RunFiles, tcg: bool) -> Vec<OsString> {
+    let mem = config.memory_mib;
+    let mut args = os(&["-name", &format!("hull-{}", config.id)]);
+    let accel = if tcg { "tcg" } else { "kvm" };
+    args.extend(os(&[
+        "-M",
+        &format!("microvm,accel={accel},acpi=off,rtc=off,memory-backend=mem"),
+        "-cpu",
+        if tcg { "max" } else { "host" },
+        "-smp",
+        &config.vcpus.to_string(),
+        "-m",
+        &format!("{mem}M"),
+        // vhost-user backends map guest RAM: it must be a shared memfd.
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+    ]));
+    let mut serial = OsString::from("file:");
+    serial.push(&files.console_log);
+    args.push(serial);
+    args.push("-kernel".into());
+    args.push(config.kernel.clone().into());
+    args.push("-initrd".into());
+    args.push(config.initramfs.clone().into());
+    args.push("-append".into());
+    args.push(kernel_cmdline(config, tcg).into());
+    args.push("-chardev".into());
+    args.push(chardev("vsock", &files.vsock_backend));
+    args.extend(os(&["-device", "vhost-user-vsock-device,chardev=vsock"]));
+    if config.shared_dir.is_some() {
+        args.push("-chardev".into());
+        args.push(chardev("fs", &files.fs_backend));
+        args.extend(os(&[
+            "-device",
+            &format!("vhost-user-fs-device,chardev=fs,tag={SHARE_TAG}"),
+        ]));
+    }
+    if let Some(net) = &config.net {
+        args.extend(os(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+        ]));
+    }
+    args
+}
+
+fn chardev(id: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(format!("socket,id={id},path="));
+    s.push(path);
+    s
+}
+
+/// vhost-device-vsock: guest CID 3, the host side as a hybrid-vsock unix socket.
+pub fn vsock_args(files: &RunFiles) -> Vec<OsString> {
+    let mut vm = OsString::from("guest-cid=3,socket=");
+    vm.push(&files.vsock_backend);
+    vm.push(",uds-path=");
+    vm.push(&files.agent_socket);
+    vec!["--vm".into(), vm]
+}
+
+/// virtiofsd serving `shared_dir`.
+pub fn virtiofsd_args(files: &RunFiles, shared_dir: &Path) -> Vec<OsString> {
+    let mut socket = OsString::from("--socket-path=");
+    socket.push(&files.fs_backend);
+    let mut dir = OsString::from("--shared-dir=");
+    dir.push(shared_dir);
+    vec![
+        socket,
+        dir,
+        "--cache=auto".into(),
+        "--sandbox=namespace".into(),
+        "--announce-submounts".into(),
+        "--log-level=warn".into(),
+    ]
+}
+
+/// Characters that would let a config value inject QEMU options (`,` separates them).
+pub fn check_qemu_value(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || value.contains([',', '\n', '\0', '=']) {
+        return Err(format!(
+            "{what} {value:?} is empty or contains ',', '=', NUL or newline"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::NetConfig;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            id: "pod1".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            cmdline: "RUST_LOG=debug".into(),
+            run_dir: "/run/hull/sandboxes/pod1".into(),
+            netns: None,
+            net: Some(NetConfig {
+                tap: "tap0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                mtu: 1500,
+            }),
+            shared_dir: Some("/srv/share".into()),
+        }
+    }
+
+    fn joined(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn qemu_command_line_has_every_device() {
+        let cfg = config();
+        let files = RunFiles::new(&cfg.run_dir);
+        let line = joined(&qemu_args(&cfg, &files, true));
+        for want in [
+            "-M microvm,accel=tcg,acpi=off,rtc=off,memory-backend=mem",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-smp 2 -m 512M",
+            "-no-reboot",
+            "-serial file:/run/hull/sandboxes/pod1/console.log",
+            "vhost-user-vsock-device,chardev=vsock",
+            "socket,id=fs,path=/run/hull/sandboxes/pod1/vhost-fs.sock",
+            "vhost-user-fs-device,chardev=fs,tag=hullshare",
+            "tap,id=net0,ifname=tap0,script=no,downscript=no",
+            "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01",
+            "-kernel /k -initrd /i",
+        ] {
+            assert!(line.contains(want), "missing {want:?} in {line}");
+        }
+        assert!(
+            line.contains("tsc_early_khz=2100000 RUST_LOG=debug"),
+            "{line}"
+        );
+        let kvm = joined(&qemu_args(&cfg, &files, false));
+        assert!(
+            kvm.contains("accel=kvm")
+                && kvm.contains("-cpu host")
+                && !kvm.contains("tsc_early_khz")
+        );
+    }
+
+    #[test]
+    fn optional_devices_are_left_out() {
+        let mut cfg = config();
+        cfg.net = None;
+        cfg.shared_dir = None;
+        let line = joined(&qemu_args(&cfg, &RunFiles::new(&cfg.run_dir), true));
+        assert!(!line.contains("vhost-user-fs-device") && !line.contains("-netdev"));
+    }
+
+    #[test]
+    fn helper_command_lines() {
+        let files = RunFiles::new(Path::new("/r"));
+        assert_eq!(
+            joined(&vsock_args(&files)),
+            "--vm guest-cid=3,socket=/r/vhost-vsock.sock,uds-path=/r/agent.vsock"
+        );
+        let fs = joined(&virtiofsd_args(&files, Path::new("/s")));
+        assert!(fs.starts_with("--socket-path=/r/vhost-fs.sock --shared-dir=/s"));
+        assert!(check_qemu_value("tap", "tap0").is_ok());
+        assert!(check_qemu_value("tap", "tap0,script=/evil").is_err());
+    }
+}

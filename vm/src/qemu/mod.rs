@@ -1,0 +1,370 @@
+//! The QEMU microvm backend: QEMU (`-M microvm`, KVM or TCG) plus two vhost-user helper
+//! processes, rust-vmm's `vhost-device-vsock` (the guest's vsock, exposed to the host as a
+//! hybrid-vsock unix socket) and `virtiofsd` (the pod's shared dir). All three run
+//! detached from hulld, with pid files in the VM's run dir, so a restarted hulld can
+//! [`Hypervisor::reattach`]. [`argv`] builds the command lines; [`procs`] runs them.
+//!
+//! Start order: helpers → wait for their vhost-user sockets → QEMU (inside the pod's netns
+//! when configured, for its tap). Any failure terminates what was started and removes the
+//! sockets and pid files. Stop is the reverse: QEMU (SIGTERM, SIGKILL after the grace
+//! period), then the helpers, then the files; console and helper logs are kept.
+
+pub mod argv;
+mod procs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use argv::{Accel, RunFiles};
+use procs::Proc;
+use tokio::sync::Mutex;
+
+use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
+
+/// How long helpers get to create their vhost-user sockets.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// How long helpers get to exit on SIGTERM at stop.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// QEMU must survive this long after spawn for a start to count.
+const EARLY_EXIT_WINDOW: Duration = Duration::from_millis(300);
+
+/// Where the backend finds its programs, and how it accelerates.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub qemu: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub accel: Accel,
+}
+
+impl Default for QemuConfig {
+    /// Programs from PATH, then /usr/local/cargo-tools/bin and ~/.cargo/bin.
+    fn default() -> Self {
+        Self {
+            qemu: find_program("qemu-system-x86_64"),
+            vhost_vsock: find_program("vhost-device-vsock"),
+            virtiofsd: find_program("virtiofsd"),
+            accel: Accel::Auto,
+        }
+    }
+}
+
+/// First `name` found in PATH or the cargo-install dirs; the bare name if none.
+pub fn find_program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = [
+        "/usr/local/cargo-tools/bin",
+        "/usr/libexec",
+        "/root/.cargo/bin",
+    ]
+    .map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Whether KVM can boot a stock Linux guest here: /dev/kvm opens and the CPU advertises
+/// VT-x/AMD-V (a PVM host has /dev/kvm but no vmx/svm flag, and only TCG works).
+pub fn kvm_usable() -> bool {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    dev && flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+pub struct QemuHypervisor {
+    config: QemuConfig,
+}
+
+impl QemuHypervisor {
+    pub fn new(config: QemuConfig) -> Self {
+        Self { config }
+    }
+
+    fn use_tcg(&self) -> bool {
+        match self.config.accel {
+            Accel::Tcg => true,
+            Accel::Kvm => false,
+            Accel::Auto => !kvm_usable(),
+        }
+    }
+}
+
+fn invalid(msg: String) -> HypervisorError {
+    HypervisorError::InvalidConfig(msg)
+}
+
+fn validate(config: &VmConfig, programs: &QemuConfig) -> Result<(), HypervisorError> {
+    let id_ok = !config.id.is_empty()
+        && config.id.len() <= 64
+        && config
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !id_ok {
+        return Err(invalid(format!(
+            "id {:?} must be 1-64 of [A-Za-z0-9_-]",
+            config.id
+        )));
+    }
+    if !(1..=64).contains(&config.vcpus) || !(64..=1 << 20).contains(&config.memory_mib) {
+        return Err(invalid(format!(
+            "{} vCPUs / {} MiB out of range (1-64 / 64 MiB-1 TiB)",
+            config.vcpus, config.memory_mib
+        )));
+    }
+    if config.cmdline.contains(['\n', '\0']) {
+        return Err(invalid(
+            "kernel cmdline contains a newline or NUL".to_owned(),
+        ));
+    }
+    if let Some(net) = &config.net {
+        argv::check_qemu_value("tap", &net.tap).map_err(invalid)?;
+        argv::check_qemu_value("mac", &net.mac.replace(':', "")).map_err(invalid)?;
+    }
+    let must_exist = |what: &'static str, path: &Path| {
+        if path.exists() {
+            Ok(())
+        } else {
+            Err(HypervisorError::Missing {
+                what,
+                path: path.to_owned(),
+            })
+        }
+    };
+    must_exist("kernel", &config.kernel)?;
+    must_exist("initramfs", &config.initramfs)?;
+    must_exist("qemu-system-x86_64", &programs.qemu)?;
+    must_exist(
+        "vhost-device-vsock (cargo install vhost-device-vsock)",
+        &programs.vhost_vsock,
+    )?;
+    if let Some(dir) = &config.shared_dir {
+        must_exist("shared dir", dir)?;
+        must_exist("virtiofsd (cargo install virtiofsd)", &programs.virtiofsd)?;
+    }
+    if let Some(ns) = &config.netns {
+        must_exist("netns", ns)?;
+    }
+    for p in [&config.kernel, &config.initramfs, &config.run_dir] {
+        argv::check_qemu_value("path", &p.to_string_lossy()).map_err(invalid)?;
+    }
+    Ok(())
+}
+
+async fn wait_for_socket(path: &Path, helper: &Proc, log: &Path) -> Result<(), HypervisorError> {
+    let deadline = Instant::now() + SOCKET_WAIT;
+    while !path.exists() {
+        if !helper.alive() || Instant::now() >= deadline {
+            return Err(HypervisorError::Boot(format!(
+                "{} did not create {}: {}",
+                helper.what,
+                path.display(),
+                log_tail(log)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// The last lines of a log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn remove_files(files: &RunFiles) {
+    for f in files.transient() {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for QemuHypervisor {
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+
+    async fn start(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
+        validate(config, &self.config)?;
+        let span = tracing::info_span!("vm_start", sandbox_id = %config.id);
+        let _enter = span.enter();
+        std::fs::create_dir_all(&config.run_dir).map_err(|source| HypervisorError::Io {
+            what: format!("run dir {}", config.run_dir.display()),
+            source,
+        })?;
+        let files = RunFiles::new(&config.run_dir);
+        remove_files(&files);
+        let _ = std::fs::remove_file(&files.console_log);
+        let tcg = self.use_tcg();
+        tracing::info!(
+            tcg,
+            vcpus = config.vcpus,
+            memory_mib = config.memory_mib,
+            "starting QEMU microvm"
+        );
+        let mut vm = QemuVm {
+            files,
+            qemu: None,
+            vsock: None,
+            virtiofsd: None,
+            stopped: Mutex::new(None),
+        };
+        match vm.launch(config, &self.config, tcg).await {
+            Ok(()) => Ok(Box::new(vm)),
+            Err(e) => {
+                tracing::warn!(error = %e, "VM start failed; cleaning up");
+                let _ = vm.stop(Duration::from_secs(1)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
+        let files = RunFiles::new(&config.run_dir);
+        if !files.qemu_pid.exists() {
+            return Err(HypervisorError::Missing {
+                what: "QEMU pid file",
+                path: files.qemu_pid.clone(),
+            });
+        }
+        let dir = &config.run_dir;
+        let vm = QemuVm {
+            qemu: Proc::adopt("qemu", &files.qemu_pid, dir),
+            vsock: Proc::adopt("vhost-device-vsock", &files.vsock_pid, dir),
+            virtiofsd: Proc::adopt("virtiofsd", &files.virtiofsd_pid, dir),
+            files,
+            stopped: Mutex::new(None),
+        };
+        tracing::info!(sandbox_id = %config.id, running = vm.is_running(), "re-attached to QEMU VM");
+        Ok(Box::new(vm))
+    }
+}
+
+/// A QEMU VM and its helpers.
+pub struct QemuVm {
+    files: RunFiles,
+    qemu: Option<Proc>,
+    vsock: Option<Proc>,
+    virtiofsd: Option<Proc>,
+    stopped: Mutex<Option<VmExit>>,
+}
+
+impl QemuVm {
+    async fn launch(
+        &mut self,
+        config: &VmConfig,
+        programs: &QemuConfig,
+        tcg: bool,
+    ) -> Result<(), HypervisorError> {
+        let f = &self.files;
+        let vsock = Proc::spawn(
+            "vhost-device-vsock",
+            &programs.vhost_vsock,
+            &argv::vsock_args(f),
+            &f.vsock_log,
+            None,
+            &f.vsock_pid,
+        )?;
+        let vsock = self.vsock.insert(vsock);
+        if let Some(dir) = &config.shared_dir {
+            let fs = Proc::spawn(
+                "virtiofsd",
+                &programs.virtiofsd,
+                &argv::virtiofsd_args(f, dir),
+                &f.virtiofsd_log,
+                None,
+                &f.virtiofsd_pid,
+            )?;
+            let fs = self.virtiofsd.insert(fs);
+            wait_for_socket(&f.fs_backend, fs, &f.virtiofsd_log).await?;
+        }
+        wait_for_socket(&f.vsock_backend, vsock, &f.vsock_log).await?;
+        let netns = match &config.netns {
+            Some(path) => {
+                Some(
+                    std::fs::File::open(path).map_err(|source| HypervisorError::Io {
+                        what: format!("netns {}", path.display()),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let qemu_log = config.run_dir.join("qemu.log");
+        let qemu = Proc::spawn(
+            "qemu",
+            &programs.qemu,
+            &argv::qemu_args(config, f, tcg),
+            &qemu_log,
+            netns.as_ref(),
+            &f.qemu_pid,
+        )?;
+        let qemu = self.qemu.insert(qemu);
+        if qemu.wait_exit(EARLY_EXIT_WINDOW).await {
+            return Err(HypervisorError::Boot(format!(
+                "QEMU exited at once: {}",
+                log_tail(&qemu_log)
+            )));
+        }
+        tracing::info!(pid = qemu.pid, "QEMU running");
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl VmHandle for QemuVm {
+    fn pid(&self) -> u32 {
+        self.qemu.as_ref().map(|p| p.pid as u32).unwrap_or(0)
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.files.agent_socket.clone()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.files.console_log.clone()
+    }
+
+    async fn stop(&self, grace: Duration) -> Result<VmExit, HypervisorError> {
+        let mut stopped = self.stopped.lock().await;
+        if let Some(exit) = *stopped {
+            return Ok(exit);
+        }
+        let mut exit = VmExit::Shutdown;
+        if let Some(qemu) = &self.qemu {
+            let was_running = qemu.terminate(grace).await?;
+            // QEMU exits 0 when the guest reboots (-no-reboot) or on SIGTERM.
+            if !was_running && let Some(status) = qemu.status() {
+                use std::os::unix::process::ExitStatusExt;
+                if !status.success() {
+                    exit = VmExit::Failed {
+                        code: status.code(),
+                        signal: status.signal(),
+                    };
+                }
+            }
+        }
+        for helper in [&self.virtiofsd, &self.vsock].into_iter().flatten() {
+            helper.terminate(HELPER_GRACE).await?;
+        }
+        remove_files(&self.files);
+        tracing::info!(?exit, "VM stopped");
+        *stopped = Some(exit);
+        Ok(exit)
+    }
+
+    fn is_running(&self) -> bool {
+        self.qemu.as_ref().is_some_and(Proc::alive)
+    }
+}

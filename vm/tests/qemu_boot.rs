@@ -1,0 +1,434 @@
+//! Boots the real hull guest (kernel + initramfs from packaging/guest/build.sh) under the
+//! QEMU backend, drives hull-agent over vsock, runs a busybox container from a virtio-fs
+//! share, execs into it, stops the VM and checks nothing is left behind.
+//!
+//! Needs root, QEMU, vhost-device-vsock, virtiofsd, /bin/busybox (busybox-static) and the
+//! built guest in $HULL_GUEST_DIR (default /var/lib/hull/guest).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hull_agent_api::v1::{self as pb, OutputStream};
+use hull_agent_api::{AGENT_VSOCK_PORT, AgentClient};
+use hull_vm::hypervisor::{Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
+use hull_vm::qemu::{QemuConfig, QemuHypervisor};
+use tokio_stream_compat::collect_output;
+use tonic::transport::Channel;
+
+mod tokio_stream_compat {
+    use super::*;
+
+    /// Reads a whole output stream of a process.
+    pub async fn collect_output(
+        mut client: AgentClient<Channel>,
+        id: &str,
+        exec_id: &str,
+        stream: OutputStream,
+    ) -> String {
+        let req = pb::ReadOutputRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            stream: stream as i32,
+        };
+        let mut s = client
+            .read_output(req)
+            .await
+            .expect("read_output")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = s.message().await.expect("output chunk") {
+            out.extend_from_slice(&chunk.data);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+fn guest_file(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HULL_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/hull/guest".into());
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "guest {name} missing at {}: build it with packaging/guest/build.sh (kernel ~12 min, initramfs ~1 min)",
+        path.display()
+    );
+    path
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test boots VMs and must run as root"
+    );
+}
+
+/// A busybox rootfs (Debian's busybox-static) at `root`.
+fn busybox_rootfs(root: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox missing: apt-get install busybox-static"
+    );
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs");
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+    for applet in ["sh", "echo", "cat", "ls", "hostname", "sleep", "read", "id"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+            .expect("symlink applet");
+    }
+}
+
+fn spec_json(args: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+        "root": { "path": "rootfs" },
+        "hostname": "ctr",
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] },
+            { "destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "ro"] }
+        ],
+        "linux": {
+            "namespaces": [{ "type": "pid" }, { "type": "mount" }, { "type": "ipc" }, { "type": "uts" }, { "type": "network", "path": "/proc/1/ns/net" }],
+            "resources": { "memory": { "limit": 67108864 }, "pids": { "limit": 64 } }
+        }
+    }))
+    .expect("spec json")
+}
+
+fn config(dir: &Path, id: &str) -> VmConfig {
+    VmConfig {
+        id: id.into(),
+        vcpus: 1,
+        memory_mib: 256,
+        kernel: guest_file("vmlinux"),
+        initramfs: guest_file("initramfs.img"),
+        cmdline: String::new(),
+        run_dir: dir.join("run"),
+        netns: None,
+        net: None,
+        shared_dir: Some(dir.join("share")),
+    }
+}
+
+/// Every trace a VM could leave: processes naming the dir, sockets in it, mounts under it.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let needle = dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            found.push(format!(
+                "process {pid}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    for entry in walk(&dir.join("run")) {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::symlink_metadata(&entry).expect("stat");
+        if meta.file_type().is_socket() || entry.extension().is_some_and(|e| e == "pid") {
+            found.push(format!("file {}", entry.display()));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    found.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(|l| format!("mount {l}")),
+    );
+    found
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten().map(|e| e.path()).collect()
+}
+
+async fn connect(vm: &dyn VmHandle) -> AgentClient<Channel> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    match hull_agent_api::connect(&vm.agent_socket(), AGENT_VSOCK_PORT, deadline).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "agent unreachable: {e}\nconsole:\n{}",
+            std::fs::read_to_string(vm.console_log()).unwrap_or_default()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_guest_runs_container_and_exec_then_cleans_up() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("hull-qemu-boot-")
+        .tempdir()
+        .expect("tempdir");
+    let cfg = config(tmp.path(), "qemu-boot-test");
+    busybox_rootfs(&tmp.path().join("share/c1/rootfs"));
+    let hv = QemuHypervisor::new(QemuConfig::default());
+    let booted = Instant::now();
+    let vm = hv.start(&cfg).await.expect("start VM");
+    let result = tokio::time::timeout(Duration::from_secs(240), drive_guest(&*vm)).await;
+    let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+    let exit = vm.stop(Duration::from_secs(10)).await.expect("stop VM");
+    result.unwrap_or_else(|_| panic!("guest test timed out\nconsole:\n{console}"));
+    eprintln!(
+        "boot + container + exec + shutdown took {:?}",
+        booted.elapsed()
+    );
+    assert_eq!(exit, VmExit::Shutdown, "console:\n{console}");
+    assert!(!vm.is_running());
+    assert_eq!(
+        vm.stop(Duration::from_secs(1)).await.expect("second stop"),
+        exit,
+        "stop is idempotent"
+    );
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+async fn drive_guest(vm: &dyn VmHandle) {
+    let mut client = connect(vm).await;
+    let health = client
+        .health(pb::HealthRequest {})
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(health.agent_version, hull_agent_api::VERSION);
+    assert!(health.kernel_release.contains("hull"), "{health:?}");
+
+    let setup = pb::SetupSandboxRequest {
+        sandbox_id: "qemu-boot-test".into(),
+        hostname: "hull-pod".into(),
+        dns: Some(pb::DnsConfig {
+            nameservers: vec!["10.96.0.10".into()],
+            searches: vec!["svc.cluster.local".into()],
+            options: vec![],
+        }),
+        sysctls: [("net.ipv4.ip_forward".to_owned(), "1".to_owned())].into(),
+        ..Default::default()
+    };
+    client.setup_sandbox(setup).await.expect("setup sandbox");
+    let bad = pb::SetupSandboxRequest {
+        hostname: "bad host!".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        client
+            .setup_sandbox(bad)
+            .await
+            .expect_err("bad hostname")
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
+    // The init prints, then waits on stdin so the exec below finds it running.
+    let script =
+        "echo hello from $(hostname); cat /etc/resolv.conf >&2; read line; echo got $line; exit 3";
+    let create = pb::CreateContainerRequest {
+        container_id: "c1".into(),
+        oci_spec_json: spec_json(&["sh", "-c", script]),
+        rootfs: rootfs.clone(),
+    };
+    client
+        .create_container(create.clone())
+        .await
+        .expect("create container");
+    assert_eq!(
+        client
+            .create_container(create)
+            .await
+            .expect_err("duplicate")
+            .code(),
+        tonic::Code::AlreadyExists
+    );
+    let bad_id = pb::CreateContainerRequest {
+        container_id: "../x".into(),
+        oci_spec_json: spec_json(&["sh"]),
+        rootfs,
+    };
+    assert_eq!(
+        client
+            .create_container(bad_id)
+            .await
+            .expect_err("bad id")
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    let bad_spec = pb::CreateContainerRequest {
+        container_id: "c2".into(),
+        oci_spec_json: b"{not json".to_vec(),
+        rootfs: "/".into(),
+    };
+    assert_eq!(
+        client
+            .create_container(bad_spec)
+            .await
+            .expect_err("bad spec")
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let stdout = tokio::spawn(collect_output(
+        client.clone(),
+        "c1",
+        "",
+        OutputStream::Stdout,
+    ));
+    let stderr = tokio::spawn(collect_output(
+        client.clone(),
+        "c1",
+        "",
+        OutputStream::Stderr,
+    ));
+    client
+        .start_container(pb::StartContainerRequest {
+            container_id: "c1".into(),
+        })
+        .await
+        .expect("start container");
+
+    let process = serde_json::json!({ "args": ["sh", "-c", "echo exec-$((6*7)); cat /proc/1/comm; exit 5"], "env": ["PATH=/bin"], "cwd": "/tmp" });
+    let exec = pb::ExecProcessRequest {
+        container_id: "c1".into(),
+        exec_id: "e1".into(),
+        oci_process_json: serde_json::to_vec(&process).expect("json"),
+    };
+    // An exec runs at once; its output waits in the pipe until read.
+    client.exec_process(exec).await.expect("exec");
+    let exec_out = tokio::spawn(collect_output(
+        client.clone(),
+        "c1",
+        "e1",
+        OutputStream::Stdout,
+    ));
+    let exec_wait = client
+        .wait_process(pb::WaitProcessRequest {
+            container_id: "c1".into(),
+            exec_id: "e1".into(),
+        })
+        .await
+        .expect("wait exec")
+        .into_inner();
+    assert_eq!(exec_wait.exit_status, 5);
+    assert_eq!(
+        exec_out.await.expect("exec output"),
+        "exec-42\nsh\n",
+        "exec runs in the container's pid namespace"
+    );
+
+    let stats = client
+        .container_stats(pb::ContainerStatsRequest {
+            container_id: "c1".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(
+        stats.memory_current_bytes > 0 && stats.pids_current >= 1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.memory_max_bytes, 64 << 20);
+
+    let stdin = pb::StdinChunk {
+        container_id: "c1".into(),
+        exec_id: String::new(),
+        data: b"go\n".to_vec(),
+        close_stdin: true,
+    };
+    client
+        .write_stdin(tokio_stream::iter([stdin]))
+        .await
+        .expect("write stdin");
+    let wait = client
+        .wait_process(pb::WaitProcessRequest {
+            container_id: "c1".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(
+        (wait.exit_status, wait.signal, wait.oom_killed),
+        (3, 0, false)
+    );
+    assert_eq!(stdout.await.expect("stdout"), "hello from ctr\ngot go\n");
+    assert_eq!(
+        stderr.await.expect("stderr"),
+        "nameserver 10.96.0.10\nsearch svc.cluster.local\n"
+    );
+
+    let missing = pb::WaitProcessRequest {
+        container_id: "nope".into(),
+        exec_id: String::new(),
+    };
+    assert_eq!(
+        client
+            .wait_process(missing)
+            .await
+            .expect_err("unknown")
+            .code(),
+        tonic::Code::NotFound
+    );
+    client
+        .remove_container(pb::RemoveContainerRequest {
+            container_id: "c1".into(),
+            force: false,
+        })
+        .await
+        .expect("remove");
+    client
+        .shutdown(pb::ShutdownRequest {})
+        .await
+        .expect("shutdown");
+    // The agent reboots the guest; with -no-reboot QEMU then exits by itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vm.is_running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !vm.is_running(),
+        "QEMU did not exit after the agent's Shutdown"
+    );
+}
+
+#[tokio::test]
+async fn missing_kernel_is_a_clear_error_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = VmConfig {
+        id: "qemu-missing".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        kernel: tmp.path().join("no-such-kernel"),
+        initramfs: tmp.path().join("no-such-initramfs"),
+        cmdline: String::new(),
+        run_dir: tmp.path().join("run"),
+        netns: None,
+        net: None,
+        shared_dir: Some(tmp.path().join("share")),
+    };
+    std::fs::create_dir_all(tmp.path().join("share")).expect("share dir");
+    let err = QemuHypervisor::new(QemuConfig::default())
+        .start(&cfg)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(err, HypervisorError::Missing { what: "kernel", .. }),
+        "{err}"
+    );
+    assert!(leftovers(tmp.path()).is_empty());
+}
