@@ -129,6 +129,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let reason = run(Args::parse());
     tracing::info!(?reason, code = reason.code(), "hull-vmm exiting");

@@ -49,6 +49,8 @@ pub enum BuildError {
     TooManyDevices { first: u32, last: u32 },
     #[error("Failed to load the guest")]
     Boot(#[from] BootError),
+    #[error("Failed to write the MP table")]
+    Mptable(#[from] super::mptable::MptableError),
     #[error("Failed to configure a vCPU")]
     ConfigureVcpu(#[from] VcpuError),
 }
@@ -202,6 +204,7 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
         extra_cmdline.push(arg);
     }
     let entry = load_guest(&ram, &config, &extra_cmdline)?;
+    super::mptable::write_mptable(&ram.memory, config.vcpus)?;
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut vcpus = Vec::new();
     for index in 0..config.vcpus {

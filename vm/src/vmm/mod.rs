@@ -15,5 +15,6 @@ pub mod exit;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod mptable;
 pub mod regs;
 pub mod vcpu;
