@@ -12,6 +12,22 @@
 //!   behind the [`PodNetworking`] trait, with [`fake::FakePodNetwork`] for hulld's tests.
 //!
 //! All `unsafe` code is in `sys.rs`.
+//!
+//! ## Restarts and crashes
+//! Everything is found again by name: the netns file `/run/netns/hull-<id>`, `tap0` and
+//! the tc qdiscs inside it, and the CNI cache `<cache_dir>/<id>.json` (written before the
+//! first plugin runs, completed with the result after ADD). So `teardown(id)` works after
+//! a hulld restart, after a crash at any point of `setup`, and when nothing exists.
+//! If CNI DEL itself fails, teardown stops before deleting the netns and keeps the cache,
+//! so a retry can finish; if the cached config can never succeed (an operator fixed a
+//! broken config), deleting `<cache_dir>/<id>.json` makes DEL use the current config.
+//!
+//! ## Running the VMM
+//! Start it inside the netns with [`netns::Netns::setns_on_exec`] (e.g.
+//! `Netns::open(&status.netns)?.setns_on_exec(cmd.as_std_mut())?`); it opens
+//! [`PodNetworkStatus::tap`] by name (QEMU: `-netdev tap,id=n0,ifname=tap0,script=no,
+//! downscript=no` and `-device virtio-net-device,netdev=n0,mac=<status.mac>`), and the
+//! guest gets `status.mac`, `status.mtu`, `status.ips`, `status.routes`.
 
 pub mod cni;
 pub mod fake;

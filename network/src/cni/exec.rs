@@ -199,6 +199,10 @@ pub async fn invoke(
             out.status,
         ));
     }
+    if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+        let text = String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(4096)]);
+        tracing::debug!(sandbox_id = %inv.container_id, plugin, command = %inv.command, stderr = %text.trim(), "plugin stderr");
+    }
     if inv.command != Command::Add {
         return Ok(None);
     }
