@@ -146,6 +146,21 @@ async fn two_pods_get_ips_tap_mirroring_traffic_and_clean_teardown() {
         }
     }
 
+    // Pod to pod across the bridge: a frame written into A's tap reaches B's tap, and
+    // B's reply comes back out of A's tap.
+    {
+        let b_tap = tap::open_queue(&Netns::open(&b.netns).unwrap(), &b.tap, false).unwrap();
+        let _b = Responder::start(b_tap, ip_b, frames::parse_mac(&b.mac));
+        let a_tap = tap::open_queue(&Netns::open(&a.netns).unwrap(), &a.tap, false).unwrap();
+        let (mac_a, mac_b) = (frames::parse_mac(&a.mac), frames::parse_mac(&b.mac));
+        let got = tokio::task::spawn_blocking(move || {
+            common::pod_to_pod(&a_tap, (ip_a, mac_a), (ip_b, mac_b))
+        })
+        .await
+        .unwrap();
+        assert!(got, "no reply from pod B through the bridge");
+    }
+
     net.teardown("poda")
         .await
         .map_err(|e| error_chain(&e))
@@ -393,5 +408,35 @@ async fn packaged_default_conflist_works_with_real_plugins() {
         !env.host_cmd(&["iptables-save", "-t", "nat"])
             .contains("CNI-DN-")
     );
+    assert!(!env.host_links().iter().any(|l| l.starts_with("veth")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_cleans_up_after_a_crash_between_cni_add_and_tap() {
+    let env = TestEnv::new(&[]);
+    let net = env.network();
+    // What a hulld killed right after CNI ADD leaves behind: netns + CNI state, no tap.
+    let path = net.netns_path("crashpod").unwrap();
+    Netns::create(&path).unwrap();
+    let att = hull_network::cni::Attachment {
+        container_id: "crashpod".into(),
+        netns: path.clone(),
+        ifname: "eth0".into(),
+        args: "IgnoreUnknown=1".into(),
+    };
+    let rc = hull_network::cni::RuntimeConfig::default();
+    net.cni()
+        .add(&att, &rc)
+        .await
+        .map_err(|e| error_chain(&e))
+        .unwrap();
+    assert_eq!(env.reserved_ips().len(), 1);
+    // A new hulld tears it down.
+    env.network()
+        .teardown("crashpod")
+        .await
+        .map_err(|e| error_chain(&e))
+        .unwrap();
+    assert!(env.reserved_ips().is_empty() && env.netns_files().is_empty());
     assert!(!env.host_links().iter().any(|l| l.starts_with("veth")));
 }

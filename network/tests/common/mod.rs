@@ -263,3 +263,34 @@ pub fn udp_roundtrip(host: &Netns, ip: Ipv4Addr) -> bool {
     })
     .unwrap()
 }
+
+/// Writes a UDP datagram from pod A (`a`) to pod B (`b`, answered by a [`Responder`])
+/// into A's tap and waits for B's reply to come out of A's tap.
+pub fn pod_to_pod(a_tap: &OwnedFd, a: (Ipv4Addr, [u8; 6]), b: (Ipv4Addr, [u8; 6])) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let frame = frames::udp_frame(b.1, a.1, (a.0, 40000), (b.0, 7777), b"hull-ping");
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..20 {
+        let _ = nix::unistd::write(a_tap, &frame);
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            let mut fds = [PollFd::new(
+                std::os::fd::AsFd::as_fd(a_tap),
+                PollFlags::POLLIN,
+            )];
+            if poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0) == 0 {
+                continue;
+            }
+            let Ok(n) = nix::unistd::read(a_tap, &mut buf) else {
+                continue;
+            };
+            if let Some((src, 7777, payload, _)) = frames::udp_to(&buf[..n], a.0, 40000)
+                && src == b.0
+                && payload == b"gnip-lluh"
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
