@@ -29,8 +29,9 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// Prefix of hull's namespaces: `/run/netns/hull-<sandbox id>`.
 pub const NETNS_PREFIX: &str = "hull-";
 
-/// Serializes the "make the run dir a shared mount" step, which must not run twice at once.
-static RUN_DIR_LOCK: Mutex<()> = Mutex::new(());
+/// Run dirs already made shared mounts by this process. The lock also serializes that
+/// step, which must not run twice at once (two bind mounts would stack).
+static PREPARED_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Errors of network namespace handling.
 #[derive(Debug, thiserror::Error)]
@@ -285,11 +286,20 @@ fn unshare_and_pin(path: &Path) -> Result<(), NetnsError> {
 /// Creates `dir` and makes it a shared mount point (bind-mounting it on itself first if
 /// it is not a mount point), like iproute2's `netns_add`.
 fn prepare_run_dir(dir: &Path) -> Result<(), NetnsError> {
+    let mut prepared = PREPARED_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if prepared.iter().any(|d| d == dir) && dir.is_dir() {
+        return Ok(());
+    }
+    make_shared(dir)?;
+    prepared.push(dir.to_path_buf());
+    Ok(())
+}
+
+fn make_shared(dir: &Path) -> Result<(), NetnsError> {
     let err = |e: Errno| NetnsError::PrepareRunDir {
         path: dir.to_path_buf(),
         source: e.into(),
     };
-    let _guard = RUN_DIR_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     std::fs::create_dir_all(dir).map_err(|source| NetnsError::PrepareRunDir {
         path: dir.to_path_buf(),
         source,
