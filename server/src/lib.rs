@@ -1,5 +1,14 @@
 //! # hulld
 //!
-//! The hull CRI runtime daemon: serves the Kubernetes CRI `RuntimeService` and
-//! `ImageService` on a unix socket.
+//! The hull CRI runtime daemon. It serves the Kubernetes CRI `RuntimeService` and
+//! `ImageService` (runtime.v1) on a unix socket, keeps its records in an embedded
+//! transactional store under `/var/lib/hull`, and runs every pod sandbox as a microVM
+//! (see `ARCHITECTURE.md`). `main.rs` is a thin shell around [`daemon`].
 #![forbid(unsafe_code)]
+
+pub mod cni_check;
+pub mod config;
+pub mod cri;
+pub mod daemon;
+pub mod logging;
+pub mod state;

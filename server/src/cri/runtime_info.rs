@@ -1,0 +1,112 @@
+//! Version, Status, RuntimeConfig and UpdateRuntimeConfig: what the runtime says about
+//! itself.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hull_cri_api as cri;
+
+use super::CriService;
+use super::status::CriError;
+use crate::config::{CgroupDriver, Config};
+
+/// The name kubelet shows for this runtime.
+pub const RUNTIME_NAME: &str = "hull";
+
+impl CriService {
+    pub(crate) fn do_version(&self) -> cri::VersionResponse {
+        cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: hull_cri_api::RUNTIME_API_VERSION.into(),
+        }
+    }
+
+    pub(crate) fn do_status(&self, verbose: bool) -> Result<cri::StatusResponse, CriError> {
+        let config = &self.daemon.config;
+        let runtime = condition("RuntimeReady", runtime_ready(config));
+        let network = condition("NetworkReady", network_ready(config));
+        let mut info = HashMap::new();
+        if verbose {
+            let json = serde_json::to_string(config.as_ref())
+                .map_err(|e| CriError::internal("Encoding the config", e))?;
+            info.insert("config".to_owned(), json);
+        }
+        Ok(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus {
+                conditions: vec![runtime, network],
+            }),
+            info,
+            runtime_handlers: vec![cri::RuntimeHandler {
+                name: String::new(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        })
+    }
+
+    pub(crate) fn do_runtime_config(&self) -> cri::RuntimeConfigResponse {
+        let driver = match self.daemon.config.cgroup_driver {
+            CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+            CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+        };
+        cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }
+    }
+}
+
+/// A failed check: (reason, message), as in the CRI's `RuntimeCondition`.
+type Check = Result<(), (&'static str, String)>;
+
+fn condition(kind: &str, check: Check) -> cri::RuntimeCondition {
+    match check {
+        Ok(()) => cri::RuntimeCondition {
+            r#type: kind.into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        Err((reason, message)) => cri::RuntimeCondition {
+            r#type: kind.into(),
+            status: false,
+            reason: reason.into(),
+            message,
+        },
+    }
+}
+
+/// The runtime can work if its state dirs exist and are writable.
+fn runtime_ready(config: &Config) -> Check {
+    for dir in [&config.root_dir, &config.state_dir] {
+        probe_writable(dir).map_err(|e| {
+            (
+                "StateDirNotWritable",
+                format!("hull cannot write to {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"ok")?;
+    std::fs::remove_file(&probe)
+}
+
+/// The network is ready when the CNI conf dir holds a usable network config.
+fn network_ready(config: &Config) -> Check {
+    crate::cni_check::find_network_config(&config.cni.conf_dir)
+        .map(|_| ())
+        .map_err(|message| ("NetworkPluginNotReady", message))
+}

@@ -1,0 +1,155 @@
+//! The daemon: its shared state, the CRI socket, and serving until a signal.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hull_cri_api::server::{ImageServiceServer, RuntimeServiceServer};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::CriService;
+use crate::state::{self, Store, StoreError};
+
+/// kubelet sends and accepts CRI messages up to 16 MiB.
+const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// How long calls in flight may run on after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("Cannot create {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Another hulld is already serving {0}")]
+    SocketInUse(PathBuf),
+    #[error("Cannot listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// What every CRI call shares.
+#[derive(Debug)]
+pub struct Daemon {
+    pub config: Arc<Config>,
+    pub store: Store,
+}
+
+impl Daemon {
+    /// Creates the state dirs and opens the metadata store.
+    pub fn open(config: Config) -> Result<Self, DaemonError> {
+        for dir in [&config.root_dir, &config.state_dir] {
+            create_dir(dir, None)?;
+        }
+        let store = Store::open(&config.metadata_path(), &state::tables())?;
+        tracing::info!(
+            root = %config.root_dir.display(),
+            state = %config.state_dir.display(),
+            schema = state::store::SCHEMA_VERSION,
+            "metadata store open"
+        );
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+        })
+    }
+}
+
+fn create_dir(dir: &Path, mode: Option<u32>) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Binds the CRI socket: parent dir 0700, a stale socket file replaced, a live one refused.
+pub async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(parent) = path.parent() {
+        create_dir(parent, Some(0o700))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(DaemonError::SocketInUse(path.to_owned()));
+        }
+        tracing::warn!(socket = %path.display(), "removing stale socket");
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| DaemonError::Listen {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Serves both CRI services on `listener` until `shutdown` resolves, then removes the
+/// socket file.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let socket = daemon.config.socket.clone();
+    let service = CriService::new(Arc::clone(&daemon));
+    let runtime = RuntimeServiceServer::new(service.clone())
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let image = ImageServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    tracing::info!(socket = %socket.display(), "serving CRI runtime.v1");
+    // kubelet keeps its connection open forever, so a graceful shutdown that waits for
+    // every connection to close would never end: in-flight calls get SHUTDOWN_GRACE.
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&signalled);
+    let shutdown = async move {
+        shutdown.await;
+        notify.notify_one();
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(runtime)
+        .add_service(image)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    let result = tokio::select! {
+        r = server => r,
+        _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("calls still running after the shutdown grace period; leaving them");
+            Ok(())
+        }
+    };
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket");
+    }
+    tracing::info!("hulld stopped");
+    result.map_err(DaemonError::from)
+}
+
+/// Installs SIGTERM/SIGINT handlers now (before the socket is bound, so a signal that
+/// arrives early still shuts down cleanly) and returns a future that resolves on the first.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}

@@ -1,0 +1,130 @@
+//! Starting a real `hulld` process for integration tests, and CRI clients to talk to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_cri_api::client::{ImageServiceClient, RuntimeServiceClient};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+/// A hulld process with its own temp dirs and socket; killed on drop.
+pub struct Hulld {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Hulld {
+    /// Temp dirs and a config; `extra` is appended to the TOML (sections allowed).
+    pub fn configure(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("cni")).expect("cni dir");
+        let socket = root.join("run/hull.sock");
+        let config = format!(
+            "root_dir = \"{r}/lib\"\nstate_dir = \"{r}/run\"\nsocket = \"{s}\"\nlog_level = \"debug\"\n{extra}\n[cni]\nconf_dir = \"{r}/cni\"\n",
+            r = root.display(),
+            s = socket.display(),
+        );
+        let config_path = root.join("config.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        Self {
+            dir,
+            config_path,
+            socket,
+            child: None,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a minimal valid CNI conflist into the configured conf dir.
+    pub fn write_cni_config(&self) {
+        std::fs::write(
+            self.root().join("cni/10-test.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"test","plugins":[{"type":"bridge","bridge":"hulltest0"}]}"#,
+        )
+        .expect("write conflist");
+    }
+
+    /// Spawns hulld and waits until its socket accepts connections.
+    pub fn start(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_hulld"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hulld");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("hulld exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "hulld did not listen on {} within 20s",
+            self.socket.display()
+        );
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("hulld is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal hulld");
+        child.wait().expect("wait hulld")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        connect(&self.socket).await
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await)
+    }
+}
+
+impl Drop for Hulld {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A gRPC channel over a unix socket, the way kubelet connects.
+pub async fn connect(socket: &Path) -> Channel {
+    let socket = socket.to_owned();
+    Endpoint::try_from("http://[::]:50051")
+        .expect("static uri")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to hulld")
+}
