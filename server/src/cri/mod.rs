@@ -1,8 +1,10 @@
 //! The CRI services (runtime.v1) that hulld serves.
 
+mod container;
 mod image;
 mod runtime;
 mod runtime_info;
+mod sandbox;
 pub mod status;
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
-//! The tonic `RuntimeService`: each RPC opens a span, calls one `do_*` method (one file
-//! per CRI object and verb as they land), and maps the error in one place
-//! ([`CriError`](super::status::CriError) → `tonic::Status`).
+//! The tonic `RuntimeService`: each RPC calls one `do_*` method and maps its error in one
+//! place ([`CriError`](super::status::CriError) → `tonic::Status`). The `do_*` methods
+//! live by CRI object: `sandbox*.rs` (pod sandboxes) and `container*.rs` (containers);
+//! each opens its span with the pod and container ids.
 //!
 //! RPCs whose issue has not landed yet answer `UNIMPLEMENTED` with a message naming what
 //! is missing, so kubelet and critest see a clear, typed refusal rather than a hang or a
@@ -18,6 +19,10 @@ use super::status::CriError;
 
 type CallResult<T> = Result<Response<T>, Status>;
 
+/// The stream `GetContainerEvents` answers with.
+pub(crate) type ContainerEventStream =
+    Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
 fn not_yet<T>(rpc: &'static str, why: &'static str) -> CallResult<T> {
     tracing::debug!(rpc, "unimplemented CRI call");
     Err(CriError::Unimplemented { rpc, why }.into())
@@ -25,8 +30,7 @@ fn not_yet<T>(rpc: &'static str, why: &'static str) -> CallResult<T> {
 
 #[tonic::async_trait]
 impl RuntimeService for CriService {
-    type GetContainerEventsStream =
-        Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+    type GetContainerEventsStream = ContainerEventStream;
 
     async fn version(
         &self,
@@ -70,108 +74,167 @@ impl RuntimeService for CriService {
         &self,
         _req: Request<cri::GetEventsRequest>,
     ) -> CallResult<Self::GetContainerEventsStream> {
-        not_yet("GetContainerEvents", "issue 7: containers in the pod VM")
+        Ok(Response::new(self.do_get_container_events().await?))
     }
 
     async fn run_pod_sandbox(
         &self,
-        _req: Request<cri::RunPodSandboxRequest>,
+        req: Request<cri::RunPodSandboxRequest>,
     ) -> CallResult<cri::RunPodSandboxResponse> {
-        not_yet("RunPodSandbox", "issue 4: pod sandboxes are microVMs")
+        Ok(Response::new(
+            self.do_run_pod_sandbox(req.into_inner()).await?,
+        ))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _req: Request<cri::StopPodSandboxRequest>,
+        req: Request<cri::StopPodSandboxRequest>,
     ) -> CallResult<cri::StopPodSandboxResponse> {
-        not_yet("StopPodSandbox", "issue 4: pod sandboxes are microVMs")
+        Ok(Response::new(
+            self.do_stop_pod_sandbox(req.into_inner()).await?,
+        ))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<cri::RemovePodSandboxRequest>,
+        req: Request<cri::RemovePodSandboxRequest>,
     ) -> CallResult<cri::RemovePodSandboxResponse> {
-        not_yet("RemovePodSandbox", "issue 4: pod sandboxes are microVMs")
+        Ok(Response::new(
+            self.do_remove_pod_sandbox(req.into_inner()).await?,
+        ))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _req: Request<cri::PodSandboxStatusRequest>,
+        req: Request<cri::PodSandboxStatusRequest>,
     ) -> CallResult<cri::PodSandboxStatusResponse> {
-        not_yet("PodSandboxStatus", "issue 4: pod sandboxes are microVMs")
+        Ok(Response::new(
+            self.do_pod_sandbox_status(req.into_inner()).await?,
+        ))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _req: Request<cri::ListPodSandboxRequest>,
+        req: Request<cri::ListPodSandboxRequest>,
     ) -> CallResult<cri::ListPodSandboxResponse> {
-        not_yet("ListPodSandbox", "issue 4: pod sandboxes are microVMs")
+        Ok(Response::new(
+            self.do_list_pod_sandbox(req.into_inner()).await?,
+        ))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> CallResult<cri::PodSandboxStatsResponse> {
+        Ok(Response::new(
+            self.do_pod_sandbox_stats(req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> CallResult<cri::ListPodSandboxStatsResponse> {
+        Ok(Response::new(
+            self.do_list_pod_sandbox_stats(req.into_inner()).await?,
+        ))
     }
 
     async fn create_container(
         &self,
-        _req: Request<cri::CreateContainerRequest>,
+        req: Request<cri::CreateContainerRequest>,
     ) -> CallResult<cri::CreateContainerResponse> {
-        not_yet("CreateContainer", "issue 7: containers in the pod VM")
+        Ok(Response::new(
+            self.do_create_container(req.into_inner()).await?,
+        ))
     }
 
     async fn start_container(
         &self,
-        _req: Request<cri::StartContainerRequest>,
+        req: Request<cri::StartContainerRequest>,
     ) -> CallResult<cri::StartContainerResponse> {
-        not_yet("StartContainer", "issue 7: containers in the pod VM")
+        Ok(Response::new(
+            self.do_start_container(req.into_inner()).await?,
+        ))
     }
 
     async fn stop_container(
         &self,
-        _req: Request<cri::StopContainerRequest>,
+        req: Request<cri::StopContainerRequest>,
     ) -> CallResult<cri::StopContainerResponse> {
-        not_yet("StopContainer", "issue 7: containers in the pod VM")
+        Ok(Response::new(
+            self.do_stop_container(req.into_inner()).await?,
+        ))
     }
 
     async fn remove_container(
         &self,
-        _req: Request<cri::RemoveContainerRequest>,
+        req: Request<cri::RemoveContainerRequest>,
     ) -> CallResult<cri::RemoveContainerResponse> {
-        not_yet("RemoveContainer", "issue 7: containers in the pod VM")
+        Ok(Response::new(
+            self.do_remove_container(req.into_inner()).await?,
+        ))
     }
 
     async fn list_containers(
         &self,
-        _req: Request<cri::ListContainersRequest>,
+        req: Request<cri::ListContainersRequest>,
     ) -> CallResult<cri::ListContainersResponse> {
-        not_yet("ListContainers", "issue 7: containers in the pod VM")
+        Ok(Response::new(
+            self.do_list_containers(req.into_inner()).await?,
+        ))
     }
 
     async fn container_status(
         &self,
-        _req: Request<cri::ContainerStatusRequest>,
+        req: Request<cri::ContainerStatusRequest>,
     ) -> CallResult<cri::ContainerStatusResponse> {
-        not_yet("ContainerStatus", "issue 7: containers in the pod VM")
+        Ok(Response::new(
+            self.do_container_status(req.into_inner()).await?,
+        ))
     }
 
     async fn update_container_resources(
         &self,
-        _req: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> CallResult<cri::UpdateContainerResourcesResponse> {
-        not_yet(
-            "UpdateContainerResources",
-            "issue 7: containers in the pod VM",
-        )
+        Ok(Response::new(
+            self.do_update_container_resources(req.into_inner()).await?,
+        ))
     }
 
     async fn reopen_container_log(
         &self,
-        _req: Request<cri::ReopenContainerLogRequest>,
+        req: Request<cri::ReopenContainerLogRequest>,
     ) -> CallResult<cri::ReopenContainerLogResponse> {
-        not_yet("ReopenContainerLog", "issue 7: containers in the pod VM")
+        Ok(Response::new(
+            self.do_reopen_container_log(req.into_inner()).await?,
+        ))
     }
 
     async fn exec_sync(
         &self,
-        _req: Request<cri::ExecSyncRequest>,
+        req: Request<cri::ExecSyncRequest>,
     ) -> CallResult<cri::ExecSyncResponse> {
-        not_yet("ExecSync", "issue 7: containers in the pod VM")
+        Ok(Response::new(self.do_exec_sync(req.into_inner()).await?))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> CallResult<cri::ContainerStatsResponse> {
+        Ok(Response::new(
+            self.do_container_stats(req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> CallResult<cri::ListContainerStatsResponse> {
+        Ok(Response::new(
+            self.do_list_container_stats(req.into_inner()).await?,
+        ))
     }
 
     async fn exec(&self, _req: Request<cri::ExecRequest>) -> CallResult<cri::ExecResponse> {
@@ -187,34 +250,6 @@ impl RuntimeService for CriService {
         _req: Request<cri::PortForwardRequest>,
     ) -> CallResult<cri::PortForwardResponse> {
         not_yet("PortForward", "the streaming server is not built yet")
-    }
-
-    async fn container_stats(
-        &self,
-        _req: Request<cri::ContainerStatsRequest>,
-    ) -> CallResult<cri::ContainerStatsResponse> {
-        not_yet("ContainerStats", "issue 7: containers in the pod VM")
-    }
-
-    async fn list_container_stats(
-        &self,
-        _req: Request<cri::ListContainerStatsRequest>,
-    ) -> CallResult<cri::ListContainerStatsResponse> {
-        not_yet("ListContainerStats", "issue 7: containers in the pod VM")
-    }
-
-    async fn pod_sandbox_stats(
-        &self,
-        _req: Request<cri::PodSandboxStatsRequest>,
-    ) -> CallResult<cri::PodSandboxStatsResponse> {
-        not_yet("PodSandboxStats", "issue 7: containers in the pod VM")
-    }
-
-    async fn list_pod_sandbox_stats(
-        &self,
-        _req: Request<cri::ListPodSandboxStatsRequest>,
-    ) -> CallResult<cri::ListPodSandboxStatsResponse> {
-        not_yet("ListPodSandboxStats", "issue 7: containers in the pod VM")
     }
 
     async fn checkpoint_container(

@@ -1,0 +1,126 @@
+//! Container RPCs (issue 7). Split into `container_<verb>.rs` files as they grow.
+
+use hull_cri_api as cri;
+
+use super::CriService;
+use super::runtime::ContainerEventStream;
+use super::status::CriError;
+
+impl CriService {
+    pub(crate) async fn do_create_container(
+        &self,
+        _req: cri::CreateContainerRequest,
+    ) -> Result<cri::CreateContainerResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "CreateContainer",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_start_container(
+        &self,
+        _req: cri::StartContainerRequest,
+    ) -> Result<cri::StartContainerResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "StartContainer",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_stop_container(
+        &self,
+        _req: cri::StopContainerRequest,
+    ) -> Result<cri::StopContainerResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "StopContainer",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_remove_container(
+        &self,
+        _req: cri::RemoveContainerRequest,
+    ) -> Result<cri::RemoveContainerResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "RemoveContainer",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_list_containers(
+        &self,
+        _req: cri::ListContainersRequest,
+    ) -> Result<cri::ListContainersResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "ListContainers",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_container_status(
+        &self,
+        _req: cri::ContainerStatusRequest,
+    ) -> Result<cri::ContainerStatusResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "ContainerStatus",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_update_container_resources(
+        &self,
+        _req: cri::UpdateContainerResourcesRequest,
+    ) -> Result<cri::UpdateContainerResourcesResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "UpdateContainerResources",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_reopen_container_log(
+        &self,
+        _req: cri::ReopenContainerLogRequest,
+    ) -> Result<cri::ReopenContainerLogResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "ReopenContainerLog",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_exec_sync(
+        &self,
+        _req: cri::ExecSyncRequest,
+    ) -> Result<cri::ExecSyncResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "ExecSync",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_container_stats(
+        &self,
+        _req: cri::ContainerStatsRequest,
+    ) -> Result<cri::ContainerStatsResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "ContainerStats",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_list_container_stats(
+        &self,
+        _req: cri::ListContainerStatsRequest,
+    ) -> Result<cri::ListContainerStatsResponse, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "ListContainerStats",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+
+    pub(crate) async fn do_get_container_events(&self) -> Result<ContainerEventStream, CriError> {
+        Err(CriError::Unimplemented {
+            rpc: "GetContainerEvents",
+            why: "issue 7: containers in the pod VM",
+        })
+    }
+}
