@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::netns::Netns;
 
-/// Cap on what a plugin may print (stdout and stderr each), against a runaway plugin.
+/// Only this much of a plugin's stdout is parsed (a result or error object is far smaller).
 const MAX_OUTPUT: usize = 4 << 20;
 
 /// The CNI operation.
