@@ -99,6 +99,10 @@ pub fn early_setup() -> anyhow::Result<()> {
         eprintln!("hull-agent: no virtio-fs share {SHARE_TAG} mounted at {SHARE_MOUNT}: {e}");
     }
     std::fs::create_dir_all("/etc").context("create /etc")?;
+    // Containers bind these; SetupSandbox fills them in.
+    if !Path::new("/etc/resolv.conf").exists() {
+        let _ = std::fs::write("/etc/resolv.conf", "");
+    }
     if !Path::new("/etc/hosts").exists() {
         let _ = std::fs::write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
     }

@@ -1,0 +1,333 @@
+//! The QEMU backend with a pod network: QEMU runs inside a network namespace the test
+//! creates, on a tap device there; the agent configures the guest NIC (MAC, MTU, address,
+//! default route) and a container sees it and reaches the tap side. Then hulld's restart
+//! path: the VM handle is dropped, the VM is found again with `reattach`, and the agent
+//! still answers; a tty exec, resize and a SIGKILL'd container run before the VM is
+//! stopped (without the agent's help) and everything is gone.
+//!
+//! Needs what qemu_boot.rs needs, plus iproute2.
+
+#![allow(dead_code)] // qemu_common is shared with qemu_boot.rs
+
+mod qemu_common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use hull_agent_api::v1::{self as pb, OutputStream};
+use hull_vm::hypervisor::{Hypervisor, NetConfig, VmExit};
+use hull_vm::qemu::{QemuConfig, QemuHypervisor};
+use qemu_common::*;
+
+const MAC: &str = "02:00:0a:c7:00:02";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A named netns with `tap0` (10.199.0.1/24), deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Self {
+        let name = format!("hull-qtest-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Self(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns.0, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ip(&["-n", &ns.0, "link", "set", "tap0", "mtu", "1400", "up"]);
+        ip(&["-n", &ns.0, "addr", "add", "10.199.0.1/24", "dev", "tap0"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn process_json(args: &[&str], terminal: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "args": args, "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/", "terminal": terminal,
+        "consoleSize": { "height": 24, "width": 80 }
+    }))
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_in_netns_with_tap_reattach_tty_and_kill() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("hull-qemu-net-")
+        .tempdir()
+        .expect("tempdir");
+    let netns = Netns::new();
+    let mut cfg = config(tmp.path(), "qemu-net-test");
+    cfg.netns = Some(format!("/run/netns/{}", netns.0).into());
+    cfg.net = Some(NetConfig {
+        tap: "tap0".into(),
+        mac: MAC.into(),
+        mtu: 1400,
+    });
+    busybox_rootfs(&tmp.path().join("share/c1/rootfs"));
+
+    let vm = QemuHypervisor::new(QemuConfig::default())
+        .start(&cfg)
+        .await
+        .expect("start VM");
+    let result = tokio::time::timeout(Duration::from_secs(240), network_part(&*vm, &netns.0)).await;
+    let first_pid = vm.pid();
+    drop(vm); // hulld "restarts": the VM must keep running without its handle.
+    result.unwrap_or_else(|_| panic!("network part timed out"));
+
+    let vm = QemuHypervisor::new(QemuConfig::default())
+        .reattach(&cfg)
+        .await
+        .expect("reattach");
+    assert!(vm.is_running(), "VM did not survive its handle");
+    assert_eq!(vm.pid(), first_pid);
+    let result = tokio::time::timeout(Duration::from_secs(240), process_part(&*vm)).await;
+    let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+    let exit = vm.stop(Duration::from_secs(5)).await.expect("stop VM");
+    result.unwrap_or_else(|_| panic!("process part timed out\nconsole:\n{console}"));
+    assert_eq!(exit, VmExit::Shutdown);
+    assert!(!vm.is_running());
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+async fn network_part(vm: &dyn hull_vm::hypervisor::VmHandle, netns: &str) {
+    let mut client = connect(vm).await;
+    let setup = pb::SetupSandboxRequest {
+        sandbox_id: "qemu-net-test".into(),
+        hostname: "net-pod".into(),
+        interfaces: vec![pb::Interface {
+            name: String::new(),
+            mac: MAC.into(),
+            mtu: 1400,
+            addresses: vec![pb::IpAddress {
+                cidr: "10.199.0.2/24".into(),
+            }],
+        }],
+        routes: vec![pb::Route {
+            destination: "0.0.0.0/0".into(),
+            gateway: "10.199.0.1".into(),
+            device: String::new(),
+        }],
+        ..Default::default()
+    };
+    client.setup_sandbox(setup).await.expect("setup sandbox");
+    let wrong_mac = pb::SetupSandboxRequest {
+        interfaces: vec![pb::Interface {
+            mac: "02:00:00:00:00:99".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        client
+            .setup_sandbox(wrong_mac)
+            .await
+            .expect_err("no such NIC")
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let script = "ip link show eth0 | grep -o 'mtu 1400'; ip -o -4 addr show dev eth0 | grep -o 10.199.0.2/24; \
+                  ip route | grep -o 'default via 10.199.0.1'; ping -c1 -W20 10.199.0.1 >/dev/null && echo ping-ok";
+    let create = pb::CreateContainerRequest {
+        container_id: "net".into(),
+        oci_spec_json: spec_json(&["sh", "-c", script]),
+        rootfs: format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR),
+    };
+    client.create_container(create).await.expect("create");
+    let out = tokio::spawn(collect_output(
+        client.clone(),
+        "net",
+        "",
+        OutputStream::Stdout,
+    ));
+    client
+        .start_container(pb::StartContainerRequest {
+            container_id: "net".into(),
+        })
+        .await
+        .expect("start");
+    let wait = client
+        .wait_process(pb::WaitProcessRequest {
+            container_id: "net".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(
+        out.await.expect("output"),
+        "mtu 1400\n10.199.0.2/24\ndefault via 10.199.0.1\nping-ok\n"
+    );
+    assert_eq!(wait.exit_status, 0);
+    client
+        .remove_container(pb::RemoveContainerRequest {
+            container_id: "net".into(),
+            force: false,
+        })
+        .await
+        .expect("remove");
+
+    // And the other way: the pod netns reaches the guest through the tap.
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "/bin/busybox",
+            "ping",
+            "-c1",
+            "-W20",
+            "10.199.0.2",
+        ])
+        .output()
+        .expect("ping");
+    assert!(
+        ping.status.success(),
+        "host-side ping: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+}
+
+async fn process_part(vm: &dyn hull_vm::hypervisor::VmHandle) {
+    let mut client = connect(vm).await;
+    client
+        .health(pb::HealthRequest {})
+        .await
+        .expect("health after reattach");
+    let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
+    let create = pb::CreateContainerRequest {
+        container_id: "long".into(),
+        oci_spec_json: spec_json(&["sleep", "1000"]),
+        rootfs,
+    };
+    client.create_container(create).await.expect("create");
+    client
+        .start_container(pb::StartContainerRequest {
+            container_id: "long".into(),
+        })
+        .await
+        .expect("start");
+    assert_eq!(
+        client
+            .start_container(pb::StartContainerRequest {
+                container_id: "long".into()
+            })
+            .await
+            .expect_err("twice")
+            .code(),
+        tonic::Code::FailedPrecondition
+    );
+
+    // A tty exec: the pty has the requested size, then the resized one.
+    let exec = pb::ExecProcessRequest {
+        container_id: "long".into(),
+        exec_id: "tty".into(),
+        oci_process_json: process_json(&["sh", "-c", "stty size; sleep 2; stty size"], true),
+    };
+    client.exec_process(exec).await.expect("tty exec");
+    let req = pb::ReadOutputRequest {
+        container_id: "long".into(),
+        exec_id: "tty".into(),
+        stream: OutputStream::Stdout as i32,
+    };
+    let mut stream = client
+        .read_output(req)
+        .await
+        .expect("read tty")
+        .into_inner();
+    let mut out = Vec::new();
+    // Resize only once the first size was printed.
+    while !out.ends_with(b"\r\n") {
+        let chunk = stream
+            .message()
+            .await
+            .expect("tty chunk")
+            .expect("tty output before EOF");
+        out.extend_from_slice(&chunk.data);
+    }
+    let resize = pb::ResizeTtyRequest {
+        container_id: "long".into(),
+        exec_id: "tty".into(),
+        rows: 30,
+        cols: 100,
+    };
+    client.resize_tty(resize).await.expect("resize");
+    while let Some(chunk) = stream.message().await.expect("tty chunk") {
+        out.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "24 80\r\n30 100\r\n");
+    let no_tty = pb::ResizeTtyRequest {
+        container_id: "long".into(),
+        exec_id: String::new(),
+        rows: 1,
+        cols: 1,
+    };
+    assert_eq!(
+        client.resize_tty(no_tty).await.expect_err("no tty").code(),
+        tonic::Code::FailedPrecondition
+    );
+
+    let running_remove = pb::RemoveContainerRequest {
+        container_id: "long".into(),
+        force: false,
+    };
+    assert_eq!(
+        client
+            .remove_container(running_remove)
+            .await
+            .expect_err("running")
+            .code(),
+        tonic::Code::FailedPrecondition
+    );
+    let bad_signal = pb::SignalProcessRequest {
+        container_id: "long".into(),
+        exec_id: String::new(),
+        signal: 999,
+    };
+    assert_eq!(
+        client
+            .signal_process(bad_signal)
+            .await
+            .expect_err("bad signal")
+            .code(),
+        tonic::Code::FailedPrecondition
+    );
+    client
+        .signal_process(pb::SignalProcessRequest {
+            container_id: "long".into(),
+            exec_id: String::new(),
+            signal: 9,
+        })
+        .await
+        .expect("kill");
+    let wait = client
+        .wait_process(pb::WaitProcessRequest {
+            container_id: "long".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!((wait.exit_status, wait.signal), (137, 9));
+    client
+        .remove_container(pb::RemoveContainerRequest {
+            container_id: "long".into(),
+            force: false,
+        })
+        .await
+        .expect("remove");
+}
