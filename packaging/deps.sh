@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install everything hull needs to build, run and test on Debian 12, idempotently.
+#
+#   packaging/deps.sh            runtime + build + test dependencies
+#
+# Debian packages come from apt; two vhost-user backends come from crates.io with
+# `cargo install` into /usr/local/cargo-tools (hull finds them there).
+set -euo pipefail
+
+log() { printf '[deps %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+APT_PACKAGES=(
+    # building hull and its guest
+    build-essential pkg-config protobuf-compiler
+    linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils kmod
+    # vhost-user backends (virtiofsd needs these to build)
+    libseccomp-dev libcap-ng-dev
+    # running pod VMs and pod networks
+    qemu-system-x86 iproute2 iptables containernetworking-plugins
+    # tests: a real registry, test images, guest rootfs, the containerd baseline
+    docker-registry skopeo umoci busybox-static apache2-utils zstd jq
+    e2fsprogs erofs-utils containerd runc
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    log "Debian packages present"
+fi
+
+# Debian's docker-registry and containerd packages start services where systemd runs;
+# hull's tests and benchmarks start their own instances on their own ports and dirs.
+
+TOOLS_ROOT=/usr/local/cargo-tools
+install_tool() { # crate version binary
+    local crate=$1 version=$2 bin=$3
+    if [[ -x "$TOOLS_ROOT/bin/$bin" ]] && "$TOOLS_ROOT/bin/$bin" --version 2>/dev/null | grep -q "$version"; then
+        log "$crate $version present"
+        return
+    fi
+    log "cargo install $crate $version (a few minutes)"
+    cargo install --locked --quiet --root "$TOOLS_ROOT" --version "$version" "$crate"
+}
+install_tool vhost-device-vsock 0.3.0 vhost-device-vsock
+install_tool virtiofsd 1.14.0 virtiofsd
+log "done"
