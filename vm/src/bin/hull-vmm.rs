@@ -40,6 +40,34 @@ struct Args {
     vsock_cid: Option<u32>,
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
+    /// Instead of running a VM: connect to the hybrid-vsock socket at this path, ask for
+    /// `--probe-port` (`CONNECT <port>`), print the answer and exit 0 on `OK`.
+    #[arg(long)]
+    probe_vsock: Option<PathBuf>,
+    #[arg(long, default_value_t = hull_vm::hypervisor::AGENT_VSOCK_PORT)]
+    probe_port: u32,
+}
+
+/// The hybrid-vsock handshake, as hulld's agent client does it.
+fn probe_vsock(path: &std::path::Path, port: u32) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 32 && s.read(&mut byte)? == 1 {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&line).trim_end().to_string();
+    anyhow::ensure!(
+        line.starts_with("OK "),
+        "no OK from the guest (got {line:?})"
+    );
+    Ok(line)
 }
 
 fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
@@ -131,7 +159,20 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let reason = run(Args::parse());
+    let args = Args::parse();
+    if let Some(path) = &args.probe_vsock {
+        match probe_vsock(path, args.probe_port) {
+            Ok(line) => {
+                println!("{line}");
+                std::process::exit(0);
+            }
+            Err(err) => {
+                eprintln!("hull-vmm: probe failed: {err:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let reason = run(args);
     tracing::info!(?reason, code = reason.code(), "hull-vmm exiting");
     // vCPU threads may still be inside KVM_RUN; exiting the process ends them with the VM.
     std::process::exit(reason.code());

@@ -15,6 +15,7 @@ use super::devices::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use super::devices::rng::Rng;
 use super::devices::serial::SerialDevice;
 use super::devices::virtio::VirtioDevice;
+use super::devices::vsock::Vsock;
 use super::exit::{ExitError, ExitReason, ExitSignal};
 use super::kvm::{KvmError, KvmVm, KvmVmOptions};
 use super::layout;
@@ -196,6 +197,10 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
     let mut mmio = Bus::new();
     let mut extra_cmdline: Vec<String> = Vec::new();
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(u64::from(vsock.guest_cid), vsock.uds_path.clone());
+        devices.push(Box::new(device));
+    }
     if config.rng {
         devices.push(Box::new(Rng::new()));
     }

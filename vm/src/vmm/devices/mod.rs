@@ -9,3 +9,4 @@ pub mod serial;
 #[cfg(test)]
 pub mod test_utils;
 pub mod virtio;
+pub mod vsock;

@@ -1,0 +1,338 @@
+//! virtio-vsock in user space, hybrid style: the host side of every guest stream is a unix
+//! socket (see [`muxer`]), so hulld reaches the agent the same way with either backend.
+//!
+//! Queues: 0 = RX (host → guest), 1 = TX (guest → host), 2 = event (unused: we never reset
+//! the transport). One worker thread owns the queues, the listener and every connection.
+
+pub mod conn;
+pub mod muxer;
+pub mod packet;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::virtio::{
+    ActivateError, Activation, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1, VirtioDevice,
+    VirtioInterrupt, check_avail_idx, device_type,
+};
+use crate::vmm::exit::ExitReason;
+use crate::vmm::memory::GuestMemoryMmap;
+use muxer::{FD_TOKEN_BASE, Muxer};
+use packet::{HDR_SIZE, Header, MAX_PKT_PAYLOAD};
+
+/// Queue size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+const EVQ: usize = 2;
+const STOP_TOKEN: u64 = 3;
+const EXIT_TOKEN: u64 = 4;
+const LISTENER_TOKEN: u64 = 5;
+
+/// Errors from the vsock queues: the guest broke the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("Failed to access a queue")]
+    Queue(#[source] virtio_queue::Error),
+    #[error("Driver broke the queue protocol")]
+    BadQueue(#[from] QueueCheckError),
+    #[error("Failed to raise the interrupt")]
+    Interrupt(#[source] std::io::Error),
+}
+
+/// The queue side, owned by the worker (and driven directly by tests).
+#[derive(Debug)]
+pub struct VsockWorker {
+    pub mem: GuestMemoryMmap,
+    pub rxq: Queue,
+    pub txq: Queue,
+    pub interrupt: Arc<VirtioInterrupt>,
+    pub muxer: Muxer,
+    /// TX packets dropped as malformed.
+    pub rejected: u64,
+}
+
+impl VsockWorker {
+    /// Consume every TX chain (guest → host packets).
+    pub fn process_tx(&mut self) -> Result<bool, VsockError> {
+        check_avail_idx(&self.txq, &self.mem)?;
+        let mut used = false;
+        while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            match chain.reader(&self.mem) {
+                Ok(mut reader) => {
+                    let mut hdr = [0u8; HDR_SIZE];
+                    let parsed = reader
+                        .read_exact(&mut hdr)
+                        .ok()
+                        .map(|()| Header::parse(&hdr, reader.available_bytes()));
+                    match parsed {
+                        Some(Ok(h)) => {
+                            let mut payload = vec![0u8; h.len as usize];
+                            if reader.read_exact(&mut payload).is_ok() {
+                                self.muxer.handle_guest_packet(h, &payload);
+                            }
+                        }
+                        Some(Err(err)) => self.reject(&err.to_string()),
+                        None => self.reject("chain shorter than a header"),
+                    }
+                }
+                Err(err) => self.reject(&err.to_string()),
+            }
+            self.txq
+                .add_used(&self.mem, head, 0)
+                .map_err(VsockError::Queue)?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    fn reject(&mut self, why: &str) {
+        self.rejected += 1;
+        if self.rejected <= 10 {
+            tracing::warn!(why, "vsock: dropped a malformed TX packet");
+        }
+    }
+
+    /// Fill RX chains with control packets, then host data the guest has credit for.
+    pub fn process_rx(&mut self) -> Result<bool, VsockError> {
+        check_avail_idx(&self.rxq, &self.mem)?;
+        let mut used = false;
+        loop {
+            let ctrl = self.muxer.pop_control();
+            let readable = if ctrl.is_none() {
+                self.muxer.next_readable()
+            } else {
+                None
+            };
+            if ctrl.is_none() && readable.is_none() {
+                break;
+            }
+            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else {
+                if let Some(hdr) = ctrl {
+                    self.muxer.unpop_control(hdr);
+                }
+                break;
+            };
+            let head = chain.head_index();
+            let mut writer = match chain.writer(&self.mem) {
+                Ok(w) if w.available_bytes() > HDR_SIZE => w,
+                _ => {
+                    // Unusable buffer: hand it back empty, keep the packet.
+                    if let Some(hdr) = ctrl {
+                        self.muxer.unpop_control(hdr);
+                    }
+                    self.rxq
+                        .add_used(&self.mem, head, 0)
+                        .map_err(VsockError::Queue)?;
+                    used = true;
+                    continue;
+                }
+            };
+            let packet = match (ctrl, readable) {
+                (Some(hdr), _) => Some((hdr, Vec::new())),
+                (None, Some(key)) => {
+                    let room = (writer.available_bytes() - HDR_SIZE).min(MAX_PKT_PAYLOAD as usize);
+                    self.muxer.read_host(key, room)
+                }
+                (None, None) => None,
+            };
+            let Some((hdr, data)) = packet else {
+                self.rxq.go_to_previous_position();
+                continue;
+            };
+            let ok = writer.write_all(&hdr.to_bytes()).is_ok() && writer.write_all(&data).is_ok();
+            let len = if ok {
+                (HDR_SIZE + data.len()) as u32
+            } else {
+                0
+            };
+            self.rxq
+                .add_used(&self.mem, head, len)
+                .map_err(VsockError::Queue)?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    /// Raise the interrupt if either queue wants it.
+    pub fn notify(&mut self, rx: bool, tx: bool) -> Result<(), VsockError> {
+        let mut fire = false;
+        if rx {
+            fire |= self
+                .rxq
+                .needs_notification(&self.mem)
+                .map_err(VsockError::Queue)?;
+        }
+        if tx {
+            fire |= self
+                .txq
+                .needs_notification(&self.mem)
+                .map_err(VsockError::Queue)?;
+        }
+        if fire {
+            self.interrupt
+                .trigger(INT_VRING)
+                .map_err(VsockError::Interrupt)?;
+        }
+        Ok(())
+    }
+
+    /// Handle one epoll event. Returns false when the worker must stop.
+    pub fn handle_event(&mut self, token: u64, events: EventSet) -> Result<bool, VsockError> {
+        let mut tx_used = false;
+        match token {
+            t if t >= FD_TOKEN_BASE => {
+                let fd = RawFd::try_from(t - FD_TOKEN_BASE).unwrap_or(-1);
+                self.muxer.socket_event(fd, events);
+            }
+            LISTENER_TOKEN => self.muxer.accept(),
+            STOP_TOKEN | EXIT_TOKEN => return Ok(false),
+            t if t == TX as u64 => tx_used = self.process_tx()?,
+            _ => {} // RX buffers arrived / event queue: nothing but the RX pass below
+        }
+        let rx_used = self.process_rx()?;
+        self.notify(rx_used, tx_used)?;
+        Ok(true)
+    }
+
+    /// Wait up to `timeout_ms` for events and handle them. Returns false when told to stop.
+    pub fn poll_once(&mut self, timeout_ms: i32) -> Result<bool, VsockError> {
+        let mut events = [EpollEvent::default(); 32];
+        let n = match self.muxer.epoll.wait(timeout_ms, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(VsockError::Interrupt(e)),
+        };
+        for ev in &events[..n] {
+            if !self.handle_event(ev.data(), ev.event_set())? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The virtio-vsock device.
+#[derive(Debug)]
+pub struct Vsock {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    config: [u8; 8],
+    active: bool,
+}
+
+impl Vsock {
+    /// A device with the guest's CID, bridged to `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Self {
+        Self {
+            guest_cid,
+            uds_path,
+            config: guest_cid.to_le_bytes(),
+            active: false,
+        }
+    }
+}
+
+fn register(epoll: &Epoll, fd: RawFd, token: u64) -> std::io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN, token),
+    )
+}
+
+/// Build the worker for an activation (taking its queues): epoll over the queue eventfds,
+/// the stop eventfd, the VM's exit eventfd and the listener.
+pub fn make_worker(
+    guest_cid: u64,
+    uds_path: PathBuf,
+    a: &mut Activation,
+) -> Result<VsockWorker, ActivateError> {
+    let [rxq, txq, _evq] = <[Queue; 3]>::try_from(std::mem::take(&mut a.queues)).map_err(|q| {
+        ActivateError::QueueCount {
+            got: q.len(),
+            want: 3,
+        }
+    })?;
+    let epoll = Epoll::new().map_err(ActivateError::Worker)?;
+    for (token, evt) in [RX, TX, EVQ].into_iter().zip(&a.queue_evts) {
+        register(&epoll, evt.as_raw_fd(), token as u64).map_err(ActivateError::Worker)?;
+    }
+    register(&epoll, a.stop_evt.as_raw_fd(), STOP_TOKEN).map_err(ActivateError::Worker)?;
+    register(&epoll, a.exit.eventfd().as_raw_fd(), EXIT_TOKEN).map_err(ActivateError::Worker)?;
+    let muxer = Muxer::new(guest_cid, uds_path, epoll).map_err(ActivateError::Worker)?;
+    register(&muxer.epoll, muxer.listener.as_raw_fd(), LISTENER_TOKEN)
+        .map_err(ActivateError::Worker)?;
+    Ok(VsockWorker {
+        mem: a.mem.clone(),
+        rxq,
+        txq,
+        interrupt: a.interrupt.clone(),
+        muxer,
+        rejected: 0,
+    })
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        device_type::VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+
+    fn device_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start
+            .checked_add(data.len())
+            .and_then(|end| self.config.get(start..end))
+        {
+            Some(src) => data.copy_from_slice(src),
+            None => data.fill(0),
+        }
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        if self.active {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let mut a = a;
+        let mut worker = make_worker(self.guest_cid, self.uds_path.clone(), &mut a)?;
+        let exit = a.exit.clone();
+        // The eventfds must outlive the worker's epoll registrations.
+        let fds = (a.queue_evts, a.stop_evt, a.exit);
+        std::thread::Builder::new()
+            .name("virtio-vsock".into())
+            .spawn(move || {
+                let _fds = fds;
+                loop {
+                    match worker.poll_once(-1) {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(err) => {
+                            tracing::error!(error = %err, "vsock: guest broke the protocol");
+                            exit.stop(ExitReason::GuestCrash);
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(ActivateError::Worker)?;
+        self.active = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
