@@ -67,6 +67,7 @@ impl ImageService {
     ) -> Result<()> {
         rootfs::validate_container_id(container_id)?;
         let rec = self.get(image)?;
+        self.ensure_unpacked(&rec).await?;
         let mut lowers = Vec::with_capacity(rec.layers.len().max(1));
         for l in rec.layers.iter().rev() {
             let p = self.inner.layers.fs_path(&Digest::parse(&l.diff_id)?);

@@ -124,6 +124,7 @@ impl ImageService {
                 .unwrap_or(0),
         };
         let rec = self.inner.meta.upsert(rec)?;
+        self.sync_layers_in_background();
         tracing::info!(
             id = %rec.id,
             layers = rec.layers.len(),
@@ -132,6 +133,51 @@ impl ImageService {
             "image pulled"
         );
         Ok(rec)
+    }
+
+    /// Flushes new layers off the pull's path (see `unpack` for why).
+    fn sync_layers_in_background(&self) {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = inner.layers.sync() {
+                tracing::warn!(error = %e, "syncing unpacked layers failed");
+            }
+        });
+    }
+
+    /// Makes sure every layer of `rec` is unpacked, re-extracting from the stored blobs
+    /// what a reboot dropped. The blobs must be present.
+    pub(crate) async fn ensure_unpacked(&self, rec: &ImageRecord) -> Result<()> {
+        let cfg = self.inner.registry.config();
+        let limits = Limits {
+            max_bytes: cfg.max_layer_bytes,
+            max_entries: cfg.max_layer_entries,
+        };
+        for l in &rec.layers {
+            let digest = Digest::parse(&l.digest)?;
+            let diff_id = Digest::parse(&l.diff_id)?;
+            if self.inner.layers.contains(&diff_id) {
+                continue;
+            }
+            if !self.inner.content.contains(&digest) {
+                return Err(ImageError::ImageNotFound(format!(
+                    "{} (layer blob {digest} missing; pull it again)",
+                    rec.id
+                )));
+            }
+            let compression = Compression::from_media_type(&l.media_type)?;
+            self.inner
+                .layers
+                .ensure(
+                    &diff_id,
+                    self.inner.content.path(&digest),
+                    compression,
+                    limits,
+                )
+                .await?;
+        }
+        self.sync_layers_in_background();
+        Ok(())
     }
 
     async fn fetch_layer(

@@ -22,13 +22,7 @@ async fn pull_hostile(entries: &[Entry], outside: &std::path::Path) -> ImageErro
         Err(e) => e,
     };
     assert!(env.svc.list(None).expect("list").is_empty());
-    assert_eq!(
-        std::fs::read_dir(env.root().join("layers"))
-            .expect("layers dir")
-            .count(),
-        0,
-        "partial layer left"
-    );
+    assert_eq!(env.layer_dirs(), 0, "partial layer left");
     assert!(!outside.exists(), "wrote outside the layer: {outside:?}");
     err
 }

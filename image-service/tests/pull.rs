@@ -278,13 +278,7 @@ async fn corrupted_blob_is_rejected_and_nothing_stored() {
         0,
         "temp file left"
     );
-    assert_eq!(
-        std::fs::read_dir(env.root().join("layers"))
-            .unwrap()
-            .count(),
-        0,
-        "layer unpacked"
-    );
+    assert_eq!(env.layer_dirs(), 0, "layer unpacked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,3 +227,46 @@ async fn everything_survives_reopening_the_store() {
     assert!(env.svc.pull(&name, None).await.is_err());
     assert!(env.svc.find(&name).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_reboot_unsynced_layers_are_re_extracted_from_blobs() {
+    init_tracing();
+    require_root();
+    let reg = TestRegistry::start();
+    let p = Pusher::new(&reg.host(), None);
+    p.push("whiteout", "latest", &images::whiteout_image())
+        .await;
+    let mut env = Env::new(config_for(&reg));
+    let name = format!("{}/whiteout:latest", reg.host());
+    let rec = env.svc.pull(&name, None).await.unwrap();
+    let layer_dirs: Vec<_> = rec
+        .layers
+        .iter()
+        .map(|l| env.root().join("layers").join(&l.diff_id[7..]))
+        .collect();
+    // The background sync marks the layers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !layer_dirs.iter().all(|d| d.join("synced").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "layers never marked synced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Pretend the top layer's sync never happened and the machine rebooted.
+    std::fs::remove_file(layer_dirs[1].join("synced")).unwrap();
+    std::fs::write(env.root().join("layers/.boot_id"), "another boot\n").unwrap();
+    drop(reg);
+    env.reopen();
+    assert!(layer_dirs[0].join("fs").is_dir(), "synced layer kept");
+    assert!(
+        !layer_dirs[1].exists(),
+        "unsynced layer kept across a reboot"
+    );
+
+    let target = env.dir.path().join("rootfs");
+    env.svc.prepare_rootfs(&name, "c", &target).await.unwrap();
+    assert_eq!(std::fs::read(target.join("opq/new.txt")).unwrap(), b"new");
+    assert!(!target.join("a/deleted.txt").exists());
+    env.svc.remove_rootfs("c", &target).await.unwrap();
+}

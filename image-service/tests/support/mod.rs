@@ -83,3 +83,14 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+impl Env {
+    /// Unpacked (or half-unpacked) layer dirs, ignoring the store's own dot files.
+    pub fn layer_dirs(&self) -> usize {
+        std::fs::read_dir(self.root().join("layers"))
+            .expect("layers dir")
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    }
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Pulls the same images from the same local docker-registry with hull-image and with
+# Debian's containerd (ctr), N times each, into an empty store every time, and prints
+# the p50 of each and the ratio hull/containerd.
+#
+#   image-service/benches/pull-vs-containerd.sh [-n N] [image ...]
+#
+# Needs root, docker-registry, containerd (apt-get install containerd) and cargo.
+# Default images: big:latest (busybox + /usr/include + /usr/lib/python3.11 as layers)
+# and busybox:latest, built from local files by the build-test-images example.
+set -euo pipefail
+
+N=5
+if [[ "${1:-}" == "-n" ]]; then N=$2; shift 2; fi
+IMAGES=("$@")
+[[ ${#IMAGES[@]} -gt 0 ]] || IMAGES=(big:latest busybox:latest)
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+for tool in docker-registry containerd ctr; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install docker-registry containerd" >&2; exit 1; }
+done
+(cd "$REPO" && cargo build --release -q -p hull-image --examples)
+BIN=$CARGO_TARGET_DIR/release/examples
+
+WORK=$(mktemp -d /var/tmp/hull-pull-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    # containerd leaves its overlay snapshots mounted only while in use; be safe anyway.
+    grep -o "$WORK[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+REG=127.0.0.1:$PORT
+cat >"$WORK/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry
+http:
+  addr: $REG
+YML
+docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do curl -fsS "http://$REG/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "http://$REG/v2/" >/dev/null || { echo "registry did not start" >&2; cat "$WORK/registry.log" >&2; exit 1; }
+
+BIG_DIRS=()
+for d in /usr/include /usr/lib/python3.11; do [[ -d $d ]] && BIG_DIRS+=(--big-dir "$d"); done
+"$BIN/build-test-images" --registry "$REG" "${BIG_DIRS[@]}"
+
+SOCK=$WORK/containerd.sock
+cat >"$WORK/containerd.toml" <<TOML
+version = 2
+root = "$WORK/containerd/root"
+state = "$WORK/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+TOML
+containerd --config "$WORK/containerd.toml" >"$WORK/containerd.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do ctr -a "$SOCK" version >/dev/null 2>&1 && break; sleep 0.1; done
+ctr -a "$SOCK" version >/dev/null || { echo "containerd did not start" >&2; tail "$WORK/containerd.log" >&2; exit 1; }
+
+now_ms() { date +%s%3N; }
+ctr_times=()
+for i in $(seq "$N"); do
+    start=$(now_ms)
+    for img in "${IMAGES[@]}"; do
+        ctr -a "$SOCK" -n bench images pull --plain-http "$REG/$img" >/dev/null
+    done
+    ctr_times+=($(( $(now_ms) - start )))
+    refs=(); for img in "${IMAGES[@]}"; do refs+=("$REG/$img"); done
+    ctr -a "$SOCK" -n bench images rm --sync "${refs[@]}" >/dev/null
+    left=$(ctr -a "$SOCK" -n bench content ls -q | wc -l)
+    snaps=$(ctr -a "$SOCK" -n bench snapshots ls | tail -n +2 | wc -l)
+    [[ $left -eq 0 && $snaps -eq 0 ]] || { echo "containerd store not empty after run $i ($left blobs, $snaps snapshots)" >&2; exit 1; }
+done
+
+img_args=(); for img in "${IMAGES[@]}"; do img_args+=(--image "$img"); done
+mapfile -t hull_times < <("$BIN/pull-bench" --registry "$REG" "${img_args[@]}" -n "$N" --root "$WORK/hull")
+
+p50() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+C=$(p50 "${ctr_times[@]}")
+H=$(p50 "${hull_times[@]}")
+echo "images: ${IMAGES[*]}  runs: $N"
+echo "containerd ms: ${ctr_times[*]}"
+echo "hull       ms: ${hull_times[*]}"
+echo "p50 containerd: ${C} ms"
+echo "p50 hull:       ${H} ms"
+awk -v h="$H" -v c="$C" 'BEGIN { printf "ratio hull/containerd: %.2f\n", h / c }'
