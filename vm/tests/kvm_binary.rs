@@ -135,3 +135,49 @@ fn bad_config_exits_with_code_1() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// 32-bit: `jmp .` — spins until stopped from outside.
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
+#[test]
+fn control_api_reports_and_shuts_down() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("spin.elf");
+    std::fs::write(&kernel, pvh_elf(SPIN)).unwrap();
+    let api = dir.path().join("api.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--api-socket")
+        .arg(&api)
+        .args(["--memory-mib", "32", "--id", "api-test"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ask = |req: &str| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&api).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !api.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "API socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = ask("{\"op\":\"status\"}\n");
+    assert!(status.contains("\"id\":\"api-test\""), "{status}");
+    assert!(status.contains("\"state\":\"running\""), "{status}");
+    let metrics = ask("{\"op\":\"metrics\"}\n");
+    let m: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    assert!(m["vmm_rss_kb"].as_u64().unwrap() > 0, "{metrics}");
+    assert!(m["rss_kb"].as_u64().unwrap() >= m["vmm_rss_kb"].as_u64().unwrap());
+    assert_eq!(ask("{\"op\":\"shutdown\"}\n").trim(), r#"{"ok":true}"#);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "exit code for an API shutdown");
+}

@@ -8,6 +8,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::api::{self, VmmInfo};
 use super::builder::Vmm;
 use super::exit::{ExitReason, ExitSignal};
 
@@ -24,6 +25,8 @@ pub enum EventLoopError {
     AddFd(RawFd, #[source] std::io::Error),
     #[error("epoll_wait failed")]
     Wait(#[source] std::io::Error),
+    #[error("Failed to start the control API")]
+    StartApi(#[source] super::api::ApiError),
     #[error("Failed to start vCPU threads")]
     StartVcpus(#[source] super::vcpu::VcpuError),
 }
@@ -89,6 +92,16 @@ impl EventLoop {
 
     /// Start every vCPU on its own thread, then dispatch events until the VM stops.
     pub fn run(mut self, vmm: &mut Vmm) -> Result<ExitReason, EventLoopError> {
+        let info = Arc::new(VmmInfo {
+            id: vmm.config.id.clone(),
+            started: std::time::Instant::now(),
+            memory_mib: vmm.config.memory_mib,
+            vcpus: vmm.vcpus.iter().map(|v| v.metrics()).collect(),
+        });
+        if let Some(path) = &vmm.config.api_socket {
+            api::spawn(path, info, self.exit.clone(), || Ok(()))
+                .map_err(EventLoopError::StartApi)?;
+        }
         for vcpu in vmm.vcpus.drain(..) {
             vcpu.spawn(|| Ok(())).map_err(EventLoopError::StartVcpus)?;
         }

@@ -6,6 +6,7 @@
 //! assembles a VM from a [`config::VmmConfig`]. The `hull-vmm` binary is a thin shell around
 //! [`builder::build`] and [`event_loop`].
 
+pub mod api;
 pub mod boot;
 pub mod builder;
 pub mod config;
