@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, timeout};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::v1::agent_client::AgentClient;
@@ -21,9 +21,11 @@ use crate::v1::agent_client::AgentClient;
 /// The longest `OK <port>\n` line accepted.
 const MAX_REPLY: usize = 32;
 /// How long one handshake attempt may wait for the reply.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause between attempts.
-const RETRY_DELAY: Duration = Duration::from_millis(20);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many handshakes may wait for their reply at once.
+const MAX_IN_FLIGHT: usize = 8;
+/// Pause between the starts of two attempts.
+const RETRY_DELAY: Duration = Duration::from_millis(50);
 /// How long a reconnect of an established channel keeps retrying.
 const RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 
@@ -42,30 +44,53 @@ pub enum ConnectError {
 
 /// Connects to `port` in the guest through the hybrid-vsock socket at `path`, retrying
 /// until `deadline`. Returns the stream positioned just after the `OK` line.
+///
+/// While the guest boots, a `CONNECT` may get no answer at all (the VMM queues it until the
+/// guest's vsock driver is up) or be refused (nobody listens yet). So attempts overlap: a
+/// new one starts every [`RETRY_DELAY`] while up to [`MAX_IN_FLIGHT`] wait for their
+/// reply, each for at most [`ATTEMPT_TIMEOUT`]; the first `OK` wins and the rest are
+/// dropped. That connects within one retry interval of the agent listening, even when a
+/// loaded host makes a single handshake slow.
 pub async fn connect_stream(
     path: &Path,
     port: u32,
     deadline: Instant,
 ) -> Result<UnixStream, ConnectError> {
     let mut attempts = 0u32;
+    let mut last = "no attempt finished".to_owned();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut next_attempt = Instant::now();
     loop {
-        attempts += 1;
-        let last = match timeout(ATTEMPT_TIMEOUT, handshake(path, port)).await {
-            Ok(Ok(stream)) => {
-                tracing::debug!(path = %path.display(), port, attempts, "hybrid vsock connected");
-                return Ok(stream);
-            }
-            Ok(Err(e)) => e,
-            Err(_) => "no reply to CONNECT".to_owned(),
-        };
-        if Instant::now() + RETRY_DELAY >= deadline {
+        if in_flight.len() < MAX_IN_FLIGHT && Instant::now() >= next_attempt {
+            attempts += 1;
+            let path = path.to_owned();
+            in_flight.spawn(async move {
+                match timeout(ATTEMPT_TIMEOUT, handshake(&path, port)).await {
+                    Ok(result) => result,
+                    Err(_) => Err("no reply to CONNECT".to_owned()),
+                }
+            });
+            next_attempt = Instant::now() + RETRY_DELAY;
+        }
+        let wake = next_attempt.min(deadline);
+        tokio::select! {
+            Some(done) = in_flight.join_next() => match done {
+                Ok(Ok(stream)) => {
+                    tracing::debug!(path = %path.display(), port, attempts, "hybrid vsock connected");
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = e,
+                Err(e) => last = format!("attempt task failed: {e}"),
+            },
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        if Instant::now() >= deadline {
             return Err(ConnectError::Deadline {
                 path: path.to_owned(),
                 port,
                 last: format!("{last} (after {attempts} attempts)"),
             });
         }
-        sleep(RETRY_DELAY).await;
     }
 }
 

@@ -105,9 +105,11 @@ pub fn qemu_args(config: &VmConfig, files: &RunFiles, tcg: bool) -> Vec<OsString
     let mem = config.memory_mib;
     let mut args = os(&["-name", &format!("hull-{}", config.id)]);
     let accel = if tcg { "tcg" } else { "kvm" };
+    // The CMOS RTC stays on: without it the guest boots at 1970 and its kernel spends
+    // about a second failing to read the clock.
     args.extend(os(&[
         "-M",
-        &format!("microvm,accel={accel},acpi=off,rtc=off,memory-backend=mem"),
+        &format!("microvm,accel={accel},acpi=off,memory-backend=mem"),
         "-cpu",
         if tcg { "max" } else { "host" },
         "-smp",
@@ -232,7 +234,7 @@ mod tests {
         let files = RunFiles::new(&cfg.run_dir);
         let line = joined(&qemu_args(&cfg, &files, true));
         for want in [
-            "-M microvm,accel=tcg,acpi=off,rtc=off,memory-backend=mem",
+            "-M microvm,accel=tcg,acpi=off,memory-backend=mem",
             "memory-backend-memfd,id=mem,size=512M,share=on",
             "-smp 2 -m 512M",
             "-no-reboot",
