@@ -49,6 +49,8 @@ pub struct Config {
     pub vm: VmSection,
     pub cni: CniSection,
     pub streaming: StreamingSection,
+    /// Registry mirrors, credentials and pull limits (`[registry]`, see `hull_image::RegistryConfig`).
+    pub registry: hull_image::RegistryConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +126,7 @@ impl Default for Config {
             vm: VmSection::default(),
             cni: CniSection::default(),
             streaming: StreamingSection::default(),
+            registry: hull_image::RegistryConfig::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use hull_vm::qemu::{QemuConfig, QemuHypervisor};
 use qemu_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, the guest (packaging/guest/build.sh) and the vhost-user tools (packaging/guest/install-tools.sh); run with --ignored"]
 async fn boots_guest_runs_container_and_exec_then_cleans_up() {
     require_root();
     let tmp = tempfile::Builder::new()

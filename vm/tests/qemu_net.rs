@@ -2,8 +2,8 @@
 //! creates, on a tap device there; the agent configures the guest NIC (MAC, MTU, address,
 //! default route) and a container sees it and reaches the tap side. Then hulld's restart
 //! path: the VM handle is dropped, the VM is found again with `reattach`, and the agent
-//! still answers; a tty exec, resize and a SIGKILL'd container run before the VM is
-//! stopped (without the agent's help) and everything is gone.
+//! still answers; a tty exec, resize, a SIGKILL'd container and an OOM-killed one run
+//! before the VM is stopped (without the agent's help) and everything is gone.
 //!
 //! Needs what qemu_boot.rs needs, plus iproute2.
 
@@ -62,7 +62,8 @@ fn process_json(args: &[&str], terminal: bool) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vm_in_netns_with_tap_reattach_tty_and_kill() {
+#[ignore = "needs root, the guest (packaging/guest/build.sh) and the vhost-user tools (packaging/guest/install-tools.sh); run with --ignored"]
+async fn vm_in_netns_with_tap_reattach_tty_kill_and_oom() {
     require_root();
     let tmp = tempfile::Builder::new()
         .prefix("hull-qemu-net-")
@@ -326,6 +327,67 @@ async fn process_part(vm: &dyn hull_vm::hypervisor::VmHandle) {
     client
         .remove_container(pb::RemoveContainerRequest {
             container_id: "long".into(),
+            force: false,
+        })
+        .await
+        .expect("remove");
+
+    oom_part(&mut client).await;
+}
+
+/// A container over its memory limit is OOM-killed: its wait says so and an OOM event
+/// streams out.
+async fn oom_part(client: &mut hull_agent_api::AgentClient<tonic::transport::Channel>) {
+    let mut events = client
+        .oom_events(pb::OomEventsRequest {})
+        .await
+        .expect("oom events")
+        .into_inner();
+    let mut spec: serde_json::Value = serde_json::from_slice(&spec_json(&[
+        "sh",
+        "-c",
+        "x=$(head -c 24000000 /dev/zero | tr '\\0' a); echo survived",
+    ]))
+    .expect("spec");
+    spec["linux"]["resources"]["memory"]["limit"] = serde_json::json!(8 << 20);
+    let create = pb::CreateContainerRequest {
+        container_id: "oom".into(),
+        oci_spec_json: serde_json::to_vec(&spec).expect("json"),
+        rootfs: format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR),
+    };
+    client.create_container(create).await.expect("create");
+    client
+        .start_container(pb::StartContainerRequest {
+            container_id: "oom".into(),
+        })
+        .await
+        .expect("start");
+    let wait = client
+        .wait_process(pb::WaitProcessRequest {
+            container_id: "oom".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!((wait.exit_status, wait.oom_killed), (137, true), "{wait:?}");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("OOM event in time")
+        .expect("stream")
+        .expect("event");
+    assert_eq!(event.container_id, "oom");
+    let stats = client
+        .container_stats(pb::ContainerStatsRequest {
+            container_id: "oom".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(stats.oom_kills >= 1, "{stats:?}");
+    client
+        .remove_container(pb::RemoveContainerRequest {
+            container_id: "oom".into(),
             force: false,
         })
         .await
