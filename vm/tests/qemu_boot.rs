@@ -179,6 +179,30 @@ async fn drive_guest(vm: &dyn VmHandle) {
         "exec runs in the container's pid namespace"
     );
 
+    // Capabilities: only CAP_CHOWN and CAP_KILL left (mask 0x21); a non-root user keeps
+    // them across execve only as ambient capabilities.
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "grep -E '^(CapEff|CapBnd|CapAmb|Uid)' /proc/self/status"], "env": ["PATH=/bin"], "cwd": "/",
+        "user": { "uid": 1000, "gid": 1000 },
+        "capabilities": { "bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_CHOWN", "CAP_KILL"], "permitted": ["CAP_CHOWN", "CAP_KILL"],
+            "inheritable": ["CAP_CHOWN", "CAP_KILL"],
+            "ambient": ["CAP_CHOWN", "CAP_KILL"] }
+    });
+    let exec = pb::ExecProcessRequest {
+        container_id: "c1".into(),
+        exec_id: "caps".into(),
+        oci_process_json: serde_json::to_vec(&process).expect("json"),
+    };
+    client
+        .exec_process(exec)
+        .await
+        .expect("exec with capabilities");
+    let caps_out = collect_output(client.clone(), "c1", "caps", OutputStream::Stdout).await;
+    assert_eq!(
+        caps_out,
+        "Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000021\nCapBnd:\t0000000000000021\nCapAmb:\t0000000000000021\n"
+    );
+
     let stats = client
         .container_stats(pb::ContainerStatsRequest {
             container_id: "c1".into(),

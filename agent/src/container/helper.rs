@@ -238,18 +238,7 @@ fn prepare_process(process: &Process) -> Result<Exec> {
         let res = rlimit_resource(&r.kind).ok_or("unknown rlimit")?;
         nix::sys::resource::setrlimit(res, r.soft, r.hard).map_err(ctx("setrlimit"))?;
     }
-    let user = &process.user;
-    let groups: Vec<Gid> = user
-        .additional_gids
-        .iter()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
-    nix::unistd::setgroups(&groups).map_err(ctx("setgroups"))?;
-    nix::unistd::setgid(Gid::from_raw(user.gid)).map_err(ctx("setgid"))?;
-    nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(ctx("setuid"))?;
-    if process.no_new_privileges {
-        nix::sys::prctl::set_no_new_privs().map_err(ctx("no_new_privs"))?;
-    }
+    set_user(process)?;
     nix::unistd::chdir(Path::new(&process.cwd)).map_err(ctx("chdir to cwd"))?;
     let path_var = process
         .env
@@ -268,6 +257,29 @@ fn prepare_process(process: &Process) -> Result<Exec> {
             .collect::<Result<_>>()?,
         env: process.env.iter().map(|e| cstr(e)).collect::<Result<_>>()?,
     })
+}
+
+/// Groups, uid/gid and capabilities (see [`super::caps`] for the order), no_new_privs.
+fn set_user(process: &Process) -> Result<()> {
+    let user = &process.user;
+    let groups: Vec<Gid> = user
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    if let Some(caps) = &process.capabilities {
+        super::caps::before_setuid(caps)?;
+    }
+    nix::unistd::setgroups(&groups).map_err(ctx("setgroups"))?;
+    nix::unistd::setgid(Gid::from_raw(user.gid)).map_err(ctx("setgid"))?;
+    nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(ctx("setuid"))?;
+    if let Some(caps) = &process.capabilities {
+        super::caps::after_setuid(caps)?;
+    }
+    if process.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().map_err(ctx("no_new_privs"))?;
+    }
+    Ok(())
 }
 
 /// `execvp`'s lookup, but in the container's PATH rather than the helper's.

@@ -7,14 +7,15 @@
 //! multi-threaded tokio runtime) — each fixable, but not all in the time. So this module is a
 //! small direct implementation with `nix`: namespaces (mount, pid, ipc, uts, cgroup; the pod
 //! network namespace is shared, user namespaces are rejected), `pivot_root`, OCI mounts,
-//! masked/readonly paths, rlimits, uid/gid, and cgroup v2 limits. Not implemented yet:
-//! capability dropping, seccomp profiles, AppArmor/SELinux labels (the VM is the security
+//! masked/readonly paths, rlimits, uid/gid, capabilities, and cgroup v2 limits. Not
+//! implemented yet: seccomp profiles, AppArmor/SELinux labels (the VM is the security
 //! boundary; these harden the container inside it).
 //!
 //! **Fork safety:** the agent never forks its threaded process to build a container. It
 //! spawns its own binary (`/proc/self/exe`, via `std::process::Command`: fork+exec) as a
 //! single-threaded helper that does all the namespace work, see [`helper`].
 
+mod caps;
 pub mod cgroup;
 pub mod helper;
 mod process;

@@ -34,6 +34,8 @@ pub struct Process {
     pub rlimits: Vec<Rlimit>,
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// None keeps every capability (uid 0 in the guest); see [`super::caps`].
+    pub capabilities: Option<super::caps::Capabilities>,
 }
 
 fn root_dir() -> String {
@@ -138,6 +140,8 @@ pub enum SpecError {
     UnsupportedNamespace(String),
     #[error("rlimit {0:?} is unknown")]
     BadRlimit(String),
+    #[error("process.capabilities: {0}")]
+    Capabilities(String),
     #[error("a string in the spec contains a NUL byte")]
     Nul,
 }
@@ -167,6 +171,9 @@ impl Process {
         let strings = self.args.iter().chain(&self.env);
         if strings.into_iter().any(|s| s.contains('\0')) {
             return Err(SpecError::Nul);
+        }
+        if let Some(caps) = &self.capabilities {
+            caps.validate().map_err(SpecError::Capabilities)?;
         }
         for r in &self.rlimits {
             rlimit_resource(&r.kind).ok_or_else(|| SpecError::BadRlimit(r.kind.clone()))?;
