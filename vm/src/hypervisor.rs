@@ -99,7 +99,19 @@ pub trait VmHandle: Send + Sync {
     async fn stop(&self, grace: std::time::Duration) -> Result<VmExit, HypervisorError>;
     /// Whether the VMM process is still alive.
     fn is_running(&self) -> bool;
+    /// Waits until the VMM exits by itself (guest shutdown, crash, kill), then cleans up
+    /// like [`VmHandle::stop`] and returns how it ended. The default polls
+    /// [`VmHandle::is_running`]; a backend with an exit notification can do better.
+    async fn wait(&self) -> Result<VmExit, HypervisorError> {
+        while self.is_running() {
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+        self.stop(std::time::Duration::ZERO).await
+    }
 }
+
+/// How often the default [`VmHandle::wait`] checks the VMM.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A VM backend.
 #[async_trait::async_trait]

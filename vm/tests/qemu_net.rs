@@ -62,7 +62,6 @@ fn process_json(args: &[&str], terminal: bool) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root, the guest (packaging/guest/build.sh) and the vhost-user tools (packaging/guest/install-tools.sh); run with --ignored"]
 async fn vm_in_netns_with_tap_reattach_tty_kill_and_oom() {
     require_root();
     let tmp = tempfile::Builder::new()
