@@ -16,6 +16,21 @@ pub const SHARE_MOUNT: &str = hull_agent_api::GUEST_SHARED_DIR;
 /// controllers for containers, and mounts the virtio-fs share if the VM has one.
 pub fn early_setup() -> anyhow::Result<()> {
     switch_root().context("switch root away from the initramfs")?;
+    mount_pseudo_filesystems()?;
+    enable_cgroup_controllers()?;
+    mount_share();
+    std::fs::create_dir_all("/etc").context("create /etc")?;
+    // Containers bind these; SetupSandbox fills them in.
+    if !Path::new("/etc/resolv.conf").exists() {
+        let _ = std::fs::write("/etc/resolv.conf", "");
+    }
+    if !Path::new("/etc/hosts").exists() {
+        let _ = std::fs::write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
+    }
+    Ok(())
+}
+
+fn mount_pseudo_filesystems() -> anyhow::Result<()> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
         ("proc", "/proc", "proc", nosuid_nodev_noexec, None),
@@ -68,7 +83,12 @@ pub fn early_setup() -> anyhow::Result<()> {
         mount(Some(source), target, Some(fstype), flags, data)
             .with_context(|| format!("mount {fstype} on {target}"))?;
     }
-    // /dev/ptmx must be the devpts instance's; devtmpfs has a legacy node there.
+    dev_links()
+}
+
+/// /dev/ptmx must be the devpts instance's (devtmpfs has a legacy node there), plus the
+/// usual /dev/fd and /dev/std* links.
+fn dev_links() -> anyhow::Result<()> {
     let _ = std::fs::remove_file("/dev/ptmx");
     std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").context("symlink /dev/ptmx")?;
     for (link, target) in [
@@ -79,6 +99,11 @@ pub fn early_setup() -> anyhow::Result<()> {
     ] {
         let _ = std::os::unix::fs::symlink(target, link);
     }
+    Ok(())
+}
+
+/// Every controller the kernel has is made available to the containers' cgroups.
+fn enable_cgroup_controllers() -> anyhow::Result<()> {
     let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
         .context("read cgroup.controllers")?;
     let enable: Vec<String> = controllers
@@ -86,9 +111,16 @@ pub fn early_setup() -> anyhow::Result<()> {
         .map(|c| format!("+{c}"))
         .collect();
     std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" "))
-        .context("enable cgroup controllers")?;
-    std::fs::create_dir_all(SHARE_MOUNT).context("create share mount point")?;
-    // No share configured is normal (ENOENT from virtio-fs); report anything else.
+        .context("enable cgroup controllers")
+}
+
+/// Mounts the pod's virtio-fs share. A VM without one is normal (the mount fails with
+/// EINVAL/ENOENT); the message only goes to the console.
+fn mount_share() {
+    if let Err(e) = std::fs::create_dir_all(SHARE_MOUNT) {
+        eprintln!("hull-agent: cannot create {SHARE_MOUNT}: {e}");
+        return;
+    }
     if let Err(e) = mount(
         Some(SHARE_TAG),
         SHARE_MOUNT,
@@ -98,15 +130,6 @@ pub fn early_setup() -> anyhow::Result<()> {
     ) {
         eprintln!("hull-agent: no virtio-fs share {SHARE_TAG} mounted at {SHARE_MOUNT}: {e}");
     }
-    std::fs::create_dir_all("/etc").context("create /etc")?;
-    // Containers bind these; SetupSandbox fills them in.
-    if !Path::new("/etc/resolv.conf").exists() {
-        let _ = std::fs::write("/etc/resolv.conf", "");
-    }
-    if !Path::new("/etc/hosts").exists() {
-        let _ = std::fs::write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n");
-    }
-    Ok(())
 }
 
 /// Moves `/` from the initramfs rootfs to a tmpfs (what `switch_root` does), because

@@ -49,6 +49,84 @@ async fn boots_guest_runs_container_and_exec_then_cleans_up() {
 
 async fn drive_guest(vm: &dyn VmHandle) {
     let mut client = connect(vm).await;
+    setup_sandbox(&mut client).await;
+    create_container(&mut client).await;
+    let stdout = tokio::spawn(collect_output(
+        client.clone(),
+        "c1",
+        "",
+        OutputStream::Stdout,
+    ));
+    let stderr = tokio::spawn(collect_output(
+        client.clone(),
+        "c1",
+        "",
+        OutputStream::Stderr,
+    ));
+    let start = pb::StartContainerRequest {
+        container_id: "c1".into(),
+    };
+    client
+        .start_container(start)
+        .await
+        .expect("start container");
+    exec_in_container(&mut client).await;
+    exec_with_capabilities(&mut client).await;
+
+    let stats = client.container_stats(pb::ContainerStatsRequest {
+        container_id: "c1".into(),
+    });
+    let stats = stats.await.expect("stats").into_inner();
+    assert!(
+        stats.memory_current_bytes > 0 && stats.pids_current >= 1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.memory_max_bytes, 64 << 20);
+
+    let stdin = pb::StdinChunk {
+        container_id: "c1".into(),
+        exec_id: String::new(),
+        data: b"go\n".to_vec(),
+        close_stdin: true,
+    };
+    client
+        .write_stdin(tokio_stream::iter([stdin]))
+        .await
+        .expect("write stdin");
+    let wait = wait_process(&mut client, "c1", "").await.expect("wait");
+    assert_eq!(
+        (wait.exit_status, wait.signal, wait.oom_killed),
+        (3, 0, false)
+    );
+    assert_eq!(stdout.await.expect("stdout"), "hello from ctr\ngot go\n");
+    assert_eq!(
+        stderr.await.expect("stderr"),
+        "nameserver 10.96.0.10\nsearch svc.cluster.local\n"
+    );
+    assert_eq!(
+        code(wait_process(&mut client, "nope", "").await),
+        tonic::Code::NotFound
+    );
+
+    let remove = pb::RemoveContainerRequest {
+        container_id: "c1".into(),
+        force: false,
+    };
+    client.remove_container(remove).await.expect("remove");
+    client
+        .shutdown(pb::ShutdownRequest {})
+        .await
+        .expect("shutdown");
+    // The agent reboots the guest; with -no-reboot QEMU then exits by itself.
+    let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("QEMU did not exit after the agent's Shutdown")
+        .expect("wait");
+    assert_eq!(exit, VmExit::Shutdown);
+    assert!(!vm.is_running());
+}
+
+async fn setup_sandbox(client: &mut Client) {
     let health = client
         .health(pb::HealthRequest {})
         .await
@@ -56,7 +134,6 @@ async fn drive_guest(vm: &dyn VmHandle) {
         .into_inner();
     assert_eq!(health.agent_version, hull_agent_api::VERSION);
     assert!(health.kernel_release.contains("hull"), "{health:?}");
-
     let setup = pb::SetupSandboxRequest {
         sandbox_id: "qemu-boot-test".into(),
         hostname: "hull-pod".into(),
@@ -74,16 +151,15 @@ async fn drive_guest(vm: &dyn VmHandle) {
         ..Default::default()
     };
     assert_eq!(
-        client
-            .setup_sandbox(bad)
-            .await
-            .expect_err("bad hostname")
-            .code(),
+        code(client.setup_sandbox(bad).await),
         tonic::Code::InvalidArgument
     );
+}
 
+/// Creates c1, whose init prints, then waits on stdin so the execs find it running; and
+/// checks that bad creates are refused.
+async fn create_container(client: &mut Client) {
     let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
-    // The init prints, then waits on stdin so the exec below finds it running.
     let script =
         "echo hello from $(hostname); cat /etc/resolv.conf >&2; read line; echo got $line; exit 3";
     let create = pb::CreateContainerRequest {
@@ -96,11 +172,7 @@ async fn drive_guest(vm: &dyn VmHandle) {
         .await
         .expect("create container");
     assert_eq!(
-        client
-            .create_container(create)
-            .await
-            .expect_err("duplicate")
-            .code(),
+        code(client.create_container(create).await),
         tonic::Code::AlreadyExists
     );
     let bad_id = pb::CreateContainerRequest {
@@ -109,11 +181,7 @@ async fn drive_guest(vm: &dyn VmHandle) {
         rootfs,
     };
     assert_eq!(
-        client
-            .create_container(bad_id)
-            .await
-            .expect_err("bad id")
-            .code(),
+        code(client.create_container(bad_id).await),
         tonic::Code::InvalidArgument
     );
     let bad_spec = pb::CreateContainerRequest {
@@ -122,33 +190,12 @@ async fn drive_guest(vm: &dyn VmHandle) {
         rootfs: "/".into(),
     };
     assert_eq!(
-        client
-            .create_container(bad_spec)
-            .await
-            .expect_err("bad spec")
-            .code(),
+        code(client.create_container(bad_spec).await),
         tonic::Code::InvalidArgument
     );
+}
 
-    let stdout = tokio::spawn(collect_output(
-        client.clone(),
-        "c1",
-        "",
-        OutputStream::Stdout,
-    ));
-    let stderr = tokio::spawn(collect_output(
-        client.clone(),
-        "c1",
-        "",
-        OutputStream::Stderr,
-    ));
-    client
-        .start_container(pb::StartContainerRequest {
-            container_id: "c1".into(),
-        })
-        .await
-        .expect("start container");
-
+async fn exec_in_container(client: &mut Client) {
     let process = serde_json::json!({ "args": ["sh", "-c", "echo exec-$((6*7)); cat /proc/1/comm; exit 5"], "env": ["PATH=/bin"], "cwd": "/tmp" });
     let exec = pb::ExecProcessRequest {
         container_id: "c1".into(),
@@ -157,35 +204,34 @@ async fn drive_guest(vm: &dyn VmHandle) {
     };
     // An exec runs at once; its output waits in the pipe until read.
     client.exec_process(exec).await.expect("exec");
-    let exec_out = tokio::spawn(collect_output(
+    let out = tokio::spawn(collect_output(
         client.clone(),
         "c1",
         "e1",
         OutputStream::Stdout,
     ));
-    let exec_wait = client
-        .wait_process(pb::WaitProcessRequest {
-            container_id: "c1".into(),
-            exec_id: "e1".into(),
-        })
-        .await
-        .expect("wait exec")
-        .into_inner();
-    assert_eq!(exec_wait.exit_status, 5);
     assert_eq!(
-        exec_out.await.expect("exec output"),
+        wait_process(client, "c1", "e1")
+            .await
+            .expect("wait exec")
+            .exit_status,
+        5
+    );
+    assert_eq!(
+        out.await.expect("exec output"),
         "exec-42\nsh\n",
         "exec runs in the container's pid namespace"
     );
+}
 
-    // Capabilities: only CAP_CHOWN and CAP_KILL left (mask 0x21); a non-root user keeps
-    // them across execve only as ambient capabilities.
+/// Only CAP_CHOWN and CAP_KILL left (mask 0x21); a non-root user keeps them across
+/// execve only as ambient capabilities.
+async fn exec_with_capabilities(client: &mut Client) {
+    let caps = ["CAP_CHOWN", "CAP_KILL"];
     let process = serde_json::json!({
         "args": ["sh", "-c", "grep -E '^(CapEff|CapBnd|CapAmb|Uid)' /proc/self/status"], "env": ["PATH=/bin"], "cwd": "/",
         "user": { "uid": 1000, "gid": 1000 },
-        "capabilities": { "bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_CHOWN", "CAP_KILL"], "permitted": ["CAP_CHOWN", "CAP_KILL"],
-            "inheritable": ["CAP_CHOWN", "CAP_KILL"],
-            "ambient": ["CAP_CHOWN", "CAP_KILL"] }
+        "capabilities": { "bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": caps }
     });
     let exec = pb::ExecProcessRequest {
         container_id: "c1".into(),
@@ -196,83 +242,11 @@ async fn drive_guest(vm: &dyn VmHandle) {
         .exec_process(exec)
         .await
         .expect("exec with capabilities");
-    let caps_out = collect_output(client.clone(), "c1", "caps", OutputStream::Stdout).await;
+    let out = collect_output(client.clone(), "c1", "caps", OutputStream::Stdout).await;
     assert_eq!(
-        caps_out,
+        out,
         "Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000021\nCapBnd:\t0000000000000021\nCapAmb:\t0000000000000021\n"
     );
-
-    let stats = client
-        .container_stats(pb::ContainerStatsRequest {
-            container_id: "c1".into(),
-        })
-        .await
-        .expect("stats")
-        .into_inner();
-    assert!(
-        stats.memory_current_bytes > 0 && stats.pids_current >= 1,
-        "{stats:?}"
-    );
-    assert_eq!(stats.memory_max_bytes, 64 << 20);
-
-    let stdin = pb::StdinChunk {
-        container_id: "c1".into(),
-        exec_id: String::new(),
-        data: b"go\n".to_vec(),
-        close_stdin: true,
-    };
-    client
-        .write_stdin(tokio_stream::iter([stdin]))
-        .await
-        .expect("write stdin");
-    let wait = client
-        .wait_process(pb::WaitProcessRequest {
-            container_id: "c1".into(),
-            exec_id: String::new(),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(
-        (wait.exit_status, wait.signal, wait.oom_killed),
-        (3, 0, false)
-    );
-    assert_eq!(stdout.await.expect("stdout"), "hello from ctr\ngot go\n");
-    assert_eq!(
-        stderr.await.expect("stderr"),
-        "nameserver 10.96.0.10\nsearch svc.cluster.local\n"
-    );
-
-    let missing = pb::WaitProcessRequest {
-        container_id: "nope".into(),
-        exec_id: String::new(),
-    };
-    assert_eq!(
-        client
-            .wait_process(missing)
-            .await
-            .expect_err("unknown")
-            .code(),
-        tonic::Code::NotFound
-    );
-    client
-        .remove_container(pb::RemoveContainerRequest {
-            container_id: "c1".into(),
-            force: false,
-        })
-        .await
-        .expect("remove");
-    client
-        .shutdown(pb::ShutdownRequest {})
-        .await
-        .expect("shutdown");
-    // The agent reboots the guest; with -no-reboot QEMU then exits by itself.
-    let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait())
-        .await
-        .expect("QEMU did not exit after the agent's Shutdown")
-        .expect("wait");
-    assert_eq!(exit, VmExit::Shutdown);
-    assert!(!vm.is_running());
 }
 
 #[tokio::test]

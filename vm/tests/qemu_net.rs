@@ -132,20 +132,17 @@ async fn network_part(vm: &dyn hull_vm::hypervisor::VmHandle, netns: &str) {
         ..Default::default()
     };
     assert_eq!(
-        client
-            .setup_sandbox(wrong_mac)
-            .await
-            .expect_err("no such NIC")
-            .code(),
+        code(client.setup_sandbox(wrong_mac).await),
         tonic::Code::InvalidArgument
     );
 
     let script = "ip link show eth0 | grep -o 'mtu 1400'; ip -o -4 addr show dev eth0 | grep -o 10.199.0.2/24; \
                   ip route | grep -o 'default via 10.199.0.1'; ping -c1 -W20 10.199.0.1 >/dev/null && echo ping-ok";
+    let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
     let create = pb::CreateContainerRequest {
         container_id: "net".into(),
         oci_spec_json: spec_json(&["sh", "-c", script]),
-        rootfs: format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR),
+        rootfs,
     };
     client.create_container(create).await.expect("create");
     let out = tokio::spawn(collect_output(
@@ -160,14 +157,7 @@ async fn network_part(vm: &dyn hull_vm::hypervisor::VmHandle, netns: &str) {
         })
         .await
         .expect("start");
-    let wait = client
-        .wait_process(pb::WaitProcessRequest {
-            container_id: "net".into(),
-            exec_id: String::new(),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
+    let wait = wait_process(&mut client, "net", "").await.expect("wait");
     assert_eq!(
         out.await.expect("output"),
         "mtu 1400\n10.199.0.2/24\ndefault via 10.199.0.1\nping-ok\n"
@@ -215,28 +205,50 @@ async fn process_part(vm: &dyn hull_vm::hypervisor::VmHandle) {
         rootfs,
     };
     client.create_container(create).await.expect("create");
-    client
-        .start_container(pb::StartContainerRequest {
-            container_id: "long".into(),
-        })
-        .await
-        .expect("start");
+    let start = pb::StartContainerRequest {
+        container_id: "long".into(),
+    };
+    client.start_container(start.clone()).await.expect("start");
     assert_eq!(
-        client
-            .start_container(pb::StartContainerRequest {
-                container_id: "long".into()
-            })
-            .await
-            .expect_err("twice")
-            .code(),
+        code(client.start_container(start).await),
         tonic::Code::FailedPrecondition
     );
+    tty_exec(&mut client).await;
 
-    // A tty exec: the pty has the requested size, then the resized one.
+    let running_remove = pb::RemoveContainerRequest {
+        container_id: "long".into(),
+        force: false,
+    };
+    assert_eq!(
+        code(client.remove_container(running_remove.clone()).await),
+        tonic::Code::FailedPrecondition
+    );
+    let signal = |signal| pb::SignalProcessRequest {
+        container_id: "long".into(),
+        exec_id: String::new(),
+        signal,
+    };
+    assert_eq!(
+        code(client.signal_process(signal(999)).await),
+        tonic::Code::FailedPrecondition
+    );
+    client.signal_process(signal(9)).await.expect("kill");
+    let wait = wait_process(&mut client, "long", "").await.expect("wait");
+    assert_eq!((wait.exit_status, wait.signal), (137, 9));
+    client
+        .remove_container(running_remove)
+        .await
+        .expect("remove");
+    oom_part(&mut client).await;
+}
+
+/// A tty exec: the pty has the requested size, then the resized one.
+async fn tty_exec(client: &mut Client) {
+    let oci_process_json = process_json(&["sh", "-c", "stty size; sleep 2; stty size"], true);
     let exec = pb::ExecProcessRequest {
         container_id: "long".into(),
         exec_id: "tty".into(),
-        oci_process_json: process_json(&["sh", "-c", "stty size; sleep 2; stty size"], true),
+        oci_process_json,
     };
     client.exec_process(exec).await.expect("tty exec");
     let req = pb::ReadOutputRequest {
@@ -259,84 +271,27 @@ async fn process_part(vm: &dyn hull_vm::hypervisor::VmHandle) {
             .expect("tty output before EOF");
         out.extend_from_slice(&chunk.data);
     }
-    let resize = pb::ResizeTtyRequest {
+    let resize = |exec_id: &str, rows| pb::ResizeTtyRequest {
         container_id: "long".into(),
-        exec_id: "tty".into(),
-        rows: 30,
+        exec_id: exec_id.into(),
+        rows,
         cols: 100,
     };
-    client.resize_tty(resize).await.expect("resize");
+    client.resize_tty(resize("tty", 30)).await.expect("resize");
     while let Some(chunk) = stream.message().await.expect("tty chunk") {
         out.extend_from_slice(&chunk.data);
     }
     assert_eq!(String::from_utf8_lossy(&out), "24 80\r\n30 100\r\n");
-    let no_tty = pb::ResizeTtyRequest {
-        container_id: "long".into(),
-        exec_id: String::new(),
-        rows: 1,
-        cols: 1,
-    };
     assert_eq!(
-        client.resize_tty(no_tty).await.expect_err("no tty").code(),
-        tonic::Code::FailedPrecondition
+        code(client.resize_tty(resize("", 1)).await),
+        tonic::Code::FailedPrecondition,
+        "init has no tty"
     );
-
-    let running_remove = pb::RemoveContainerRequest {
-        container_id: "long".into(),
-        force: false,
-    };
-    assert_eq!(
-        client
-            .remove_container(running_remove)
-            .await
-            .expect_err("running")
-            .code(),
-        tonic::Code::FailedPrecondition
-    );
-    let bad_signal = pb::SignalProcessRequest {
-        container_id: "long".into(),
-        exec_id: String::new(),
-        signal: 999,
-    };
-    assert_eq!(
-        client
-            .signal_process(bad_signal)
-            .await
-            .expect_err("bad signal")
-            .code(),
-        tonic::Code::FailedPrecondition
-    );
-    client
-        .signal_process(pb::SignalProcessRequest {
-            container_id: "long".into(),
-            exec_id: String::new(),
-            signal: 9,
-        })
-        .await
-        .expect("kill");
-    let wait = client
-        .wait_process(pb::WaitProcessRequest {
-            container_id: "long".into(),
-            exec_id: String::new(),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!((wait.exit_status, wait.signal), (137, 9));
-    client
-        .remove_container(pb::RemoveContainerRequest {
-            container_id: "long".into(),
-            force: false,
-        })
-        .await
-        .expect("remove");
-
-    oom_part(&mut client).await;
 }
 
 /// A container over its memory limit is OOM-killed: its wait says so and an OOM event
 /// streams out.
-async fn oom_part(client: &mut hull_agent_api::AgentClient<tonic::transport::Channel>) {
+async fn oom_part(client: &mut Client) {
     let mut events = client
         .oom_events(pb::OomEventsRequest {})
         .await

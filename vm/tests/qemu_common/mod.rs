@@ -32,6 +32,30 @@ pub async fn collect_output(
     String::from_utf8_lossy(&out).into_owned()
 }
 
+pub type Client = AgentClient<Channel>;
+
+/// The status code of a call that must fail.
+pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
+    result
+        .expect_err("the agent must refuse this request")
+        .code()
+}
+
+pub async fn wait_process(
+    client: &mut Client,
+    id: &str,
+    exec_id: &str,
+) -> Result<pb::WaitProcessResponse, tonic::Status> {
+    let req = pb::WaitProcessRequest {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+    };
+    client
+        .wait_process(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 pub fn guest_file(name: &str) -> PathBuf {
     let dir = std::env::var_os("HULL_GUEST_DIR")
         .map(PathBuf::from)
