@@ -51,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         println!("{}", started.elapsed().as_millis());
+        // Let the background flush of this run finish before the next one starts.
+        svc.sync().await?;
     }
     std::fs::remove_dir_all(&args.root)?;
     Ok(())

@@ -1,23 +1,4 @@
-//! Registry configuration, in the spirit of containerd's `hosts.toml`.
-//!
-//! hulld embeds [`RegistryConfig`] in its TOML config as `[registry]`:
-//!
-//! ```toml
-//! [registry.hosts."registry.k8s.io"]
-//! mirrors = [{ endpoint = "http://127.0.0.1:5000" }]
-//! upstream = false          # never fall back to https://registry.k8s.io
-//!
-//! [registry.hosts."myregistry.example:5443"]
-//! mirrors = [{ endpoint = "https://mirror.example", ca_file = "/etc/hull/mirror-ca.pem" }]
-//! auth = { username = "me", password = "secret" }
-//!
-//! [registry.hosts."127.0.0.1:5001"]
-//! plain_http = true         # the upstream itself speaks http
-//! ```
-//!
-//! A mirror endpoint is `scheme://host[:port]`; the repository path is kept
-//! (`registry.k8s.io/pause:3.10` is fetched as `127.0.0.1:5000/pause:3.10`) and the image
-//! keeps its original name in `RepoTags`. Plain http is used only where configured.
+//! Registry configuration, in the spirit of containerd's `hosts.toml` (see [`RegistryConfig`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,7 +7,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ImageError, Result};
 
-/// The registry section of hull's config.
+/// Registry configuration, in the spirit of containerd's `hosts.toml`.
+///
+/// hulld embeds [`RegistryConfig`] in its TOML config as `[registry]`:
+///
+/// ```toml
+/// [registry.hosts."registry.k8s.io"]
+/// mirrors = [{ endpoint = "http://127.0.0.1:5000" }]
+/// upstream = false          # never fall back to https://registry.k8s.io
+///
+/// [registry.hosts."myregistry.example:5443"]
+/// mirrors = [{ endpoint = "https://mirror.example", ca_file = "/etc/hull/mirror-ca.pem" }]
+/// auth = { username = "me", password = "secret" }
+///
+/// [registry.hosts."127.0.0.1:5001"]
+/// plain_http = true         # the upstream itself speaks http
+/// ```
+///
+/// A mirror endpoint is `scheme://host[:port]`; the repository path is kept
+/// (`registry.k8s.io/pause:3.10` is fetched as `127.0.0.1:5000/pause:3.10`) and the image
+/// keeps its original name in `RepoTags`. Plain http is used only where configured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {

@@ -145,6 +145,15 @@ impl ImageService {
         });
     }
 
+    /// Flushes unpacked layers to disk now and marks them synced (the same as the
+    /// background flush after each pull, but waited for). For shutdown and benchmarks.
+    pub async fn sync(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.layers.sync())
+            .await
+            .map_err(|e| ImageError::Task(e.to_string()))?
+    }
+
     /// Makes sure every layer of `rec` is unpacked, re-extracting from the stored blobs
     /// what a reboot dropped. The blobs must be present.
     pub(crate) async fn ensure_unpacked(&self, rec: &ImageRecord) -> Result<()> {

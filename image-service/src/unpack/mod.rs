@@ -138,6 +138,8 @@ impl LayerStore {
 
     /// Removes an unpacked layer; absent is fine.
     pub fn remove(&self, diff_id: &Digest) -> Result<()> {
+        // Not while a sync writes its marks into the dirs.
+        let _one = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
         let p = self.root.join(diff_id.hex());
         match std::fs::remove_dir_all(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
