@@ -92,14 +92,16 @@ impl ImageService {
             });
         }
         let n = self.inner.registry.config().max_concurrent_layers;
-        futures::stream::iter(
-            layers
-                .iter()
-                .map(|l| self.fetch_layer(session, l, &progress)),
-        )
-        .buffer_unordered(n)
-        .try_collect::<Vec<()>>()
-        .await?;
+        // Collected first: a `map` closure borrowing here would make the pull future
+        // not `Send` for every lifetime, which tonic handlers need.
+        let jobs: Vec<_> = layers
+            .iter()
+            .map(|l| self.fetch_layer(session, l, &progress))
+            .collect();
+        futures::stream::iter(jobs)
+            .buffer_unordered(n)
+            .try_collect::<Vec<()>>()
+            .await?;
         let (uid, username) =
             manifest::user_of(config.config.and_then(|c| c.user).as_deref().unwrap_or(""));
         let repo = format!("{}/{}", reference.registry(), reference.repository());

@@ -179,6 +179,21 @@ pub(crate) fn parse_reference(name: &str) -> Result<oci_client::Reference> {
 mod tests {
     use super::*;
 
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// hulld's tonic handlers await these futures, so they must be `Send`.
+    #[test]
+    fn futures_are_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("m.redb")).unwrap();
+        let svc = ImageService::open(dir.path(), Arc::new(db), RegistryConfig::default()).unwrap();
+        assert_send(&svc.pull("busybox", None));
+        assert_send(&svc.remove("busybox", &|_| false));
+        assert_send(&svc.prepare_rootfs("busybox", "c", dir.path()));
+        assert_send(&svc.fs_info());
+        assert_send(&svc.gc());
+    }
+
     #[test]
     fn normalizes_like_containerd() {
         assert_eq!(
