@@ -162,9 +162,16 @@ async fn create_container(client: &mut Client) {
     let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
     let script =
         "echo hello from $(hostname); cat /etc/resolv.conf >&2; read line; echo got $line; exit 3";
+    // A seccomp profile: everything but mkdir is allowed (checked by the exec below).
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&spec_json(&["sh", "-c", script])).expect("spec");
+    spec["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
+    });
     let create = pb::CreateContainerRequest {
         container_id: "c1".into(),
-        oci_spec_json: spec_json(&["sh", "-c", script]),
+        oci_spec_json: serde_json::to_vec(&spec).expect("json"),
         rootfs: rootfs.clone(),
     };
     client
@@ -196,7 +203,7 @@ async fn create_container(client: &mut Client) {
 }
 
 async fn exec_in_container(client: &mut Client) {
-    let process = serde_json::json!({ "args": ["sh", "-c", "echo exec-$((6*7)); cat /proc/1/comm; exit 5"], "env": ["PATH=/bin"], "cwd": "/tmp" });
+    let process = serde_json::json!({ "args": ["sh", "-c", "echo exec-$((6*7)); cat /proc/1/comm; mkdir /tmp/x 2>&1; exit 5"], "env": ["PATH=/bin"], "cwd": "/tmp" });
     let exec = pb::ExecProcessRequest {
         container_id: "c1".into(),
         exec_id: "e1".into(),
@@ -219,7 +226,7 @@ async fn exec_in_container(client: &mut Client) {
     );
     assert_eq!(
         out.await.expect("exec output"),
-        "exec-42\nsh\n",
+        "exec-42\nsh\nmkdir: can't create directory '/tmp/x': Operation not permitted\n",
         "exec runs in the container's pid namespace"
     );
 }

@@ -26,6 +26,7 @@ use nix::unistd::{ForkResult, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::rootfs;
+use super::seccomp::{self, Seccomp};
 use super::spec::{Process, Spec, rlimit_resource};
 
 pub const INIT_ARG: &str = "__container-init";
@@ -50,6 +51,8 @@ pub struct ExecConfig {
     pub target_pid: i32,
     pub process: Process,
     pub cgroup: PathBuf,
+    /// The container's profile: execs get the same filter as its init.
+    pub seccomp: Option<Seccomp>,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -126,7 +129,7 @@ fn child_init(cfg: &InitConfig, report_pipe: &mut File) -> Result<()> {
     {
         nix::unistd::sethostname(h).map_err(ctx("sethostname"))?;
     }
-    let exec = prepare_process(process)?;
+    let exec = prepare_process(process, cfg.spec.seccomp())?;
     report(report_pipe, "R");
     // SAFETY: the agent dup2()s the start pipe onto START_FD; nothing else owns it.
     let mut start = File::from(unsafe { OwnedFd::from_raw_fd(START_FD) });
@@ -183,7 +186,7 @@ fn exec_main(args: &[String], report_pipe: &mut File) -> Result<()> {
             Ok(())
         }
         ForkResult::Child => {
-            let result = prepare_process(&cfg.process).and_then(|exec| {
+            let result = prepare_process(&cfg.process, cfg.seccomp.as_ref()).and_then(|exec| {
                 report(report_pipe, "R");
                 exec.run()
             });
@@ -203,6 +206,8 @@ fn join_cgroup(cgroup: &Path) -> Result<()> {
 
 /// A process ready to `execve`.
 struct Exec {
+    /// Filters still to install right before execve (with no_new_privs).
+    seccomp: Vec<seccompiler::BpfProgram>,
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
@@ -215,6 +220,7 @@ impl Exec {
         if unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
             return Err(format!("cloexec: {}", std::io::Error::last_os_error()));
         }
+        seccomp::install(&self.seccomp)?;
         let err = nix::unistd::execve(&self.path, &self.args, &self.env)
             .err()
             .map(|e| e.to_string())
@@ -225,7 +231,15 @@ impl Exec {
 
 /// Sets up the calling process as `process` describes (session, tty, rlimits, user, cwd)
 /// and resolves the executable, without exec'ing yet.
-fn prepare_process(process: &Process) -> Result<Exec> {
+///
+/// A seccomp profile is installed last, right before `execve`, when no_new_privs is set;
+/// otherwise before the user and capability changes, while CAP_SYS_ADMIN still allows it
+/// (runc's rule). The profile must then allow the few syscalls those steps make.
+fn prepare_process(process: &Process, profile: Option<&Seccomp>) -> Result<Exec> {
+    let mut filters = profile
+        .map(seccomp::compile)
+        .transpose()?
+        .unwrap_or_default();
     nix::unistd::setsid().map_err(ctx("setsid"))?;
     if process.terminal {
         // SAFETY: TIOCSCTTY takes an int argument; fd 0 is the pty slave from the agent.
@@ -238,6 +252,9 @@ fn prepare_process(process: &Process) -> Result<Exec> {
         let res = rlimit_resource(&r.kind).ok_or("unknown rlimit")?;
         nix::sys::resource::setrlimit(res, r.soft, r.hard).map_err(ctx("setrlimit"))?;
     }
+    if !process.no_new_privileges {
+        seccomp::install(&std::mem::take(&mut filters))?;
+    }
     set_user(process)?;
     nix::unistd::chdir(Path::new(&process.cwd)).map_err(ctx("chdir to cwd"))?;
     let path_var = process
@@ -249,6 +266,7 @@ fn prepare_process(process: &Process) -> Result<Exec> {
     let path = resolve(program, path_var).ok_or_else(|| format!("{program}: not found"))?;
     let cstr = |s: &str| CString::new(s).map_err(ctx("NUL in string"));
     Ok(Exec {
+        seccomp: filters,
         path: cstr(&path)?,
         args: process
             .args
@@ -321,6 +339,7 @@ mod tests {
                 ..Default::default()
             },
             cgroup: "/sys/fs/cgroup/hull/c".into(),
+            seccomp: None,
         };
         let json = serde_json::to_vec(&cfg).expect("serialize");
         let back: ExecConfig = serde_json::from_slice(&json).expect("parse");

@@ -7,9 +7,9 @@
 //! multi-threaded tokio runtime) — each fixable, but not all in the time. So this module is a
 //! small direct implementation with `nix`: namespaces (mount, pid, ipc, uts, cgroup; the pod
 //! network namespace is shared, user namespaces are rejected), `pivot_root`, OCI mounts,
-//! masked/readonly paths, rlimits, uid/gid, capabilities, and cgroup v2 limits. Not
-//! implemented yet: seccomp profiles, AppArmor/SELinux labels (the VM is the security
-//! boundary; these harden the container inside it).
+//! masked/readonly paths, rlimits, uid/gid, capabilities, seccomp profiles (see
+//! [`seccomp`]), and cgroup v2 limits. Not implemented: AppArmor/SELinux labels (the guest
+//! kernel has neither LSM).
 //!
 //! **Fork safety:** the agent never forks its threaded process to build a container. It
 //! spawns its own binary (`/proc/self/exe`, via `std::process::Command`: fork+exec) as a
@@ -20,6 +20,7 @@ pub mod cgroup;
 pub mod helper;
 mod process;
 mod rootfs;
+mod seccomp;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -85,6 +86,8 @@ pub struct Container {
     pending: Mutex<Option<Pending>>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     state_dir: PathBuf,
+    /// The container's seccomp profile, applied to its execs too.
+    seccomp: Option<seccomp::Seccomp>,
 }
 
 #[derive(Default)]
@@ -182,6 +185,7 @@ impl Containers {
         let resources = spec.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_path = cgroup::create(id, resources)?;
         let state_dir = Path::new(STATE_DIR).join(id);
+        let seccomp = spec.seccomp().cloned();
         let result = self
             .spawn_init(id, spec, rootfs, &cgroup_path, &state_dir)
             .await;
@@ -196,6 +200,7 @@ impl Containers {
                 })),
                 execs: Mutex::new(HashMap::new()),
                 state_dir,
+                seccomp,
             }),
             Err(e) => {
                 let _ = cgroup::destroy(&cgroup_path).await;
@@ -288,6 +293,7 @@ impl Containers {
             target_pid: c.init.pid,
             process: process.clone(),
             cgroup: c.cgroup.clone(),
+            seccomp: c.seccomp.clone(),
         };
         let path = c.state_dir.join(format!("exec-{exec_id}.json"));
         write_config(&path, &config)?;

@@ -89,6 +89,7 @@ pub struct Linux {
     pub readonly_paths: Vec<String>,
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
+    pub seccomp: Option<super::seccomp::Seccomp>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +141,8 @@ pub enum SpecError {
     UnsupportedNamespace(String),
     #[error("rlimit {0:?} is unknown")]
     BadRlimit(String),
+    #[error("linux.seccomp: {0}")]
+    Seccomp(String),
     #[error("process.capabilities: {0}")]
     Capabilities(String),
     #[error("a string in the spec contains a NUL byte")]
@@ -198,11 +201,18 @@ impl Spec {
                     return Err(SpecError::UnsupportedNamespace(ns.kind.clone()));
                 }
             }
+            if let Some(profile) = &linux.seccomp {
+                super::seccomp::compile(profile).map_err(SpecError::Seccomp)?;
+            }
             for p in linux.masked_paths.iter().chain(&linux.readonly_paths) {
                 check_path("linux.maskedPaths/readonlyPaths", p)?;
             }
         }
         Ok(spec)
+    }
+
+    pub fn seccomp(&self) -> Option<&super::seccomp::Seccomp> {
+        self.linux.as_ref().and_then(|l| l.seccomp.as_ref())
     }
 
     /// Whether the spec asks for a new namespace of this kind (no `path`).
