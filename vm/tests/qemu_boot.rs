@@ -283,3 +283,38 @@ async fn missing_kernel_is_a_clear_error_and_leaves_nothing() {
     );
     assert!(leftovers(tmp.path()).is_empty());
 }
+
+/// QEMU refusing to start (here: a kernel file that is not a kernel) is a `Boot` error
+/// carrying QEMU's message, and the helpers started before it are cleaned up.
+#[tokio::test]
+async fn failed_start_cleans_up_helpers() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("hull-qemu-fail-")
+        .tempdir()
+        .expect("tempdir");
+    let bogus = tmp.path().join("not-a-kernel");
+    std::fs::write(&bogus, b"this is not a kernel").expect("write");
+    std::fs::create_dir_all(tmp.path().join("share")).expect("share dir");
+    let cfg = VmConfig {
+        id: "qemu-fail".into(),
+        vcpus: 1,
+        memory_mib: 128,
+        kernel: bogus.clone(),
+        initramfs: bogus,
+        cmdline: String::new(),
+        run_dir: tmp.path().join("run"),
+        netns: None,
+        net: None,
+        shared_dir: Some(tmp.path().join("share")),
+    };
+    let err = QemuHypervisor::new(QemuConfig::default())
+        .start(&cfg)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(matches!(err, HypervisorError::Boot(_)), "{err}");
+    assert!(err.to_string().contains("QEMU exited at once"), "{err}");
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
