@@ -4,7 +4,7 @@
 #   packaging/deps.sh            runtime + build + test dependencies
 #
 # Debian packages come from apt; two vhost-user backends come from crates.io with
-# `cargo install` into /usr/local/cargo-tools (hull finds them there).
+# `cargo install` into /usr/local/cargo-tools (packaging/guest/install-tools.sh).
 set -euo pipefail
 
 log() { printf '[deps %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -38,16 +38,6 @@ fi
 # Debian's docker-registry and containerd packages start services where systemd runs;
 # hull's tests and benchmarks start their own instances on their own ports and dirs.
 
-TOOLS_ROOT=/usr/local/cargo-tools
-install_tool() { # crate version binary
-    local crate=$1 version=$2 bin=$3
-    if [[ -x "$TOOLS_ROOT/bin/$bin" ]] && "$TOOLS_ROOT/bin/$bin" --version 2>/dev/null | grep -q "$version"; then
-        log "$crate $version present"
-        return
-    fi
-    log "cargo install $crate $version (a few minutes)"
-    cargo install --locked --quiet --root "$TOOLS_ROOT" --version "$version" "$crate"
-}
-install_tool vhost-device-vsock 0.3.0 vhost-device-vsock
-install_tool virtiofsd 1.14.0 virtiofsd
+# vhost-device-vsock and virtiofsd, pinned, into /usr/local/cargo-tools/bin.
+"$(dirname "${BASH_SOURCE[0]}")/guest/install-tools.sh"
 log "done"
