@@ -5,8 +5,10 @@
 # inside, hull-vmm boots the hull guest on real (nested) KVM. Prints the result and timing
 # lines from inside and exits non-zero if the guest did not come up.
 #
-# usage: test/nested/run.sh [--hull-vmm PATH] [--guest-dir DIR] [--vcpus N] [--timeout SECS]
+# usage: test/nested/run.sh --hull-vmm PATH [--guest-dir DIR] [--vcpus N] [--timeout SECS]
+#                           [--guest-cmdline ARGS]
 #   env: HULL_NESTED_CACHE (default /var/cache/hull-nested): downloaded kernel package
+#        HULL_NESTED_LOG (default /tmp/hull-nested-last.log): test host output
 #
 # Needs: qemu-system-x86_64, busybox-static, cpio, apt-get (for `apt-get download`), gzip.
 set -euo pipefail
@@ -15,12 +17,14 @@ HULL_VMM=""
 GUEST_DIR=/var/lib/hull/guest
 VCPUS=1
 TIMEOUT=600
+GUEST_CMDLINE="loglevel=4 8250.nr_uarts=1"
 while [ $# -gt 0 ]; do
     case "$1" in
         --hull-vmm) HULL_VMM="$2"; shift 2 ;;
         --guest-dir) GUEST_DIR="$2"; shift 2 ;;
         --vcpus) VCPUS="$2"; shift 2 ;;
         --timeout) TIMEOUT="$2"; shift 2 ;;
+        --guest-cmdline) GUEST_CMDLINE="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -86,7 +90,7 @@ start=\$(cut -d' ' -f1 /proc/uptime)
 HULL_VMM_LOG=info hull-vmm --kernel /guest/vmlinux --initramfs /guest/initramfs.img \
     --memory-mib 256 --vcpus $VCPUS --rng --console-log /tmp/console.log \
     --vsock-cid 3 --vsock-uds /tmp/agent.vsock \
-    --cmdline "loglevel=4 8250.nr_uarts=1" > /tmp/vmm.log 2>&1 &
+    --cmdline "$GUEST_CMDLINE" > /tmp/vmm.log 2>&1 &
 pid=\$!
 ( sleep $TIMEOUT; kill \$pid 2>/dev/null ) &
 ready=""
@@ -119,7 +123,10 @@ timeout $((TIMEOUT + 300)) qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 2048
     -append "console=ttyS0 quiet panic=-1" \
     -nographic -no-reboot -nodefaults -serial stdio > "$WORK/host.log" 2>&1 || true
 t1=$(date +%s.%N)
-grep -aE "^NESTED|hull-vmm|hull-agent|Kernel panic|INFO|WARN|ERROR" "$WORK/host.log" | tr -d '\r' || true
+LOG=${HULL_NESTED_LOG:-/tmp/hull-nested-last.log}
+tr -d '\r' < "$WORK/host.log" | sed -n '/^NESTED/,$p' > "$LOG"
+grep -a "^NESTED-" "$LOG" || true
+echo "nested: full test-host output (guest console, hull-vmm log) in $LOG" >&2
 echo "nested: test host wall time $(echo "$t1 - $t0" | bc) s" >&2
 RESULT=$(grep -a "NESTED-RESULT" "$WORK/host.log" | tr -d '\r' || true)
 [ -n "$RESULT" ] || die "test host produced no result (see output above)"

@@ -172,6 +172,13 @@ fn main() {
             }
         }
     }
+    // SIGTERM/SIGINT go to the event loop's signalfd only: block them before any thread starts.
+    if let Err(err) = EventLoop::block_termination_signals() {
+        eprintln!("hull-vmm: {err}");
+        std::process::exit(ExitReason::SetupError.code());
+    }
+    // Every thread started from here on installs its own allow-list (vm/src/vmm/seccomp.rs).
+    hull_vm::vmm::seccomp::enable();
     let reason = run(args);
     tracing::info!(?reason, code = reason.code(), "hull-vmm exiting");
     // vCPU threads may still be inside KVM_RUN; exiting the process ends them with the VM.

@@ -44,6 +44,12 @@ pub enum BuildError {
     CreateIrqEventFd(#[source] std::io::Error),
     #[error("Failed to place a device on a bus")]
     AttachDevice(#[from] BusError),
+    #[error("Failed to create the {what} device")]
+    CreateDevice {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Failed to create a virtio-mmio transport")]
     CreateTransport(#[from] MmioError),
     #[error("Too many virtio devices (GSIs {first}..={last} are all used)")]
@@ -198,11 +204,21 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
     let mut extra_cmdline: Vec<String> = Vec::new();
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     if let Some(vsock) = &config.vsock {
-        let device = Vsock::new(u64::from(vsock.guest_cid), vsock.uds_path.clone());
+        let device =
+            Vsock::new(u64::from(vsock.guest_cid), vsock.uds_path.clone()).map_err(|source| {
+                BuildError::CreateDevice {
+                    what: "vsock",
+                    source,
+                }
+            })?;
         devices.push(Box::new(device));
     }
     if config.rng {
-        devices.push(Box::new(Rng::new()));
+        let device = Rng::new().map_err(|source| BuildError::CreateDevice {
+            what: "rng",
+            source,
+        })?;
+        devices.push(Box::new(device));
     }
     for (index, device) in (0u32..).zip(devices) {
         let (_, arg) = attach_virtio_device(&vm, &mut mmio, &ram, &exit, index, device)?;

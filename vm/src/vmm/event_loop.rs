@@ -11,6 +11,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::api::{self, VmmInfo};
 use super::builder::Vmm;
 use super::exit::{ExitReason, ExitSignal};
+use super::seccomp::{self, ThreadKind};
 
 /// Errors from running the event loop.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum EventLoopError {
     AddFd(RawFd, #[source] std::io::Error),
     #[error("epoll_wait failed")]
     Wait(#[source] std::io::Error),
+    #[error("Failed to install the VMM thread's seccomp filter")]
+    Seccomp(#[source] seccomp::SeccompError),
     #[error("Failed to start the control API")]
     StartApi(#[source] super::api::ApiError),
     #[error("Failed to start vCPU threads")]
@@ -39,6 +42,13 @@ pub trait EventHandler: Send {
     fn handle(&mut self) -> Option<ExitReason>;
 }
 
+fn termination_signals() -> SigSet {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask
+}
+
 /// The loop's state.
 pub struct EventLoop {
     epoll: Epoll,
@@ -51,13 +61,18 @@ const EXIT_TOKEN: u64 = u64::MAX;
 const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 
 impl EventLoop {
-    /// Block SIGTERM/SIGINT in this thread (threads spawned later inherit the mask) and
-    /// watch them and `exit` through epoll. Call before spawning any thread.
+    /// Block SIGTERM/SIGINT in the calling thread; threads spawned afterwards inherit the
+    /// mask, so only the event loop's signalfd sees them. Call first thing in `main`.
+    pub fn block_termination_signals() -> Result<(), EventLoopError> {
+        termination_signals()
+            .thread_block()
+            .map_err(EventLoopError::BlockSignals)
+    }
+
+    /// Watch SIGTERM/SIGINT (see [`Self::block_termination_signals`]) and `exit` via epoll.
     pub fn new(exit: Arc<ExitSignal>) -> Result<Self, EventLoopError> {
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGTERM);
-        mask.add(Signal::SIGINT);
-        mask.thread_block().map_err(EventLoopError::BlockSignals)?;
+        Self::block_termination_signals()?;
+        let mask = termination_signals();
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(EventLoopError::CreateSignalFd)?;
         let epoll = Epoll::new().map_err(EventLoopError::CreateEpoll)?;
@@ -99,12 +114,15 @@ impl EventLoop {
             vcpus: vmm.vcpus.iter().map(|v| v.metrics()).collect(),
         });
         if let Some(path) = &vmm.config.api_socket {
-            api::spawn(path, info, self.exit.clone(), || Ok(()))
+            let on_start = || seccomp::apply(ThreadKind::Api).map_err(|e| e.to_string());
+            api::spawn(path, info.clone(), self.exit.clone(), on_start)
                 .map_err(EventLoopError::StartApi)?;
         }
         for vcpu in vmm.vcpus.drain(..) {
-            vcpu.spawn(|| Ok(())).map_err(EventLoopError::StartVcpus)?;
+            let on_start = || seccomp::apply(ThreadKind::Vcpu).map_err(|e| e.to_string());
+            vcpu.spawn(on_start).map_err(EventLoopError::StartVcpus)?;
         }
+        seccomp::apply(ThreadKind::Vmm).map_err(EventLoopError::Seccomp)?;
         tracing::info!(vcpus = vmm.config.vcpus, "vCPUs started");
         let mut events = vec![EpollEvent::default(); 32];
         loop {
@@ -133,6 +151,15 @@ impl EventLoop {
                 }
             }
             if let Some(reason) = self.exit.reason() {
+                let m = super::api::exit_counters(&info);
+                tracing::info!(
+                    exits = m.exits,
+                    io_exits = m.io_exits,
+                    mmio_exits = m.mmio_exits,
+                    unhandled = m.unhandled,
+                    uptime_ms = info.started.elapsed().as_millis() as u64,
+                    "VM stopped"
+                );
                 return Ok(reason);
             }
         }

@@ -18,4 +18,5 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod regs;
+pub mod seccomp;
 pub mod vcpu;

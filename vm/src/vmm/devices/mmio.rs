@@ -44,8 +44,10 @@ pub struct MmioTransport {
     exit: Arc<ExitSignal>,
     interrupt: Arc<VirtioInterrupt>,
     queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
-    stop_evt: Option<EventFd>,
+    queue_evts: Arc<[EventFd]>,
+    /// Written on reset to stop the device thread's current activation.
+    stop_evt: Arc<EventFd>,
+    activated: bool,
     status: u32,
     features_select: u32,
     acked_features_select: u32,
@@ -98,8 +100,9 @@ impl MmioTransport {
             exit,
             interrupt: Arc::new(VirtioInterrupt::new(irqfd)),
             queues,
-            queue_evts,
-            stop_evt: None,
+            queue_evts: queue_evts.into(),
+            stop_evt: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(MmioError::CreateEventFd)?),
+            activated: false,
             status: 0,
             features_select: 0,
             acked_features_select: 0,
@@ -279,15 +282,9 @@ impl MmioTransport {
                 return false;
             }
         }
-        let cloned: Result<Vec<_>, _> = self.queue_evts.iter().map(EventFd::try_clone).collect();
-        let stop = EventFd::new(EFD_NONBLOCK);
-        let (Ok(queue_evts), Ok(stop_evt)) = (cloned, stop) else {
-            tracing::error!("failed to clone eventfds for activation");
-            return false;
-        };
-        let Ok(worker_stop) = stop_evt.try_clone() else {
-            return false;
-        };
+        // Forget a stop request left over from an earlier reset. No fds are created here:
+        // this runs on a vCPU thread, under its seccomp filter.
+        let _ = self.stop_evt.read();
         let queues: Result<Vec<Queue>, _> = self
             .queues
             .iter()
@@ -299,15 +296,15 @@ impl MmioTransport {
         let activation = Activation {
             mem: self.mem.clone(),
             queues,
-            queue_evts,
+            queue_evts: self.queue_evts.clone(),
             interrupt: self.interrupt.clone(),
             acked_features: self.acked_features,
-            stop_evt: worker_stop,
+            stop_evt: self.stop_evt.clone(),
             exit: self.exit.clone(),
         };
         match self.device.activate(activation) {
             Ok(()) => {
-                self.stop_evt = Some(stop_evt);
+                self.activated = true;
                 true
             }
             Err(err) => {
@@ -318,8 +315,8 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        if let Some(stop) = self.stop_evt.take() {
-            let _ = stop.write(1);
+        if std::mem::take(&mut self.activated) {
+            let _ = self.stop_evt.write(1);
         }
         for q in &mut self.queues {
             q.reset();

@@ -5,14 +5,14 @@
 //! [`MAX_CHAIN_BYTES`]. A bad chain is returned used with length 0 and nothing written.
 
 use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
 
 use super::virtio::{
-    ActivateError, Activation, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1, VirtioDevice,
-    VirtioInterrupt, check_avail_idx, device_type, run_queue_worker,
+    ActivateError, Activation, ActivationSender, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1,
+    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, serve_queues, spawn_device_thread,
 };
 use crate::vmm::memory::GuestMemoryMmap;
 
@@ -129,16 +129,33 @@ impl RngQueue {
     }
 }
 
-/// The virtio-rng device.
-#[derive(Debug, Default)]
+/// The virtio-rng device: its thread owns /dev/urandom (opened at creation).
+#[derive(Debug)]
 pub struct Rng {
-    active: Option<Arc<Mutex<RngQueue>>>,
+    worker: ActivationSender,
 }
 
 impl Rng {
-    /// A new, inactive device.
-    pub fn new() -> Self {
-        Self::default()
+    /// Open the entropy source and start the device thread.
+    pub fn new() -> std::io::Result<Self> {
+        let mut entropy = Some(File::open("/dev/urandom")?);
+        let worker = spawn_device_thread("rng", move |mut a: Activation| {
+            let queues = std::mem::take(&mut a.queues);
+            let (Ok([queue]), Some(file)) = (<[Queue; 1]>::try_from(queues), entropy.take()) else {
+                tracing::error!("virtio-rng: bad activation");
+                return;
+            };
+            let mut q = RngQueue {
+                mem: a.mem.clone(),
+                queue,
+                interrupt: a.interrupt.clone(),
+                entropy: file,
+                rejected: 0,
+            };
+            serve_queues("rng", &a, |_| q.process().map_err(|e| e.to_string()));
+            entropy = Some(q.entropy);
+        })?;
+        Ok(Self { worker })
     }
 }
 
@@ -160,26 +177,13 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let [queue] = <[Queue; 1]>::try_from(a.queues).map_err(|q| ActivateError::QueueCount {
-            got: q.len(),
-            want: 1,
-        })?;
-        let entropy = File::open("/dev/urandom").map_err(ActivateError::Worker)?;
-        let state = Arc::new(Mutex::new(RngQueue {
-            mem: a.mem,
-            queue,
-            interrupt: a.interrupt,
-            entropy,
-            rejected: 0,
-        }));
-        let worker_state = state.clone();
-        run_queue_worker("rng", a.queue_evts, a.stop_evt, a.exit, move |_| {
-            let mut q = worker_state.lock().unwrap_or_else(|p| p.into_inner());
-            q.process().map_err(|e| e.to_string())
-        })
-        .map_err(ActivateError::Worker)?;
-        self.active = Some(state);
-        Ok(())
+        if a.queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                got: a.queues.len(),
+                want: 1,
+            });
+        }
+        self.worker.send(a)
     }
 }
 

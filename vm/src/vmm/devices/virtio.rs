@@ -86,11 +86,11 @@ pub struct Activation {
     pub mem: GuestMemoryMmap,
     pub queues: Vec<Queue>,
     /// One notification eventfd per queue (the transport's QueueNotify and the ioeventfds).
-    pub queue_evts: Vec<EventFd>,
+    pub queue_evts: Arc<[EventFd]>,
     pub interrupt: Arc<VirtioInterrupt>,
     pub acked_features: u64,
     /// Written by the transport on device reset: the worker must stop.
-    pub stop_evt: EventFd,
+    pub stop_evt: Arc<EventFd>,
     /// The VM's exit signal (a worker stops with the VM, and may stop the VM).
     pub exit: Arc<ExitSignal>,
 }
@@ -104,6 +104,8 @@ pub enum ActivateError {
     Worker(#[source] std::io::Error),
     #[error("Device cannot be activated twice")]
     AlreadyActive,
+    #[error("The device thread is gone")]
+    WorkerGone,
 }
 
 /// A virtio device behind the MMIO transport.
@@ -153,68 +155,102 @@ pub fn check_avail_idx(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), Queue
 /// What a worker's queue handler reports.
 pub type WorkerResult = Result<(), String>;
 
-/// Run `on_queue(index)` each time queue `index` is notified, until the stop eventfd or the
-/// VM's exit fires. A handler error means the guest broke the queue protocol: the VM stops.
-pub fn run_queue_worker<F>(
-    name: &str,
-    queue_evts: Vec<EventFd>,
-    stop_evt: EventFd,
-    exit: Arc<ExitSignal>,
-    mut on_queue: F,
-) -> Result<std::thread::JoinHandle<()>, std::io::Error>
+/// Start a device's thread, named `virtio-<name>`: it installs the device seccomp filter, then
+/// runs `serve` for each activation the device's [`ActivationSender`] hands it (one per
+/// DRIVER_OK; a reset ends the current one). Everything that needs privileges the filter
+/// forbids (opening files, binding sockets) happens before, in the device's constructor, so
+/// a vCPU thread that writes DRIVER_OK only sends on a channel.
+pub fn spawn_device_thread<F>(name: &str, mut serve: F) -> std::io::Result<ActivationSender>
 where
-    F: FnMut(usize) -> WorkerResult + Send + 'static,
+    F: FnMut(Activation) + Send + 'static,
 {
+    let (tx, rx) = std::sync::mpsc::channel::<Activation>();
+    let device = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("virtio-{name}"))
+        .spawn(move || {
+            if let Err(err) = crate::vmm::seccomp::apply(crate::vmm::seccomp::ThreadKind::Device) {
+                tracing::error!(device, error = %err, "failed to install the device seccomp filter");
+                return;
+            }
+            for activation in rx {
+                serve(activation);
+            }
+        })?;
+    Ok(ActivationSender(tx))
+}
+
+/// Hands activations to a device thread.
+#[derive(Debug)]
+pub struct ActivationSender(std::sync::mpsc::Sender<Activation>);
+
+impl ActivationSender {
+    /// Give the device thread its queues.
+    pub fn send(&self, a: Activation) -> Result<(), ActivateError> {
+        self.0.send(a).map_err(|_| ActivateError::WorkerGone)
+    }
+}
+
+/// On the device thread: call `on_queue(index)` each time queue `index` is notified, until the
+/// activation's stop eventfd or the VM's exit fires. A handler error means the guest broke
+/// the queue protocol: the VM stops.
+pub fn serve_queues<F>(device: &str, a: &Activation, mut on_queue: F)
+where
+    F: FnMut(usize) -> WorkerResult,
+{
+    let epoll = match queue_epoll(a) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(device, error = %e, "worker epoll setup failed");
+            a.exit.stop(ExitReason::VmmError);
+            return;
+        }
+    };
+    let stop_token = a.queue_evts.len() as u64;
+    let mut events = vec![EpollEvent::default(); 8];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!(device, error = %e, "worker epoll failed");
+                a.exit.stop(ExitReason::VmmError);
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token >= stop_token {
+                return;
+            }
+            let index = usize::try_from(token).unwrap_or(usize::MAX);
+            if let Some(evt) = a.queue_evts.get(index) {
+                let _ = evt.read();
+            }
+            if let Err(err) = on_queue(index) {
+                tracing::error!(device, queue = index, error = %err, "guest broke the virtio queue protocol");
+                a.exit.stop(ExitReason::GuestCrash);
+                return;
+            }
+        }
+    }
+}
+
+/// Epoll over an activation's queue eventfds (tokens 0..n), its stop eventfd (n) and the VM's
+/// exit eventfd (n+1).
+pub fn queue_epoll(a: &Activation) -> std::io::Result<Epoll> {
     let epoll = Epoll::new()?;
-    let stop_token = queue_evts.len() as u64;
-    for (i, evt) in (0u64..).zip(queue_evts.iter()) {
+    let n = a.queue_evts.len() as u64;
+    for (i, evt) in (0u64..).zip(a.queue_evts.iter()) {
         epoll.ctl(
             ControlOperation::Add,
             evt.as_raw_fd(),
             EpollEvent::new(EventSet::IN, i),
         )?;
     }
-    epoll.ctl(
-        ControlOperation::Add,
-        stop_evt.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, stop_token),
-    )?;
-    let exit_token = stop_token + 1;
-    epoll.ctl(
-        ControlOperation::Add,
-        exit.eventfd().as_raw_fd(),
-        EpollEvent::new(EventSet::IN, exit_token),
-    )?;
-    let device = name.to_string();
-    std::thread::Builder::new()
-        .name(format!("virtio-{name}"))
-        .spawn(move || {
-            let mut events = vec![EpollEvent::default(); 8];
-            loop {
-                let n = match epoll.wait(-1, &mut events) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::error!(device, error = %e, "worker epoll failed");
-                        exit.stop(ExitReason::VmmError);
-                        return;
-                    }
-                };
-                for ev in &events[..n] {
-                    let token = ev.data();
-                    if token >= stop_token {
-                        return;
-                    }
-                    let index = usize::try_from(token).unwrap_or(usize::MAX);
-                    if let Some(evt) = queue_evts.get(index) {
-                        let _ = evt.read();
-                    }
-                    if let Err(err) = on_queue(index) {
-                        tracing::error!(device, queue = index, error = %err, "guest broke the virtio queue protocol");
-                        exit.stop(ExitReason::GuestCrash);
-                        return;
-                    }
-                }
-            }
-        })
+    let stop = EpollEvent::new(EventSet::IN, n);
+    epoll.ctl(ControlOperation::Add, a.stop_evt.as_raw_fd(), stop)?;
+    let exit = EpollEvent::new(EventSet::IN, n + 1);
+    epoll.ctl(ControlOperation::Add, a.exit.eventfd().as_raw_fd(), exit)?;
+    Ok(epoll)
 }

@@ -11,7 +11,7 @@ use crate::vmm::devices::virtio::device_type;
 fn transport() -> MmioTransport {
     let exit = Arc::new(ExitSignal::new().unwrap());
     MmioTransport::new(
-        Box::new(Rng::new()),
+        Box::new(Rng::new().unwrap()),
         test_memory(),
         EventFd::new(EFD_NONBLOCK).unwrap(),
         exit,

@@ -10,6 +10,7 @@ pub mod packet;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,8 +18,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::virtio::{
-    ActivateError, Activation, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1, VirtioDevice,
-    VirtioInterrupt, check_avail_idx, device_type,
+    ActivateError, Activation, ActivationSender, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1,
+    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, spawn_device_thread,
 };
 use crate::vmm::exit::ExitReason;
 use crate::vmm::memory::GuestMemoryMmap;
@@ -218,24 +219,47 @@ impl VsockWorker {
     }
 }
 
-/// The virtio-vsock device.
+/// The virtio-vsock device. The host socket is bound at creation, so hulld can connect (and
+/// wait for the guest) as soon as the process runs.
 #[derive(Debug)]
 pub struct Vsock {
-    guest_cid: u64,
-    uds_path: PathBuf,
     config: [u8; 8],
-    active: bool,
+    worker: ActivationSender,
 }
 
 impl Vsock {
     /// A device with the guest's CID, bridged to `uds_path`.
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Self {
-        Self {
-            guest_cid,
-            uds_path,
+    pub fn new(guest_cid: u64, uds_path: PathBuf) -> std::io::Result<Self> {
+        let mut listener = Some(muxer::bind_listener(&uds_path)?);
+        let worker = spawn_device_thread("vsock", move |mut a: Activation| {
+            let Some(l) = listener.take() else {
+                return;
+            };
+            let mut worker = match make_worker(guest_cid, uds_path.clone(), l, &mut a) {
+                Ok(w) => w,
+                Err((err, l)) => {
+                    tracing::error!(error = %err, "vsock: activation failed");
+                    listener = l;
+                    return;
+                }
+            };
+            loop {
+                match worker.poll_once(-1) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(err) => {
+                        tracing::error!(error = %err, "vsock: guest broke the protocol");
+                        a.exit.stop(ExitReason::GuestCrash);
+                        break;
+                    }
+                }
+            }
+            listener = Some(worker.muxer.listener);
+        })?;
+        Ok(Self {
             config: guest_cid.to_le_bytes(),
-            active: false,
-        }
+            worker,
+        })
     }
 }
 
@@ -248,27 +272,38 @@ fn register(epoll: &Epoll, fd: RawFd, token: u64) -> std::io::Result<()> {
 }
 
 /// Build the worker for an activation (taking its queues): epoll over the queue eventfds,
-/// the stop eventfd, the VM's exit eventfd and the listener.
+/// the stop eventfd, the VM's exit eventfd and the listener. On failure the listener is
+/// handed back for the next activation.
 pub fn make_worker(
     guest_cid: u64,
     uds_path: PathBuf,
+    listener: UnixListener,
     a: &mut Activation,
-) -> Result<VsockWorker, ActivateError> {
-    let [rxq, txq, _evq] = <[Queue; 3]>::try_from(std::mem::take(&mut a.queues)).map_err(|q| {
-        ActivateError::QueueCount {
-            got: q.len(),
-            want: 3,
+) -> Result<VsockWorker, (ActivateError, Option<UnixListener>)> {
+    let fail = |e: std::io::Error, l| (ActivateError::Worker(e), l);
+    let queues = std::mem::take(&mut a.queues);
+    let got = queues.len();
+    let Ok([rxq, txq, _evq]) = <[Queue; 3]>::try_from(queues) else {
+        return Err((ActivateError::QueueCount { got, want: 3 }, Some(listener)));
+    };
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => return Err(fail(e, Some(listener))),
+    };
+    let mut fds: Vec<(RawFd, u64)> = [RX, TX, EVQ]
+        .into_iter()
+        .zip(a.queue_evts.iter())
+        .map(|(t, e)| (e.as_raw_fd(), t as u64))
+        .collect();
+    fds.push((a.stop_evt.as_raw_fd(), STOP_TOKEN));
+    fds.push((a.exit.eventfd().as_raw_fd(), EXIT_TOKEN));
+    fds.push((listener.as_raw_fd(), LISTENER_TOKEN));
+    for (fd, token) in fds {
+        if let Err(e) = register(&epoll, fd, token) {
+            return Err(fail(e, Some(listener)));
         }
-    })?;
-    let epoll = Epoll::new().map_err(ActivateError::Worker)?;
-    for (token, evt) in [RX, TX, EVQ].into_iter().zip(&a.queue_evts) {
-        register(&epoll, evt.as_raw_fd(), token as u64).map_err(ActivateError::Worker)?;
     }
-    register(&epoll, a.stop_evt.as_raw_fd(), STOP_TOKEN).map_err(ActivateError::Worker)?;
-    register(&epoll, a.exit.eventfd().as_raw_fd(), EXIT_TOKEN).map_err(ActivateError::Worker)?;
-    let muxer = Muxer::new(guest_cid, uds_path, epoll).map_err(ActivateError::Worker)?;
-    register(&muxer.epoll, muxer.listener.as_raw_fd(), LISTENER_TOKEN)
-        .map_err(ActivateError::Worker)?;
+    let muxer = Muxer::new(guest_cid, uds_path, listener, epoll);
     Ok(VsockWorker {
         mem: a.mem.clone(),
         rxq,
@@ -304,33 +339,13 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if self.active {
-            return Err(ActivateError::AlreadyActive);
+        if a.queues.len() != 3 {
+            return Err(ActivateError::QueueCount {
+                got: a.queues.len(),
+                want: 3,
+            });
         }
-        let mut a = a;
-        let mut worker = make_worker(self.guest_cid, self.uds_path.clone(), &mut a)?;
-        let exit = a.exit.clone();
-        // The eventfds must outlive the worker's epoll registrations.
-        let fds = (a.queue_evts, a.stop_evt, a.exit);
-        std::thread::Builder::new()
-            .name("virtio-vsock".into())
-            .spawn(move || {
-                let _fds = fds;
-                loop {
-                    match worker.poll_once(-1) {
-                        Ok(true) => {}
-                        Ok(false) => return,
-                        Err(err) => {
-                            tracing::error!(error = %err, "vsock: guest broke the protocol");
-                            exit.stop(ExitReason::GuestCrash);
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(ActivateError::Worker)?;
-        self.active = true;
-        Ok(())
+        self.worker.send(a)
     }
 }
 

@@ -62,6 +62,14 @@ fn fd_token(fd: RawFd) -> u64 {
     FD_TOKEN_BASE + u64::try_from(fd).unwrap_or(0)
 }
 
+/// Bind the host socket at `uds_path` (replacing a stale socket file), non-blocking.
+pub fn bind_listener(uds_path: &std::path::Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(uds_path);
+    let listener = UnixListener::bind(uds_path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 /// Parse `CONNECT <port>\n`.
 pub fn parse_connect(line: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(line).ok()?;
@@ -72,12 +80,9 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
 }
 
 impl Muxer {
-    /// Listen on `uds_path` (replacing a stale socket file) for host-initiated connections.
-    pub fn new(guest_cid: u64, uds_path: PathBuf, epoll: Epoll) -> std::io::Result<Self> {
-        let _ = std::fs::remove_file(&uds_path);
-        let listener = UnixListener::bind(&uds_path)?;
-        listener.set_nonblocking(true)?;
-        Ok(Self {
+    /// Serve host-initiated connections from `listener` (bound with [`bind_listener`]).
+    pub fn new(guest_cid: u64, uds_path: PathBuf, listener: UnixListener, epoll: Epoll) -> Self {
+        Self {
             guest_cid,
             uds_path,
             listener,
@@ -87,7 +92,7 @@ impl Muxer {
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             epoll,
-        })
+        }
     }
 
     /// Number of live connections.

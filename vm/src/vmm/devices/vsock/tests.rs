@@ -51,13 +51,17 @@ fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
         queues,
         queue_evts: (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         interrupt: Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
         acked_features: VIRTIO_F_VERSION_1,
-        stop_evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+        stop_evt: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
         exit: Arc::new(crate::vmm::exit::ExitSignal::new().unwrap()),
     };
-    let worker = make_worker(GUEST_CID, uds.clone(), &mut activation).unwrap();
+    let listener = muxer::bind_listener(&uds).unwrap();
+    let worker = make_worker(GUEST_CID, uds.clone(), listener, &mut activation)
+        .map_err(|e| e.0)
+        .unwrap();
     Rig {
         rx,
         tx,
@@ -295,7 +299,8 @@ fn host_data_respects_guest_credit() {
 
 #[test]
 fn config_space_has_the_guest_cid() {
-    let dev = Vsock::new(GUEST_CID, "/nonexistent".into());
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Vsock::new(GUEST_CID, dir.path().join("v.sock")).unwrap();
     let mut b = [0u8; 8];
     dev.read_config(0, &mut b);
     assert_eq!(u64::from_le_bytes(b), GUEST_CID);
