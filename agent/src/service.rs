@@ -295,6 +295,16 @@ impl Agent for AgentService {
         }))
     }
 
+    type PortForwardStream = BoxStream<pb::PortForwardChunk>;
+
+    async fn port_forward(
+        &self,
+        req: Request<Streaming<pb::PortForwardChunk>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let rx = crate::portforward::start(req.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     type OomEventsStream = BoxStream<pb::OomEvent>;
 
     async fn oom_events(

@@ -1,6 +1,7 @@
 //! The QEMU backend with a pod network: QEMU runs inside a network namespace the test
 //! creates, on a tap device there; the agent configures the guest NIC (MAC, MTU, address,
-//! default route) and a container sees it and reaches the tap side. Then hulld's restart
+//! default route) and a container sees it and reaches the tap side; a container's server
+//! is reached with the agent's PortForward. Then hulld's restart
 //! path: the VM handle is dropped, the VM is found again with `reattach`, and the agent
 //! still answers; a tty exec, resize, a SIGKILL'd container and an OOM-killed one run
 //! before the VM is stopped (without the agent's help) and everything is gone.
@@ -190,6 +191,75 @@ async fn network_part(vm: &dyn hull_vm::hypervisor::VmHandle, netns: &str) {
         "host-side ping: {}",
         String::from_utf8_lossy(&ping.stdout)
     );
+    port_forward(&mut client).await;
+}
+
+/// A server in a container on guest port 8080, reached through the agent's PortForward.
+async fn port_forward(client: &mut Client) {
+    let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
+    let spec = spec_json(&["sh", "-c", "echo hello-pf | nc -l -p 8080"]);
+    let create = pb::CreateContainerRequest {
+        container_id: "srv".into(),
+        oci_spec_json: spec,
+        rootfs,
+    };
+    client
+        .create_container(create)
+        .await
+        .expect("create server");
+    let out = tokio::spawn(collect_output(
+        client.clone(),
+        "srv",
+        "",
+        OutputStream::Stdout,
+    ));
+    client
+        .start_container(pb::StartContainerRequest {
+            container_id: "srv".into(),
+        })
+        .await
+        .expect("start server");
+    let bad = pb::PortForwardChunk {
+        port: 0,
+        data: Vec::new(),
+    };
+    assert_eq!(
+        code(client.port_forward(tokio_stream::iter([bad])).await),
+        tonic::Code::InvalidArgument
+    );
+    let mut attempts = 0;
+    let mut replies = loop {
+        let first = pb::PortForwardChunk {
+            port: 8080,
+            data: b"ping\n".to_vec(),
+        };
+        match client.port_forward(tokio_stream::iter([first])).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) if e.code() == tonic::Code::Unavailable && attempts < 100 => attempts += 1,
+            Err(e) => panic!("port forward: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut got = Vec::new();
+    while let Some(chunk) = replies.message().await.expect("port-forward chunk") {
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "hello-pf\n");
+    assert_eq!(
+        wait_process(client, "srv", "")
+            .await
+            .expect("wait server")
+            .exit_status,
+        0
+    );
+    assert_eq!(out.await.expect("server output"), "ping\n");
+    client
+        .remove_container(pb::RemoveContainerRequest {
+            container_id: "srv".into(),
+            force: false,
+        })
+        .await
+        .expect("remove");
 }
 
 async fn process_part(vm: &dyn hull_vm::hypervisor::VmHandle) {

@@ -88,8 +88,8 @@ pub fn busybox_rootfs(root: &Path) {
     }
     std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
     for applet in [
-        "ip", "ping", "grep", "stty", "head", "tr", "sh", "echo", "cat", "ls", "hostname", "sleep",
-        "read", "id",
+        "ip", "ping", "grep", "stty", "head", "tr", "nc", "sh", "echo", "cat", "ls", "hostname",
+        "sleep", "read", "id",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
             .expect("symlink applet");
