@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use hull_vm::vmm::builder;
-use hull_vm::vmm::config::{VmmConfig, VsockConfig};
+use hull_vm::vmm::config::{BlkConfig, VmmConfig, VsockConfig};
 use hull_vm::vmm::event_loop::EventLoop;
 use hull_vm::vmm::exit::ExitReason;
 
@@ -40,6 +40,11 @@ struct Args {
     vsock_cid: Option<u32>,
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
+    /// Raw disk image for a virtio-blk device.
+    #[arg(long)]
+    blk: Option<PathBuf>,
+    #[arg(long)]
+    blk_read_only: bool,
     /// Instead of running a VM: connect to the hybrid-vsock socket at this path, ask for
     /// `--probe-port` (`CONNECT <port>`), print the answer and exit 0 on `OK`.
     #[arg(long)]
@@ -96,6 +101,10 @@ fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
         api_socket: args.api_socket,
         rng: args.rng,
         vsock,
+        blk: args.blk.map(|path| BlkConfig {
+            path,
+            read_only: args.blk_read_only,
+        }),
     };
     config.validate()?;
     Ok(config)

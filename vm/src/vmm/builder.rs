@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::boot::{self, BootError, LoadedInitrd};
 use super::config::{BASE_CMDLINE, ConfigError, VmmConfig};
+use super::devices::blk::Blk;
 use super::devices::bus::{Bus, BusError};
 use super::devices::i8042::I8042;
 use super::devices::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
@@ -210,6 +211,14 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
                     what: "vsock",
                     source,
                 }
+            })?;
+        devices.push(Box::new(device));
+    }
+    if let Some(blk) = &config.blk {
+        let device =
+            Blk::new(&blk.path, blk.read_only).map_err(|source| BuildError::CreateDevice {
+                what: "blk",
+                source,
             })?;
         devices.push(Box::new(device));
     }

@@ -22,6 +22,15 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A virtio-blk disk backed by a host file (raw image).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlkConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// A full hull-vmm configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +58,8 @@ pub struct VmmConfig {
     pub rng: bool,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub blk: Option<BlkConfig>,
 }
 
 /// Errors in a configuration, found before anything is created.
@@ -113,6 +124,9 @@ impl VmmConfig {
         if let Some(initrd) = &self.initramfs {
             must_exist("initramfs", initrd)?;
         }
+        if let Some(blk) = &self.blk {
+            must_exist("disk image", &blk.path)?;
+        }
         if let Some(vsock) = &self.vsock
             && vsock.guest_cid < 3
         {
@@ -138,6 +152,7 @@ mod tests {
             api_socket: None,
             rng: false,
             vsock: None,
+            blk: None,
         }
     }
 

@@ -142,6 +142,11 @@ pub fn rules(
         ThreadKind::Device => {
             allow(EPOLL);
             allow(SOCKETS);
+            allow(&[
+                (libc::SYS_pread64, "virtio-blk reads"),
+                (libc::SYS_pwrite64, "virtio-blk writes"),
+                (libc::SYS_fdatasync, "virtio-blk flush"),
+            ]);
         }
     }
     let ioctls: &[u64] = match kind {

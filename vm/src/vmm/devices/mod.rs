@@ -1,6 +1,7 @@
 //! Devices hull-vmm emulates: legacy (serial, i8042) on the port-I/O bus, and virtio over
 //! its own virtio-mmio transport.
 
+pub mod blk;
 pub mod bus;
 pub mod i8042;
 pub mod mmio;
