@@ -6,7 +6,9 @@
 # lines from inside and exits non-zero if the guest did not come up.
 #
 # usage: test/nested/run.sh --hull-vmm PATH [--guest-dir DIR] [--vcpus N] [--timeout SECS]
-#                           [--guest-cmdline ARGS]
+#                           [--guest-cmdline ARGS] [--compare-qemu]
+#   --compare-qemu: also boot the same guest with QEMU microvm (KVM, vhost-vsock) inside the
+#   same test host and print both boot-to-agent-ready times (the benchmark).
 #   env: HULL_NESTED_CACHE (default /var/cache/hull-nested): downloaded kernel package
 #        HULL_NESTED_LOG (default /tmp/hull-nested-last.log): test host output
 #
@@ -18,6 +20,7 @@ GUEST_DIR=/var/lib/hull/guest
 VCPUS=1
 TIMEOUT=600
 GUEST_CMDLINE="loglevel=4 8250.nr_uarts=1"
+COMPARE_QEMU=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --hull-vmm) HULL_VMM="$2"; shift 2 ;;
@@ -25,6 +28,7 @@ while [ $# -gt 0 ]; do
         --vcpus) VCPUS="$2"; shift 2 ;;
         --timeout) TIMEOUT="$2"; shift 2 ;;
         --guest-cmdline) GUEST_CMDLINE="$2"; shift 2 ;;
+        --compare-qemu) COMPARE_QEMU=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -63,7 +67,9 @@ VMLINUZ="$WORK/pkg/boot/vmlinuz-$KVER"
 R="$WORK/root"
 mkdir -p "$R"/{bin,dev,proc,sys,tmp,lib/modules,guest,lib64,usr/lib}
 cp "$BUSYBOX" "$R/bin/busybox"
-for m in irqbypass ccp kvm kvm-amd; do
+MODULES="irqbypass ccp kvm kvm-amd"
+[ "$COMPARE_QEMU" = 1 ] && MODULES="$MODULES vhost_iotlb vhost vsock vmw_vsock_virtio_transport_common vhost_vsock"
+for m in $MODULES; do
     f=$(find "$WORK/pkg/lib/modules/$KVER" -name "$m.ko*" | head -1)
     [ -n "$f" ] || die "module $m not in $PKG"
     case "$f" in
@@ -72,18 +78,26 @@ for m in irqbypass ccp kvm kvm-amd; do
         *) cp "$f" "$R/lib/modules/$m.ko" ;;
     esac
 done
-cp "$HULL_VMM" "$R/bin/hull-vmm"
-for lib in $(ldd "$HULL_VMM" | grep -o '/[^ ]*'); do
-    mkdir -p "$R$(dirname "$lib")"
-    cp -L "$lib" "$R$lib"
-done
+copy_with_libs() {
+    cp "$1" "$R/bin/$2"
+    for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
+        mkdir -p "$R$(dirname "$lib")"
+        cp -L "$lib" "$R$lib"
+    done
+}
+copy_with_libs "$HULL_VMM" hull-vmm
+if [ "$COMPARE_QEMU" = 1 ]; then
+    copy_with_libs "$(command -v qemu-system-x86_64)" qemu-system-x86_64
+    mkdir -p "$R/usr/share"
+    cp -rL /usr/share/qemu "$R/usr/share/qemu"
+fi
 cp "$GUEST_DIR/vmlinux" "$GUEST_DIR/initramfs.img" "$R/guest/"
 cat > "$R/init" <<INIT
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in irqbypass ccp kvm kvm-amd; do insmod /lib/modules/\$m.ko 2>/dev/null || echo "NESTED insmod \$m failed"; done
+for m in $MODULES; do insmod /lib/modules/\$m.ko 2>/dev/null || echo "NESTED insmod \$m failed"; done
 [ -e /dev/kvm ] || { echo "NESTED-RESULT no-kvm"; poweroff -f; }
 echo "NESTED kvm ready, uptime \$(cut -d' ' -f1 /proc/uptime)"
 start=\$(cut -d' ' -f1 /proc/uptime)
@@ -94,12 +108,18 @@ HULL_VMM_LOG=info hull-vmm --kernel /guest/vmlinux --initramfs /guest/initramfs.
 pid=\$!
 ( sleep $TIMEOUT; kill \$pid 2>/dev/null ) &
 ready=""
+cready=""
 while kill -0 \$pid 2>/dev/null; do
-    if ok=\$(hull-vmm --probe-vsock /tmp/agent.vsock --probe-port 1024 2>/dev/null); then
+    if [ -z "\$cready" ] && grep -q "hull-agent ready" /tmp/console.log 2>/dev/null; then
+        cready=\$(cut -d' ' -f1 /proc/uptime)
+    fi
+    if [ -z "\$ready" ] && ok=\$(hull-vmm --probe-vsock /tmp/agent.vsock --probe-port 1024 2>/dev/null); then
         ready=\$(cut -d' ' -f1 /proc/uptime)
         echo "NESTED-READY agent answered '\$ok' on vsock port 1024 at host uptime \$ready (hull-vmm started \$start)"
         grep VmRSS /proc/\$pid/status | sed 's/^/NESTED-RSS /'
         awk '/^[0-9a-f]+-[0-9a-f]+ /{g=(\$0 ~ /hull-guest-ram/)} /^Rss:/{if(g) gk+=\$2; else vk+=\$2} END{print "NESTED-RSS-SPLIT guest_ram_kb=" gk " vmm_other_kb=" vk}' /proc/\$pid/smaps
+    fi
+    if [ -n "\$ready" ] && [ -n "\$cready" ]; then
         kill -TERM \$pid
         break
     fi
@@ -107,6 +127,29 @@ while kill -0 \$pid 2>/dev/null; do
 done
 wait \$pid; code=\$?
 end=\$(cut -d' ' -f1 /proc/uptime)
+echo "NESTED-HULL console-ready=\${cready:-none} start=\$start"
+if [ -x /bin/qemu-system-x86_64 ]; then
+    qstart=\$(cut -d' ' -f1 /proc/uptime)
+    qemu-system-x86_64 -L /usr/share/qemu -M microvm,accel=kvm,acpi=off,rtc=off -cpu host -smp $VCPUS -m 256M \
+        -nodefaults -no-user-config -nographic -no-reboot -serial file:/tmp/qconsole.log \
+        -kernel /guest/vmlinux -initrd /guest/initramfs.img \
+        -append "console=ttyS0 reboot=t panic=-1 $GUEST_CMDLINE" \
+        -device vhost-vsock-device,guest-cid=3 > /tmp/qemu.log 2>&1 &
+    qpid=\$!
+    qready=""
+    n=0
+    while kill -0 \$qpid 2>/dev/null && [ \$n -lt $((TIMEOUT * 10)) ]; do
+        if grep -q "hull-agent ready" /tmp/qconsole.log 2>/dev/null; then
+            qready=\$(cut -d' ' -f1 /proc/uptime)
+            grep VmRSS /proc/\$qpid/status | sed 's/^/NESTED-QEMU-RSS /'
+            break
+        fi
+        n=\$((n + 1)); sleep 0.1
+    done
+    kill \$qpid 2>/dev/null; wait \$qpid
+    echo "NESTED-QEMU start=\$qstart ready=\${qready:-none}"
+    echo "NESTED ----- qemu console -----"; cat /tmp/qconsole.log; cat /tmp/qemu.log
+fi
 echo "NESTED ----- guest console -----"; cat /tmp/console.log
 echo "NESTED ----- hull-vmm log -----"; cat /tmp/vmm.log
 echo "NESTED-RESULT exit=\$code start=\$start ready=\${ready:-none} end=\$end"
@@ -133,4 +176,15 @@ RESULT=$(grep -a "NESTED-RESULT" "$WORK/host.log" | tr -d '\r' || true)
 echo "$RESULT" | grep -q "ready=none" && die "the guest agent never answered on vsock"
 read -r START READY <<<"$(echo "$RESULT" | sed -E 's/.*start=([0-9.]+) ready=([0-9.]+).*/\1 \2/')"
 echo "nested: hull-vmm boot to agent-ready: $(echo "$READY - $START" | bc) s (test-host time, nested KVM under TCG)"
+HULL=$(grep -a "^NESTED-HULL" "$LOG" | sed -E 's/.*console-ready=([0-9.]+) start=([0-9.]+).*/\2 \1/' || true)
+if [ -n "$HULL" ] && ! echo "$HULL" | grep -q none; then
+    read -r HS HR <<<"$HULL"
+    echo "nested: hull-vmm launch to 'hull-agent ready' on the console: $(echo "$HR - $HS" | bc) s"
+fi
+QEMU=$(grep -a "^NESTED-QEMU start" "$LOG" || true)
+if [ -n "$QEMU" ]; then
+    echo "$QEMU" | grep -q "ready=none" && die "QEMU microvm never reached agent-ready"
+    read -r QS QR <<<"$(echo "$QEMU" | sed -E 's/.*start=([0-9.]+) ready=([0-9.]+).*/\1 \2/')"
+    echo "nested: QEMU microvm launch to 'hull-agent ready' on the console: $(echo "$QR - $QS" | bc) s"
+fi
 echo "nested: PASS" >&2
