@@ -44,12 +44,19 @@ fn status(err: ImageError) -> Status {
 fn image_name(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
     match spec.map(|s| s.image.as_str()) {
         Some(name) if !name.is_empty() => Ok(name),
-        _ => Err(Status::invalid_argument("image spec with a non-empty image is required")),
+        _ => Err(Status::invalid_argument(
+            "image spec with a non-empty image is required",
+        )),
     }
 }
 
 fn to_cri(rec: ImageRecord) -> cri::Image {
-    let spec_name = rec.repo_tags.first().or(rec.repo_digests.first()).cloned().unwrap_or_default();
+    let spec_name = rec
+        .repo_tags
+        .first()
+        .or(rec.repo_digests.first())
+        .cloned()
+        .unwrap_or_default();
     cri::Image {
         id: rec.id,
         repo_tags: rec.repo_tags,
@@ -69,9 +76,15 @@ fn to_cri(rec: ImageRecord) -> cri::Image {
 fn usage(u: hull_image::FsUsage, timestamp: i64) -> cri::FilesystemUsage {
     cri::FilesystemUsage {
         timestamp,
-        fs_id: Some(cri::FilesystemIdentifier { mountpoint: u.mountpoint.display().to_string() }),
-        used_bytes: Some(cri::UInt64Value { value: u.used_bytes }),
-        inodes_used: Some(cri::UInt64Value { value: u.inodes_used }),
+        fs_id: Some(cri::FilesystemIdentifier {
+            mountpoint: u.mountpoint.display().to_string(),
+        }),
+        used_bytes: Some(cri::UInt64Value {
+            value: u.used_bytes,
+        }),
+        inodes_used: Some(cri::UInt64Value {
+            value: u.inodes_used,
+        }),
     }
 }
 
@@ -97,8 +110,12 @@ impl CriService {
         }
         let config = &self.daemon.config;
         let root = config.root_dir.join("images");
-        let svc = hull_image::ImageService::open(&root, self.daemon.store.database(), config.registry.clone())
-            .map_err(status)?;
+        let svc = hull_image::ImageService::open(
+            &root,
+            self.daemon.store.database(),
+            config.registry.clone(),
+        )
+        .map_err(status)?;
         tracing::info!(root = %root.display(), "image service open");
         *slot = Some((key, svc.clone()));
         Ok(svc)
@@ -117,15 +134,27 @@ impl CriService {
 
 #[tonic::async_trait]
 impl ImageService for CriService {
-    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> CallResult<cri::ListImagesResponse> {
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> CallResult<cri::ListImagesResponse> {
         let req = req.into_inner();
-        let filter = req.filter.as_ref().and_then(|f| f.image.as_ref()).map(|s| s.image.as_str());
+        let filter = req
+            .filter
+            .as_ref()
+            .and_then(|f| f.image.as_ref())
+            .map(|s| s.image.as_str());
         let images = self.images()?.list(filter).map_err(status)?;
         tracing::trace!(n = images.len(), "ListImages");
-        Ok(Response::new(cri::ListImagesResponse { images: images.into_iter().map(to_cri).collect() }))
+        Ok(Response::new(cri::ListImagesResponse {
+            images: images.into_iter().map(to_cri).collect(),
+        }))
     }
 
-    async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> CallResult<cri::ImageStatusResponse> {
+    async fn image_status(
+        &self,
+        req: Request<cri::ImageStatusRequest>,
+    ) -> CallResult<cri::ImageStatusResponse> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?;
         let svc = self.images()?;
@@ -133,23 +162,40 @@ impl ImageService for CriService {
             tracing::debug!(image = name, "ImageStatus: not present");
             return Ok(Response::new(cri::ImageStatusResponse::default()));
         };
-        let info = if req.verbose { svc.verbose_info(&rec).map_err(status)? } else { Default::default() };
-        Ok(Response::new(cri::ImageStatusResponse { image: Some(to_cri(rec)), info: info.into_iter().collect() }))
+        let info = if req.verbose {
+            svc.verbose_info(&rec).map_err(status)?
+        } else {
+            Default::default()
+        };
+        Ok(Response::new(cri::ImageStatusResponse {
+            image: Some(to_cri(rec)),
+            info: info.into_iter().collect(),
+        }))
     }
 
-    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> CallResult<cri::PullImageResponse> {
+    async fn pull_image(
+        &self,
+        req: Request<cri::PullImageRequest>,
+    ) -> CallResult<cri::PullImageResponse> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?.to_string();
         tracing::info!(image = %name, "PullImage");
-        let rec = self.images()?.pull(&name, auth(req.auth).as_ref()).await.map_err(|e| {
-            tracing::warn!(image = %name, error = %e, "PullImage failed");
-            status(e)
-        })?;
+        let rec = self
+            .images()?
+            .pull(&name, auth(req.auth).as_ref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(image = %name, error = %e, "PullImage failed");
+                status(e)
+            })?;
         tracing::info!(image = %name, id = %rec.id, "PullImage done");
         Ok(Response::new(cri::PullImageResponse { image_ref: rec.id }))
     }
 
-    async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> CallResult<cri::RemoveImageResponse> {
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> CallResult<cri::RemoveImageResponse> {
         let req = req.into_inner();
         let name = image_name(req.image.as_ref())?.to_string();
         tracing::info!(image = %name, "RemoveImage");
@@ -159,7 +205,10 @@ impl ImageService for CriService {
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(&self, _req: Request<cri::ImageFsInfoRequest>) -> CallResult<cri::ImageFsInfoResponse> {
+    async fn image_fs_info(
+        &self,
+        _req: Request<cri::ImageFsInfoRequest>,
+    ) -> CallResult<cri::ImageFsInfoResponse> {
         let info = self.images()?.fs_info().await.map_err(status)?;
         let ts = info.timestamp_nanos;
         Ok(Response::new(cri::ImageFsInfoResponse {
