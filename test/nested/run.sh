@@ -9,6 +9,8 @@
 #                           [--guest-cmdline ARGS] [--compare-qemu]
 #   --compare-qemu: also boot the same guest with QEMU microvm (KVM, vhost-vsock) inside the
 #   same test host and print both boot-to-agent-ready times (the benchmark).
+#   --shmem-thp MODE: set the test host's /sys/kernel/mm/transparent_hugepage/shmem_enabled
+#   (hull-vmm's guest RAM is a memfd, i.e. shmem; anonymous memory, QEMU's, uses `enabled`).
 #   env: HULL_NESTED_CACHE (default /var/cache/hull-nested): downloaded kernel package
 #        HULL_NESTED_LOG (default /tmp/hull-nested-last.log): test host output
 #
@@ -21,6 +23,7 @@ VCPUS=1
 TIMEOUT=600
 GUEST_CMDLINE="loglevel=4 8250.nr_uarts=1"
 COMPARE_QEMU=0
+SHMEM_THP=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --hull-vmm) HULL_VMM="$2"; shift 2 ;;
@@ -29,6 +32,7 @@ while [ $# -gt 0 ]; do
         --timeout) TIMEOUT="$2"; shift 2 ;;
         --guest-cmdline) GUEST_CMDLINE="$2"; shift 2 ;;
         --compare-qemu) COMPARE_QEMU=1; shift ;;
+        --shmem-thp) SHMEM_THP="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -99,6 +103,8 @@ export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $MODULES; do insmod /lib/modules/\$m.ko 2>/dev/null || echo "NESTED insmod \$m failed"; done
 [ -e /dev/kvm ] || { echo "NESTED-RESULT no-kvm"; poweroff -f; }
+[ -n "$SHMEM_THP" ] && echo "$SHMEM_THP" > /sys/kernel/mm/transparent_hugepage/shmem_enabled
+echo "NESTED thp: \$(cat /sys/kernel/mm/transparent_hugepage/enabled) shmem: \$(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled)"
 echo "NESTED kvm ready, uptime \$(cut -d' ' -f1 /proc/uptime)"
 start=\$(cut -d' ' -f1 /proc/uptime)
 HULL_VMM_LOG=info hull-vmm --kernel /guest/vmlinux --initramfs /guest/initramfs.img \
