@@ -81,8 +81,15 @@ fn guest_negotiates_virtio_rng_and_gets_random_bytes() {
     pio.insert(0x60, 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))
         .unwrap();
     let mut mmio = Bus::new();
-    let (transport, arg) =
-        attach_virtio_device(&vm, &mut mmio, &ram, &exit, 0, Box::new(Rng::new())).unwrap();
+    let (transport, arg) = attach_virtio_device(
+        &vm,
+        &mut mmio,
+        &ram,
+        &exit,
+        0,
+        Box::new(Rng::new().unwrap()),
+    )
+    .unwrap();
     assert_eq!(arg, "virtio_mmio.device=4K@0xc0000000:5");
     ram.memory
         .write_slice(VIRTIO_HANDSHAKE, GuestAddress(0x10_0000))
