@@ -66,7 +66,7 @@ impl Registry {
         &self.cfg
     }
 
-    fn client(&self, ep: &Endpoint, auth: &Option<AuthConfig>) -> Result<Arc<Client>> {
+    fn client(&self, ep: &Endpoint, auth: &Option<AuthConfig>, cache: bool) -> Result<Arc<Client>> {
         let key = (ep.clone(), auth.clone());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(&key) {
@@ -94,6 +94,9 @@ impl Registry {
             ..ClientConfig::default()
         };
         let client = Arc::new(Client::new(config));
+        if !cache {
+            return Ok(client);
+        }
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
@@ -148,15 +151,15 @@ impl Registry {
         let reg_auth = match &creds {
             Some(c) => match registry_auth(c)? {
                 Some(a) => a,
-                None => {
-                    return Err(ImageError::InvalidArgument(
-                        "identity_token credentials are not supported".into(),
-                    ));
-                }
+                None => RegistryAuth::Bearer(
+                    identity_token_exchange(ep, reference.repository(), c).await?,
+                ),
             },
             None => RegistryAuth::Anonymous,
         };
-        let client = self.client(ep, &creds)?;
+        // An exchanged access token expires: such clients are not cached.
+        let cache = creds.as_ref().is_none_or(|c| c.identity_token.is_empty());
+        let client = self.client(ep, &creds, cache)?;
         let at = match (reference.tag(), reference.digest()) {
             (_, Some(d)) => {
                 Reference::with_digest(ep.host.clone(), reference.repository().into(), d.into())
@@ -222,6 +225,32 @@ impl Registry {
             manifest,
         })
     }
+}
+
+/// Trades CRI identity-token credentials for an access token at the endpoint's token service.
+async fn identity_token_exchange(ep: &Endpoint, repo: &str, creds: &AuthConfig) -> Result<String> {
+    let mut b = reqwest::Client::builder()
+        .danger_accept_invalid_certs(ep.skip_verify)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60));
+    if let Some(ca) = &ep.ca_file {
+        let pem = std::fs::read(ca).map_err(ImageError::fs("Read CA file", ca))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| ImageError::Config(format!("CA file {}: {e}", ca.display())))?;
+        b = b.add_root_certificate(cert);
+    }
+    let http = b
+        .build()
+        .map_err(|e| ImageError::Config(format!("HTTP client: {e}")))?;
+    let scheme = if ep.plain_http { "http" } else { "https" };
+    super::token::exchange(
+        &http,
+        &format!("{scheme}://{}", ep.host),
+        repo,
+        &creds.username,
+        &creds.identity_token,
+    )
+    .await
 }
 
 impl Session {

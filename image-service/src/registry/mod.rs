@@ -4,5 +4,6 @@
 mod auth;
 mod client;
 pub(crate) mod manifest;
+mod token;
 
 pub(crate) use client::{Registry, Session};
