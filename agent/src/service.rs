@@ -171,6 +171,19 @@ impl Agent for AgentService {
         Ok(Response::new(pb::RemoveContainerResponse {}))
     }
 
+    async fn list_containers(
+        &self,
+        _: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+        let containers = self
+            .containers
+            .list()
+            .into_iter()
+            .map(container_info)
+            .collect();
+        Ok(Response::new(pb::ListContainersResponse { containers }))
+    }
+
     type ReadOutputStream = BoxStream<pb::OutputChunk>;
 
     async fn read_output(
@@ -335,6 +348,35 @@ impl Agent for AgentService {
     }
 }
 
+fn container_info(c: container::ContainerSummary) -> pb::ContainerInfo {
+    let init_exited = c.processes.first().is_some_and(|(_, p)| p.exit().is_some());
+    let state = match (c.created, init_exited) {
+        (_, true) => pb::ContainerState::Exited,
+        (true, false) => pb::ContainerState::Created,
+        (false, false) => pb::ContainerState::Running,
+    };
+    let processes = c
+        .processes
+        .into_iter()
+        .map(|(exec_id, p)| {
+            let exit = p.exit();
+            pb::ProcessInfo {
+                exec_id,
+                pid: p.pid as u32,
+                exited: exit.is_some(),
+                exit_status: exit.map(|e| e.status).unwrap_or(0),
+                signal: exit.map(|e| e.signal).unwrap_or(0),
+                exited_at_unix_nanos: exit.map(|e| nanos(e.at)).unwrap_or(0),
+            }
+        })
+        .collect();
+    pb::ContainerInfo {
+        container_id: c.id,
+        state: state as i32,
+        processes,
+    }
+}
+
 /// Polls each container's `memory.events` and broadcasts new OOM kills.
 fn spawn_oom_monitor(containers: Arc<Containers>, tx: broadcast::Sender<pb::OomEvent>) {
     tokio::spawn(async move {
@@ -366,11 +408,9 @@ pub async fn serve() -> anyhow::Result<()> {
     spawn_oom_monitor(containers.clone(), oom.clone());
     let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, AGENT_VSOCK_PORT);
     let listener = tokio_vsock::VsockListener::bind(addr)?;
-    tracing::info!(
-        port = AGENT_VSOCK_PORT,
-        version = VERSION,
-        "hull-agent ready"
-    );
+    // The plain marker line VMM backends wait for (see hull_agent_api::READY_MARKER).
+    eprintln!("{}", hull_agent_api::READY_MARKER);
+    tracing::info!(port = AGENT_VSOCK_PORT, version = VERSION, "listening");
     tonic::transport::Server::builder()
         .add_service(AgentServer::new(AgentService { containers, oom }))
         .serve_with_incoming(listener.incoming())

@@ -37,7 +37,9 @@ async fn boot_once(
     let t0 = Instant::now();
     let vm = hv.start(cfg).await?;
     let started = t0.elapsed();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    vm.wait_agent_ready(Instant::now() + Duration::from_secs(60))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let ready = async {
         let mut client =
             hull_agent_api::connect(&vm.agent_socket(), AGENT_VSOCK_PORT, deadline).await?;

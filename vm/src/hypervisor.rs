@@ -10,6 +10,10 @@ use std::path::PathBuf;
 /// The vsock port hull-agent serves its gRPC API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The line hull-agent prints on the console once it listens on [`AGENT_VSOCK_PORT`]
+/// (the same string as `hull_agent_api::READY_MARKER`).
+pub const AGENT_READY_MARKER: &str = "hull-agent: ready";
+
 /// Which VMM runs a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +103,15 @@ pub trait VmHandle: Send + Sync {
     async fn stop(&self, grace: std::time::Duration) -> Result<VmExit, HypervisorError>;
     /// Whether the VMM process is still alive.
     fn is_running(&self) -> bool;
+    /// Waits until the guest agent listens (its ready line is on the console), so the first
+    /// vsock `CONNECT` is answered at once. Connecting earlier works too but makes the
+    /// vsock backend queue requests for a guest that cannot answer yet; rust-vmm's
+    /// vhost-device-vsock was seen to stop answering after such requests were abandoned.
+    /// Fails if the VMM exits or `deadline` passes. The default returns at once.
+    async fn wait_agent_ready(&self, deadline: std::time::Instant) -> Result<(), HypervisorError> {
+        let _ = deadline;
+        Ok(())
+    }
     /// Waits until the VMM exits by itself (guest shutdown, crash, kill), then cleans up
     /// like [`VmHandle::stop`] and returns how it ended. The default polls
     /// [`VmHandle::is_running`]; a backend with an exit notification can do better.

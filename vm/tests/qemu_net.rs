@@ -192,6 +192,60 @@ async fn network_part(vm: &dyn hull_vm::hypervisor::VmHandle, netns: &str) {
         String::from_utf8_lossy(&ping.stdout)
     );
     port_forward(&mut client).await;
+    // Left for the re-attached side to find: one running, one created.
+    let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
+    for id in ["persist", "pending"] {
+        let create = pb::CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: spec_json(&["sleep", "1000"]),
+            rootfs: rootfs.clone(),
+        };
+        client.create_container(create).await.expect("create");
+    }
+    client
+        .start_container(pb::StartContainerRequest {
+            container_id: "persist".into(),
+        })
+        .await
+        .expect("start");
+}
+
+/// After a hulld restart, the agent tells what runs in the guest.
+async fn list_after_reattach(client: &mut Client) {
+    let list = client
+        .list_containers(pb::ListContainersRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let summary: Vec<(String, i32, usize, bool)> = list
+        .containers
+        .iter()
+        .map(|c| {
+            (
+                c.container_id.clone(),
+                c.state,
+                c.processes.len(),
+                c.processes[0].pid > 0 && !c.processes[0].exited,
+            )
+        })
+        .collect();
+    let running = pb::ContainerState::Running as i32;
+    let created = pb::ContainerState::Created as i32;
+    assert_eq!(
+        summary,
+        vec![
+            ("pending".into(), created, 1, true),
+            ("persist".into(), running, 1, true)
+        ]
+    );
+    let remove = pb::RemoveContainerRequest {
+        container_id: "pending".into(),
+        force: false,
+    };
+    client
+        .remove_container(remove)
+        .await
+        .expect("remove a never-started container");
 }
 
 /// A server in a container on guest port 8080, reached through the agent's PortForward.
@@ -268,6 +322,7 @@ async fn process_part(vm: &dyn hull_vm::hypervisor::VmHandle) {
         .health(pb::HealthRequest {})
         .await
         .expect("health after reattach");
+    list_after_reattach(&mut client).await;
     let rootfs = format!("{}/c1/rootfs", hull_agent_api::GUEST_SHARED_DIR);
     let create = pb::CreateContainerRequest {
         container_id: "long".into(),

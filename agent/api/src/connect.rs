@@ -8,6 +8,7 @@
 //! through the same handshake.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -20,12 +21,10 @@ use crate::v1::agent_client::AgentClient;
 
 /// The longest `OK <port>\n` line accepted.
 const MAX_REPLY: usize = 32;
-/// How long one handshake attempt may wait for the reply.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How many handshakes may wait for their reply at once.
-const MAX_IN_FLIGHT: usize = 8;
-/// Pause between the starts of two attempts.
-const RETRY_DELAY: Duration = Duration::from_millis(50);
+/// The longest a detached, unanswered attempt keeps its socket open.
+const ORPHAN_LIMIT: Duration = Duration::from_secs(600);
+/// Pause after a refused attempt.
+const RETRY_DELAY: Duration = Duration::from_millis(20);
 /// How long a reconnect of an established channel keeps retrying.
 const RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 
@@ -45,52 +44,46 @@ pub enum ConnectError {
 /// Connects to `port` in the guest through the hybrid-vsock socket at `path`, retrying
 /// until `deadline`. Returns the stream positioned just after the `OK` line.
 ///
-/// While the guest boots, a `CONNECT` may get no answer at all (the VMM queues it until the
-/// guest's vsock driver is up) or be refused (nobody listens yet). So attempts overlap: a
-/// new one starts every [`RETRY_DELAY`] while up to [`MAX_IN_FLIGHT`] wait for their
-/// reply, each for at most [`ATTEMPT_TIMEOUT`]; the first `OK` wins and the rest are
-/// dropped. That connects within one retry interval of the agent listening, even when a
-/// loaded host makes a single handshake slow.
+/// One attempt at a time, and an attempt is never abandoned while its `CONNECT` is
+/// unanswered: vhost-device-vsock 0.3 writes the `OK` line with `unwrap()` and its vring
+/// worker dies (the VM's vsock goes dead) if the host socket was closed meanwhile. So a
+/// refused attempt (EOF: nobody listens yet) is retried, a silent one is waited for, and
+/// one still pending at the deadline is left to finish in the background.
 pub async fn connect_stream(
     path: &Path,
     port: u32,
     deadline: Instant,
 ) -> Result<UnixStream, ConnectError> {
     let mut attempts = 0u32;
-    let mut last = "no attempt finished".to_owned();
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut next_attempt = Instant::now();
     loop {
-        if in_flight.len() < MAX_IN_FLIGHT && Instant::now() >= next_attempt {
-            attempts += 1;
-            let path = path.to_owned();
-            in_flight.spawn(async move {
-                match timeout(ATTEMPT_TIMEOUT, handshake(&path, port)).await {
-                    Ok(result) => result,
-                    Err(_) => Err("no reply to CONNECT".to_owned()),
-                }
-            });
-            next_attempt = Instant::now() + RETRY_DELAY;
-        }
-        let wake = next_attempt.min(deadline);
-        tokio::select! {
-            Some(done) = in_flight.join_next() => match done {
+        attempts += 1;
+        let attempt_path = path.to_owned();
+        let mut attempt = tokio::spawn(async move {
+            timeout(ORPHAN_LIMIT, handshake(&attempt_path, port))
+                .await
+                .unwrap_or_else(|_| Err("no reply to CONNECT".to_owned()))
+        });
+        let last = tokio::select! {
+            done = &mut attempt => match done {
                 Ok(Ok(stream)) => {
                     tracing::debug!(path = %path.display(), port, attempts, "hybrid vsock connected");
                     return Ok(stream);
                 }
-                Ok(Err(e)) => last = e,
-                Err(e) => last = format!("attempt task failed: {e}"),
+                Ok(Err(e)) => e,
+                Err(e) => format!("attempt task failed: {e}"),
             },
-            () = tokio::time::sleep_until(wake) => {}
-        }
-        if Instant::now() >= deadline {
+            // Dropping the JoinHandle detaches the attempt; it closes its socket only once
+            // answered (or after ORPHAN_LIMIT).
+            () = tokio::time::sleep_until(deadline) => "no reply to CONNECT".to_owned(),
+        };
+        if Instant::now() + RETRY_DELAY >= deadline {
             return Err(ConnectError::Deadline {
                 path: path.to_owned(),
                 port,
                 last: format!("{last} (after {attempts} attempts)"),
             });
         }
+        tokio::time::sleep(RETRY_DELAY).await;
     }
 }
 
@@ -136,15 +129,23 @@ pub async fn connect(
     port: u32,
     deadline: Instant,
 ) -> Result<AgentClient<Channel>, ConnectError> {
-    // Wait for the agent once, so a booting guest is not an error.
-    drop(connect_stream(path, port, deadline).await?);
+    // Wait for the agent once, so a booting guest is not an error; that stream becomes
+    // the channel's first connection.
+    let first = Arc::new(Mutex::new(Some(
+        connect_stream(path, port, deadline).await?,
+    )));
     let path = path.to_owned();
     let connector = tower::service_fn(move |_: Uri| {
         let path = path.clone();
+        let first = first.clone();
         async move {
-            let stream = connect_stream(&path, port, Instant::now() + RECONNECT_WINDOW)
-                .await
-                .map_err(std::io::Error::other)?;
+            let ready = first.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let stream = match ready {
+                Some(stream) => stream,
+                None => connect_stream(&path, port, Instant::now() + RECONNECT_WINDOW)
+                    .await
+                    .map_err(std::io::Error::other)?,
+            };
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });

@@ -30,5 +30,9 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// path `<shared_dir>/x` is `GUEST_SHARED_DIR/x` in the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/hull/shared";
 
+/// What the agent prints on the console once it listens on [`AGENT_VSOCK_PORT`]; VMM
+/// backends wait for it before the first vsock connect (`hull_vm::hypervisor::AGENT_READY_MARKER`).
+pub const READY_MARKER: &str = "hull-agent: ready";
+
 /// This crate's (and so the protocol's) version, reported by the agent's `Health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

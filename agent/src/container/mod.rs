@@ -90,6 +90,15 @@ pub struct Container {
     seccomp: Option<seccomp::Seccomp>,
 }
 
+/// One container as [`Containers::list`] reports it.
+pub struct ContainerSummary {
+    pub id: String,
+    /// Created but not started yet.
+    pub created: bool,
+    /// `(exec_id, process)`, the init process (empty id) first.
+    pub processes: Vec<(String, Arc<Process>)>,
+}
+
 #[derive(Default)]
 struct State {
     containers: HashMap<String, Arc<Container>>,
@@ -389,6 +398,31 @@ impl Containers {
             s.containers.remove(id);
         }
         Ok(result?)
+    }
+
+    /// Every container: its state and processes (init first).
+    pub fn list(&self) -> Vec<ContainerSummary> {
+        let mut all: Vec<ContainerSummary> = self
+            .ids()
+            .into_iter()
+            .map(|c| {
+                let created = lock(&c.pending).is_some();
+                let mut processes = vec![(String::new(), c.init.clone())];
+                let mut execs: Vec<_> = lock(&c.execs)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                execs.sort_by(|a, b| a.0.cmp(&b.0));
+                processes.extend(execs);
+                ContainerSummary {
+                    id: c.id.clone(),
+                    created,
+                    processes,
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// Kills every container (shutdown).

@@ -25,6 +25,8 @@ use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, 
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How long helpers get to exit on SIGTERM at stop.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// How often `wait_agent_ready` reads the console.
+const READY_POLL: Duration = Duration::from_millis(20);
 /// QEMU must survive this long after spawn for a start to count.
 const EARLY_EXIT_WINDOW: Duration = Duration::from_millis(300);
 
@@ -366,5 +368,29 @@ impl VmHandle for QemuVm {
 
     fn is_running(&self) -> bool {
         self.qemu.as_ref().is_some_and(Proc::alive)
+    }
+
+    async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
+        loop {
+            // The console is guest output: only used as a hint of when to connect.
+            let console = std::fs::read(&self.files.console_log).unwrap_or_default();
+            let marker = crate::hypervisor::AGENT_READY_MARKER.as_bytes();
+            if console.windows(marker.len()).any(|w| w == marker) {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return Err(HypervisorError::Boot(format!(
+                    "VM exited before its agent was ready: {}",
+                    log_tail(&self.files.console_log)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(HypervisorError::Boot(format!(
+                    "agent not ready in time: {}",
+                    log_tail(&self.files.console_log)
+                )));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
     }
 }

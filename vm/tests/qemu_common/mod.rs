@@ -174,12 +174,24 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub async fn connect(vm: &dyn VmHandle) -> AgentClient<Channel> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let ready = vm
+        .wait_agent_ready(std::time::Instant::now() + Duration::from_secs(90))
+        .await;
+    ready.unwrap_or_else(|e| panic!("agent not ready: {e}"));
+    assert_eq!(
+        hull_vm::hypervisor::AGENT_READY_MARKER,
+        hull_agent_api::READY_MARKER
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     match hull_agent_api::connect(&vm.agent_socket(), AGENT_VSOCK_PORT, deadline).await {
         Ok(c) => c,
-        Err(e) => panic!(
-            "agent unreachable: {e}\nconsole:\n{}",
-            std::fs::read_to_string(vm.console_log()).unwrap_or_default()
-        ),
+        Err(e) => {
+            let vsock_log = vm.agent_socket().with_file_name("vhost-vsock.log");
+            panic!(
+                "agent unreachable: {e}\nconsole:\n{}\nvhost-device-vsock log:\n{}",
+                std::fs::read_to_string(vm.console_log()).unwrap_or_default(),
+                std::fs::read_to_string(vsock_log).unwrap_or_default()
+            )
+        }
     }
 }
