@@ -71,6 +71,12 @@ write_config() {
         echo "socket = \"$SOCK\""
         echo "log_level = \"${HULL_LOG_LEVEL:-info}\""
         echo
+        if [[ -n ${HULL_KERNEL:-}${HULL_INITRAMFS:-} ]]; then
+            echo "[vm]"
+            [[ -n ${HULL_KERNEL:-} ]] && echo "kernel = \"$HULL_KERNEL\""
+            [[ -n ${HULL_INITRAMFS:-} ]] && echo "initramfs = \"$HULL_INITRAMFS\""
+            echo
+        fi
         echo "[cni]"
         echo "conf_dir = \"$WORK/cni\""
         echo
@@ -90,7 +96,8 @@ write_config() {
     kernel=$(sed -n 's/^kernel = "\(.*\)"$/\1/p' "$LOG_DIR/effective-config.toml")
     initramfs=$(sed -n 's/^initramfs = "\(.*\)"$/\1/p' "$LOG_DIR/effective-config.toml")
     for f in $kernel $initramfs; do
-        [[ -f $f ]] || die "guest file $f is missing: run packaging/guest/build.sh all"
+        [[ -f $f ]] || log "WARNING: guest file $f (hulld's config) is missing: pods cannot" \
+            "start. Run packaging/guest/build.sh all, or set HULL_KERNEL / HULL_INITRAMFS."
     done
 }
 
@@ -122,7 +129,8 @@ progress() {
     done
 }
 
-# summarize <log dir>: counts, failed specs with their first error line, errors by count.
+# summarize <log dir>: counts, failed specs with their first error line, failures grouped
+# by (normalised) first error line with a rough category, skip reasons.
 summarize() {
     local report=$1/report.json
     [[ -s $report ]] || { echo "no report.json: critest did not finish; see $1/critest.log"; return; }
@@ -130,25 +138,34 @@ summarize() {
     jq -r '
       def norm: gsub("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"; "<uuid>")
         | gsub("[0-9a-f]{32,64}"; "<id>") | gsub("0x[0-9a-f]+"; "0x…")
-        | gsub("[0-9]+(\\.[0-9]+)?(ms|s|µs)\\b"; "<t>");
+        | gsub("\\b[0-9]+(\\.[0-9]+)?(ms|s|µs)\\b"; "<t>");
       def name: ((.ContainerHierarchyTexts // []) + [.LeafNodeText]) | join(" ");
       def cause: (.Failure.Message // .State) | split("\n")
-        | map(select(test("^\\s*$|^Unexpected error:|^\\s*<[^>]*>") | not)) | .[0] // "" | ltrimstr(" ");
+        | map(select(test("^\\s*$|^Unexpected error:|^\\s*<[^>]*>") | not)) | (.[0] // "")
+        | sub("^\\s+"; "");
+      def category: if test("code = Unimplemented") then "not implemented"
+        elif test("test-image-digest@sha256") then "environment"
+        else "investigate" end;
       def failed: .State | IN("passed", "skipped", "pending") | not;
       [.[].SpecReports[]? | select(.LeafNodeType == "It")] as $specs
       | ($specs | map(select(failed))) as $fails
+      | ($specs | map(select(.State | IN("skipped", "pending")))) as $skips
       | ($specs | map(select(.State == "passed")) | length) as $p
-      | ($specs | map(select(.State | IN("skipped", "pending"))) | length) as $s
-      | "critest summary (\($specs | length) specs run)",
+      | "critest summary (\($specs | length) specs)",
         "",
         "Failed specs:",
         ($fails[] | "  - \(name)\n      \(.State): \(cause | .[0:240])"),
         "",
-        "Failures by cause (count, first error line, normalised):",
-        ($fails | map(cause | norm | .[0:200]) | group_by(.) | map({n: length, m: .[0]})
-           | sort_by(-.n)[] | "  \(.n)\t\(.m)"),
+        "Failures by cause (count, category, first error line normalised):",
+        ($fails | map(cause | norm | .[0:200]) | group_by(.)
+           | map({n: length, m: .[0], c: (.[0] | category)}) | sort_by(-.n)[]
+           | "  \(.n)\t\(.c)\t\(.m)"),
         "",
-        "critest: \($p) passed, \($fails | length) failed, \($s) skipped"' "$report"
+        "Skipped (count, reason):",
+        ($skips | map((.Failure.Message // "" | split("\n")[0]) // "" | if . == "" then "(not selected: critest skips benchmarks, or --focus/--skip)" else . end)
+           | group_by(.) | map("  \(length)\t\(.[0])")[]),
+        "",
+        "critest: \($p) passed, \($fails | length) failed, \($skips | length) skipped"' "$report"
 }
 
 # stop_pid <what> <pid>: SIGTERM, then SIGKILL after 10 s.
@@ -192,7 +209,7 @@ kill_leftovers() {
         for dir in /proc/[0-9]*; do
             pid=${dir#/proc/}
             [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-            tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -e "$STATE" -e "$WORK" && pids+=("$pid")
+            { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -e "$STATE" -e "$WORK" && pids+=("$pid")
         done
         [[ ${#pids[@]} -eq 0 ]] && return 0
         log "SIG$sig to processes left behind: ${pids[*]}"
@@ -203,13 +220,18 @@ kill_leftovers() {
 
 cleanup() {
     local rc=$? id ids mnt
-    trap '' INT TERM
+    # Ctrl-C may have ended a `| tee` reading our output: never die of SIGPIPE here.
+    trap '' INT TERM HUP PIPE
     set +e
-    log "cleaning up"
+    case $rc in
+        129 | 130 | 143) log "cleaning up after signal $((rc - 128))" ;;
+        *) log "cleaning up" ;;
+    esac
     [[ -n ${CRITEST_PID:-} ]] && stop_pid critest "$CRITEST_PID"
     ids=$(pod_ids | sort -u)
     remove_pods
     stop_pid hulld "${HULLD_PID:-}"
+    stop_pid registry "${REGISTRY_PID:-}"
     kill_leftovers
     for id in $ids; do
         [[ -e /run/netns/hull-$id ]] && { log "removing netns hull-$id"; ip netns del "hull-$id"; }
@@ -217,7 +239,6 @@ cleanup() {
     for mnt in $(findmnt -rn -o TARGET | grep -E "^($WORK|$STATE)(/|$)" | sort -r); do
         umount -l "$mnt" || log "cannot unmount $mnt"
     done
-    stop_pid registry "${REGISTRY_PID:-}"
     ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
     if [[ ${CRITEST_KEEP:-0} == 1 ]]; then
         log "kept $WORK and $STATE (CRITEST_KEEP=1)"

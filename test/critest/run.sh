@@ -15,7 +15,8 @@
 #
 # Environment: HULLD (a hulld binary), CARGO_TARGET_DIR, CRITEST_LOG_DIR (default
 # /var/tmp/hull-critest-logs/<UTC time>), CRITEST_TIMEOUT (whole run, default 60m),
-# HULL_LOG_LEVEL (hulld's log_level, default info), CRITEST_KEEP=1 (keep the temp dirs).
+# HULL_LOG_LEVEL (hulld's log_level, default info), HULL_KERNEL / HULL_INITRAMFS (guest
+# files, default: hulld's defaults), CRITEST_KEEP=1 (keep the temp dirs).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +30,7 @@ while [[ $# -gt 0 ]]; do
         --focus) FOCUS=${2:?--focus needs a regex}; shift 2 ;;
         --skip) SKIP=${2:?--skip needs a regex}; shift 2 ;;
         --) shift; break ;;
-        -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) break ;;
     esac
 done
@@ -59,8 +60,10 @@ CNI_NET=hullcrit
 HULLD_PID="" REGISTRY_PID=""
 
 trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+# No output in these traps: after Ctrl-C a `| tee` may be gone (cleanup ignores SIGPIPE).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 log "logs in $LOG_DIR"
 start_registry
@@ -76,7 +79,7 @@ ARGS=(--runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK" --ginkgo
 [[ -n $FOCUS ]] && ARGS+=(--ginkgo.focus="$FOCUS")
 [[ -n $SKIP ]] && ARGS+=(--ginkgo.skip="$SKIP")
 ARGS+=("$@")
-log "critest $(critest --version 2>/dev/null | head -n1): output in $LOG_DIR/critest.log"
+log "$(critest --version 2>/dev/null | head -n1): output in $LOG_DIR/critest.log"
 echo "critest ${ARGS[*]}" >"$LOG_DIR/critest.log"
 START=$SECONDS
 critest "${ARGS[@]}" >>"$LOG_DIR/critest.log" 2>&1 &
