@@ -8,7 +8,10 @@
 
 pub mod cni_check;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod daemon;
+pub mod events;
 pub mod logging;
+pub mod logs;
 pub mod state;

@@ -1,0 +1,590 @@
+//! Builds a container's OCI spec from the CRI `ContainerConfig`, the image config and
+//! the pod, with Kubernetes' (and containerd's) rules.
+//!
+//! The agent applies the spec inside the guest (see agent/src/container/spec.rs for the
+//! fields it honours); fields it does not enforce yet are still emitted, so the spec is
+//! complete and the gap is the agent's alone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hull_cri_api as cri;
+
+use super::oci;
+use super::user;
+
+/// The image config fields a container inherits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageDefaults {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: String,
+}
+
+impl ImageDefaults {
+    /// Reads the `config` object of an OCI/Docker image config JSON (`Entrypoint`, `Cmd`,
+    /// `Env`, `WorkingDir`, `User`, `StopSignal`); missing or odd fields are defaults.
+    pub fn from_image_config(image_config: &serde_json::Value) -> Self {
+        let c = &image_config["config"];
+        let strings = |key: &str| -> Vec<String> {
+            c[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let string = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+        Self {
+            entrypoint: strings("Entrypoint"),
+            cmd: strings("Cmd"),
+            env: strings("Env"),
+            working_dir: string("WorkingDir"),
+            user: string("User"),
+            stop_signal: string("StopSignal"),
+        }
+    }
+}
+
+/// The signal that stops a container: the image's StopSignal (`SIGQUIT`, `QUIT`, `3`),
+/// else SIGTERM.
+pub fn stop_signal(image_stop_signal: &str) -> i32 {
+    use std::str::FromStr;
+    let s = image_stop_signal.trim();
+    if let Ok(n) = s.parse::<i32>()
+        && nix::sys::signal::Signal::try_from(n).is_ok()
+    {
+        return n;
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|sig| sig as i32)
+        .unwrap_or(nix::libc::SIGTERM)
+}
+
+/// A CRI mount already placed in the sandbox's share: `source` is its guest path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestMount {
+    pub container_path: String,
+    pub source: String,
+    pub readonly: bool,
+    pub propagation: cri::MountPropagation,
+}
+
+/// Everything the spec depends on besides the CRI config.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecInput<'a> {
+    pub config: &'a cri::ContainerConfig,
+    pub image: &'a ImageDefaults,
+    /// Host path of the container's rootfs (for /etc/passwd and /etc/group).
+    pub host_rootfs: &'a Path,
+    /// Guest path of the rootfs.
+    pub guest_rootfs: &'a str,
+    pub mounts: &'a [GuestMount],
+    pub hostname: &'a str,
+    pub pod_sysctls: &'a BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("No command specified: the config has no command/args and the image no Entrypoint/Cmd")]
+    NoCommand,
+    #[error("Cannot resolve the container user: {0}")]
+    User(#[from] user::UserError),
+    #[error("run_as_user {0} is out of range")]
+    BadUid(i64),
+    #[error("Unknown capability {0:?}")]
+    BadCapability(String),
+    #[error("Seccomp profile {path} cannot be used: {why}")]
+    Seccomp { path: String, why: String },
+    #[error("{0} is not an absolute container path")]
+    BadPath(String),
+}
+
+/// containerd's default capability set (`oci.DefaultCapabilities`).
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability of Linux 6.1.
+pub const ALL_CAPS: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// containerd's default masked paths.
+pub const DEFAULT_MASKED: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// containerd's default read-only paths.
+pub const DEFAULT_READONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds the spec.
+pub fn build(input: &SpecInput<'_>) -> Result<oci::Spec, SpecError> {
+    let c = input.config;
+    let sc = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let mut process = oci::Process {
+        terminal: c.tty,
+        user: resolve_user(input, &sc)?,
+        args: process_args(c, input.image)?,
+        env: merge_env(&input.image.env, &c.envs, input.hostname),
+        cwd: working_dir(c, input.image),
+        capabilities: Some(capabilities(&sc)?),
+        no_new_privileges: sc.no_new_privs,
+        oom_score_adj: None,
+    };
+    let resources = c.linux.as_ref().and_then(|l| l.resources.as_ref());
+    if let Some(r) = resources.filter(|r| r.oom_score_adj != 0) {
+        process.oom_score_adj = Some(r.oom_score_adj);
+    }
+    let mut linux = oci::Linux {
+        namespaces: namespaces(&sc),
+        resources: resources.map(self::resources),
+        sysctl: input.pod_sysctls.clone(),
+        seccomp: seccomp(&sc)?,
+        ..Default::default()
+    };
+    if !sc.privileged {
+        linux.masked_paths = or_default(&sc.masked_paths, &DEFAULT_MASKED);
+        linux.readonly_paths = or_default(&sc.readonly_paths, &DEFAULT_READONLY);
+    }
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    if let Some(m) = &c.metadata {
+        annotations.insert("io.kubernetes.cri.container-name".into(), m.name.clone());
+    }
+    Ok(oci::Spec {
+        oci_version: "1.1.0".into(),
+        process,
+        root: oci::Root {
+            path: input.guest_rootfs.to_owned(),
+            readonly: sc.readonly_rootfs,
+        },
+        hostname: (!input.hostname.is_empty()).then(|| input.hostname.to_owned()),
+        mounts: mounts(input, &sc)?,
+        linux,
+        annotations,
+    })
+}
+
+fn or_default(given: &[String], default: &[&str]) -> Vec<String> {
+    if given.is_empty() {
+        default.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        given.to_vec()
+    }
+}
+
+/// Kubernetes' rule (containerd `getProcessArgs`): a CRI command replaces the image's
+/// Entrypoint and Cmd; CRI args alone replace only Cmd.
+pub fn process_args(
+    c: &cri::ContainerConfig,
+    image: &ImageDefaults,
+) -> Result<Vec<String>, SpecError> {
+    let mut command = c.command.clone();
+    let mut args = c.args.clone();
+    if command.is_empty() {
+        if args.is_empty() {
+            args = image.cmd.clone();
+        }
+        if !(image.entrypoint.len() == 1 && image.entrypoint[0].is_empty()) {
+            command = image.entrypoint.clone();
+        }
+    }
+    command.extend(args);
+    if command.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    Ok(command)
+}
+
+/// Image env first; a CRI env var replaces the image's of the same name; PATH defaults.
+pub fn merge_env(image: &[String], cri_env: &[cri::KeyValue], hostname: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(image.len() + cri_env.len() + 2);
+    let mut set = |kv: String| {
+        let key = kv.split('=').next().unwrap_or_default().to_owned();
+        match out
+            .iter_mut()
+            .find(|e| e.split('=').next() == Some(key.as_str()))
+        {
+            Some(slot) => *slot = kv,
+            None => out.push(kv),
+        }
+    };
+    if !image.iter().any(|e| e.starts_with("PATH=")) {
+        set(DEFAULT_PATH.to_owned());
+    }
+    if !hostname.is_empty() {
+        set(format!("HOSTNAME={hostname}"));
+    }
+    for e in image
+        .iter()
+        .filter(|e| e.contains('=') && !e.starts_with('='))
+    {
+        set(e.clone());
+    }
+    for kv in cri_env
+        .iter()
+        .filter(|kv| !kv.key.is_empty() && !kv.key.contains('='))
+    {
+        set(format!("{}={}", kv.key, kv.value));
+    }
+    out
+}
+
+fn working_dir(c: &cri::ContainerConfig, image: &ImageDefaults) -> String {
+    [c.working_dir.as_str(), image.working_dir.as_str()]
+        .into_iter()
+        .find(|d| d.starts_with('/'))
+        .unwrap_or("/")
+        .to_owned()
+}
+
+/// run_as_user / run_as_username / the image's User, run_as_group, supplemental groups.
+fn resolve_user(
+    input: &SpecInput<'_>,
+    sc: &cri::LinuxContainerSecurityContext,
+) -> Result<oci::User, SpecError> {
+    let rootfs = input.host_rootfs;
+    let mut u = if let Some(uid) = &sc.run_as_user {
+        let id = u32::try_from(uid.value).map_err(|_| SpecError::BadUid(uid.value))?;
+        user::resolve(rootfs, &id.to_string())?
+    } else if !sc.run_as_username.is_empty() {
+        user::resolve(rootfs, &sc.run_as_username)?
+    } else {
+        user::resolve(rootfs, &input.image.user)?
+    };
+    if let Some(g) = &sc.run_as_group {
+        u.gid = u32::try_from(g.value).map_err(|_| SpecError::BadUid(g.value))?;
+    }
+    let mut gids = u.additional_gids;
+    for g in &sc.supplemental_groups {
+        let g = u32::try_from(*g).map_err(|_| SpecError::BadUid(*g))?;
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    Ok(oci::User {
+        uid: u.uid,
+        gid: u.gid,
+        additional_gids: gids,
+    })
+}
+
+fn cap_name(c: &str) -> Result<String, SpecError> {
+    let upper = c.to_ascii_uppercase();
+    let name = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    if ALL_CAPS.contains(&name.as_str()) {
+        Ok(name)
+    } else {
+        Err(SpecError::BadCapability(c.to_owned()))
+    }
+}
+
+/// The default set, then drops, then adds ("ALL" in either); all of them when privileged.
+pub fn capabilities(
+    sc: &cri::LinuxContainerSecurityContext,
+) -> Result<oci::Capabilities, SpecError> {
+    let mut caps: Vec<String> = if sc.privileged {
+        ALL_CAPS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect();
+        let empty = cri::Capability::default();
+        let spec = sc.capabilities.as_ref().unwrap_or(&empty);
+        let is_all = |c: &String| c.eq_ignore_ascii_case("ALL");
+        if spec.drop_capabilities.iter().any(is_all) {
+            caps.clear();
+        }
+        for d in spec.drop_capabilities.iter().filter(|c| !is_all(c)) {
+            let d = cap_name(d)?;
+            caps.retain(|c| *c != d);
+        }
+        if spec.add_capabilities.iter().any(is_all) {
+            caps = ALL_CAPS.iter().map(|s| (*s).to_owned()).collect();
+        }
+        for a in spec.add_capabilities.iter().filter(|c| !is_all(c)) {
+            let a = cap_name(a)?;
+            if !caps.contains(&a) {
+                caps.push(a);
+            }
+        }
+        caps
+    };
+    caps.sort();
+    let ambient = match &sc.capabilities {
+        Some(c) if !sc.privileged => c
+            .add_ambient_capabilities
+            .iter()
+            .map(|a| cap_name(a))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    Ok(oci::Capabilities {
+        bounding: caps.clone(),
+        effective: caps.clone(),
+        permitted: caps,
+        ambient,
+    })
+}
+
+/// The VM is the pod: pod-level (and node-level) PID/IPC namespaces are the guest's, a
+/// per-container PID namespace is a new one. Mount and cgroup namespaces are always new.
+fn namespaces(sc: &cri::LinuxContainerSecurityContext) -> Vec<oci::Namespace> {
+    let mut kinds = vec!["mount", "cgroup"];
+    let ns = sc.namespace_options.clone().unwrap_or_default();
+    if ns.pid == cri::NamespaceMode::Container as i32 {
+        kinds.push("pid");
+    }
+    if ns.ipc == cri::NamespaceMode::Container as i32 {
+        kinds.push("ipc");
+    }
+    kinds
+        .into_iter()
+        .map(|k| oci::Namespace { kind: k.to_owned() })
+        .collect()
+}
+
+/// CRI resources → OCI cgroup resources (the agent writes them as cgroup v2 files).
+pub fn resources(r: &cri::LinuxContainerResources) -> oci::Resources {
+    let positive = |v: i64| (v > 0).then_some(v);
+    let cpu = oci::Cpu {
+        shares: positive(r.cpu_shares).and_then(|v| u64::try_from(v).ok()),
+        quota: positive(r.cpu_quota),
+        period: positive(r.cpu_period).and_then(|v| u64::try_from(v).ok()),
+        cpus: (!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()),
+        mems: (!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()),
+    };
+    let memory = oci::Memory {
+        limit: positive(r.memory_limit_in_bytes),
+        swap: positive(r.memory_swap_limit_in_bytes),
+    };
+    let mut unified: BTreeMap<String, String> = r
+        .unified
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let pids = unified
+        .remove("pids.max")
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|limit| oci::Pids { limit });
+    oci::Resources {
+        memory: (memory != oci::Memory::default()).then_some(memory),
+        cpu: (cpu != oci::Cpu::default()).then_some(cpu),
+        pids,
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| oci::HugepageLimit {
+                page_size: h.page_size.clone(),
+                limit: h.limit,
+            })
+            .collect(),
+        unified,
+    }
+}
+
+fn seccomp(
+    sc: &cri::LinuxContainerSecurityContext,
+) -> Result<Option<serde_json::Value>, SpecError> {
+    use cri::security_profile::ProfileType;
+    let Some(p) = &sc.seccomp else {
+        return Ok(None);
+    };
+    if sc.privileged || p.profile_type != ProfileType::Localhost as i32 {
+        // RuntimeDefault/Unconfined: recorded in the annotations by the caller; the guest
+        // kernel is the boundary.
+        return Ok(None);
+    }
+    let err = |why: String| SpecError::Seccomp {
+        path: p.localhost_ref.clone(),
+        why,
+    };
+    let path = p
+        .localhost_ref
+        .strip_prefix("localhost/")
+        .unwrap_or(&p.localhost_ref);
+    if !path.starts_with('/') {
+        return Err(err("not an absolute path".into()));
+    }
+    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+    Ok(Some(value))
+}
+
+/// The container's mounts: the standard ones, then the CRI mounts (which win at the same
+/// destination), sorted parent-first. A read-only rootfs is a read-only bind of `/` first.
+fn mounts(
+    input: &SpecInput<'_>,
+    sc: &cri::LinuxContainerSecurityContext,
+) -> Result<Vec<oci::Mount>, SpecError> {
+    let m = |dest: &str, kind: &str, src: &str, opts: &[&str]| oci::Mount {
+        destination: dest.to_owned(),
+        kind: kind.to_owned(),
+        source: src.to_owned(),
+        options: opts.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let sys_ro = if sc.privileged { "rw" } else { "ro" };
+    let mut out = vec![
+        m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        m(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        m(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        m(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        m(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        m(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_ro],
+        ),
+        m(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", sys_ro],
+        ),
+    ];
+    for gm in input.mounts {
+        if !gm.container_path.starts_with('/') || gm.container_path.split('/').any(|c| c == "..") {
+            return Err(SpecError::BadPath(gm.container_path.clone()));
+        }
+        let dest = gm.container_path.trim_end_matches('/');
+        let dest = if dest.is_empty() { "/" } else { dest };
+        out.retain(|o| o.destination != dest);
+        let propagation = match gm.propagation {
+            cri::MountPropagation::PropagationPrivate => "rprivate",
+            cri::MountPropagation::PropagationHostToContainer => "rslave",
+            cri::MountPropagation::PropagationBidirectional => "rshared",
+        };
+        let rw = if gm.readonly { "ro" } else { "rw" };
+        out.push(m(dest, "bind", &gm.source, &["rbind", propagation, rw]));
+    }
+    // Parents before children (containerd sorts by path depth).
+    out.sort_by_key(|o| o.destination.split('/').filter(|c| !c.is_empty()).count());
+    if sc.readonly_rootfs {
+        out.insert(0, m("/", "bind", input.guest_rootfs, &["rbind", "ro"]));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

@@ -1,0 +1,136 @@
+use super::*;
+
+fn lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).expect("read log");
+    text.lines()
+        .map(|l| {
+            let (ts, rest) = l.split_once(' ').expect("timestamp");
+            assert!(ts.ends_with('Z') && ts.contains('T'), "timestamp {ts}");
+            rest.to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_both_streams_and_tails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sub/0.log");
+    let w = LogWriter::open(&path, LogConfig::default()).expect("open");
+    assert!(w.write(Stream::Stdout, b"hello\nwor".to_vec()).await);
+    assert!(w.write(Stream::Stderr, b"oops\n".to_vec()).await);
+    assert!(w.write(Stream::Stdout, b"ld\nno newline".to_vec()).await);
+    w.end(Stream::Stdout).await;
+    w.close().await;
+    assert_eq!(
+        lines(&path),
+        [
+            "stdout F hello",
+            "stderr F oops",
+            "stdout F world",
+            "stdout P no newline"
+        ]
+    );
+    assert_eq!(w.dropped(), (0, 0));
+}
+
+#[tokio::test]
+async fn reopen_switches_files_without_losing_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.log");
+    let w = LogWriter::open(&path, LogConfig::default()).expect("open");
+    for i in 0..100 {
+        w.write(Stream::Stdout, format!("line {i}\n").into_bytes())
+            .await;
+    }
+    // kubelet rotates: rename, then ReopenContainerLog.
+    let rotated = dir.path().join("c.log.1");
+    std::fs::rename(&path, &rotated).expect("rename");
+    for i in 100..150 {
+        w.write(Stream::Stdout, format!("line {i}\n").into_bytes())
+            .await;
+    }
+    w.reopen().await.expect("reopen");
+    for i in 150..200 {
+        w.write(Stream::Stdout, format!("line {i}\n").into_bytes())
+            .await;
+    }
+    w.close().await;
+    let mut all = lines(&rotated);
+    let new = lines(&path);
+    assert_eq!(new.len(), 50, "only lines after the reopen in the new file");
+    all.extend(new);
+    let want: Vec<String> = (0..200).map(|i| format!("stdout F line {i}")).collect();
+    assert_eq!(all, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_disk_drops_instead_of_blocking() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A FIFO nobody reads behaves like a disk that stopped: writes block once the pipe
+    // buffer (64 KiB) is full.
+    let path = dir.path().join("c.log");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_nonblock())
+        .open(&path)
+        .expect("open reader");
+    let config = LogConfig {
+        max_line: 1024,
+        queue: 4,
+        max_block: Duration::from_millis(20),
+    };
+    let w = LogWriter::open(&path, config).expect("open");
+    for _ in 0..200 {
+        let t = std::time::Instant::now();
+        w.write(Stream::Stdout, vec![b'x'; 4096]).await;
+        assert!(t.elapsed() < Duration::from_millis(500), "write blocked");
+    }
+    let (chunks, bytes) = w.dropped();
+    assert!(
+        chunks > 100,
+        "a stuck disk must drop chunks, dropped {chunks}"
+    );
+    assert_eq!(bytes, chunks * 4096);
+    // Unstick the disk and check every byte was written or counted.
+    let drain = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        got
+    });
+    w.close().await;
+    drop(w);
+    let got = drain.join().expect("drain");
+    let text = String::from_utf8(got).expect("utf8");
+    let written: usize = text.lines().map(|l| l.matches('x').count()).sum();
+    assert_eq!(
+        written as u64 + bytes,
+        200 * 4096,
+        "every byte written or counted"
+    );
+}
+
+fn libc_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
+#[tokio::test]
+async fn write_after_close_is_counted_as_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = LogWriter::open(&dir.path().join("c.log"), LogConfig::default()).expect("open");
+    w.close().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!w.write(Stream::Stdout, b"late\n".to_vec()).await);
+    assert_eq!(w.dropped(), (1, 5));
+    assert!(w.reopen().await.is_err());
+}
