@@ -94,6 +94,11 @@ pub struct VmSection {
     pub kernel_params: String,
     /// Seconds to wait for the agent after the VMM started.
     pub agent_timeout_secs: u64,
+    /// MiB added to the pod's memory limit (plus overhead) for the guest kernel and agent
+    /// when the VM is sized from `linux.resources`.
+    pub memory_overhead_mib: u64,
+    /// Seconds a VM gets to exit at StopPodSandbox before it is killed.
+    pub stop_grace_secs: u64,
 }
 
 /// CNI plugin configuration.
@@ -104,6 +109,11 @@ pub struct CniSection {
     pub conf_dir: PathBuf,
     /// Where CNI plugin binaries are searched, in order.
     pub bin_dirs: Vec<PathBuf>,
+    /// Run the plugins inside this network namespace (a path such as `/run/netns/x`)
+    /// instead of hulld's own: the "host" side of the pod network then lives there. For
+    /// tests and benchmarks that must not touch the node's network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_netns: Option<PathBuf>,
 }
 
 /// The exec/attach/port-forward streaming server.
@@ -137,10 +147,13 @@ impl Default for VmSection {
             vmm: VmmChoice::Auto,
             default_vcpus: 1,
             default_memory_mib: 256,
-            kernel: PathBuf::from("/var/lib/hull/guest/vmlinuz"),
-            initramfs: PathBuf::from("/var/lib/hull/guest/initramfs.cpio.gz"),
+            // What packaging/guest/build.sh produces.
+            kernel: PathBuf::from("/var/lib/hull/guest/vmlinux"),
+            initramfs: PathBuf::from("/var/lib/hull/guest/initramfs.img"),
             kernel_params: String::new(),
             agent_timeout_secs: 60,
+            memory_overhead_mib: 64,
+            stop_grace_secs: 5,
         }
     }
 }
@@ -150,6 +163,7 @@ impl Default for CniSection {
         Self {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            runtime_netns: None,
         }
     }
 }
@@ -246,6 +260,20 @@ impl Config {
                 "vm.default_memory_mib",
                 "must be between 64 and 1048576".into(),
             ));
+        }
+        if self
+            .cni
+            .runtime_netns
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err(("cni.runtime_netns", "must be an absolute path".into()));
+        }
+        if self.vm.memory_overhead_mib > 1 << 16 {
+            return Err(("vm.memory_overhead_mib", "must be at most 65536".into()));
+        }
+        if self.vm.stop_grace_secs > 3600 {
+            return Err(("vm.stop_grace_secs", "must be at most 3600".into()));
         }
         if self.vm.agent_timeout_secs == 0 {
             return Err(("vm.agent_timeout_secs", "must be at least 1".into()));

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::CriService;
+use crate::sandbox::{Backends, SandboxManager};
 use crate::state::{self, Store, StoreError};
 
 /// kubelet sends and accepts CRI messages up to 16 MiB.
@@ -45,6 +46,8 @@ pub enum DaemonError {
 pub struct Daemon {
     pub config: Arc<Config>,
     pub store: Store,
+    /// Pod sandboxes (microVMs): see [`crate::sandbox`] for the API.
+    pub sandboxes: Arc<SandboxManager>,
 }
 
 impl Daemon {
@@ -60,9 +63,18 @@ impl Daemon {
             schema = state::store::SCHEMA_VERSION,
             "metadata store open"
         );
+        let config = Arc::new(config);
+        let backends = Backends::from_config(&config);
+        tracing::info!(vmm = %backends.backend_name(), "pod VMM backend");
+        let sandboxes = Arc::new(SandboxManager::new(
+            Arc::clone(&config),
+            store.clone(),
+            backends,
+        ));
         Ok(Self {
-            config: Arc::new(config),
+            config,
             store,
+            sandboxes,
         })
     }
 }
@@ -105,6 +117,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let socket = daemon.config.socket.clone();
+    // Before the first call: reattach to running VMs, unwind half-created sandboxes.
+    daemon.sandboxes.recover().await;
     let service = CriService::new(Arc::clone(&daemon));
     let runtime = RuntimeServiceServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)

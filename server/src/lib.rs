@@ -14,4 +14,7 @@ pub mod daemon;
 pub mod events;
 pub mod logging;
 pub mod logs;
+pub mod recover;
+pub mod sandbox;
 pub mod state;
+pub mod unwind;

@@ -26,12 +26,17 @@ impl CriService {
     pub(crate) fn do_status(&self, verbose: bool) -> Result<cri::StatusResponse, CriError> {
         let config = &self.daemon.config;
         let runtime = condition("RuntimeReady", runtime_ready(config));
-        let network = condition("NetworkReady", network_ready(config));
+        let network = condition("NetworkReady", self.network_ready());
         let mut info = HashMap::new();
         if verbose {
             let json = serde_json::to_string(config.as_ref())
                 .map_err(|e| CriError::internal("Encoding the config", e))?;
             info.insert("config".to_owned(), json);
+            let backends = self.daemon.sandboxes.backends();
+            info.insert("vmm".to_owned(), backends.backend_name());
+            if let Err(why) = &backends.hypervisor {
+                info.insert("vmmUnavailable".to_owned(), why.clone());
+            }
         }
         Ok(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
@@ -104,9 +109,17 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// The network is ready when the CNI conf dir holds a usable network config.
-fn network_ready(config: &Config) -> Check {
-    crate::cni_check::find_network_config(&config.cni.conf_dir)
-        .map(|_| ())
-        .map_err(|message| ("NetworkPluginNotReady", message))
+impl CriService {
+    /// The network is ready when the CNI conf dir holds a usable network config and
+    /// hull-network can use it (its plugins are found: the check RunPodSandbox relies on).
+    fn network_ready(&self) -> Check {
+        crate::cni_check::find_network_config(&self.daemon.config.cni.conf_dir)
+            .map_err(|message| ("NetworkPluginNotReady", message))?;
+        self.daemon
+            .sandboxes
+            .backends()
+            .network
+            .ready()
+            .map_err(|e| ("NetworkPluginNotReady", e.message))
+    }
 }

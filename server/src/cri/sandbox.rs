@@ -1,78 +1,59 @@
-//! Pod sandbox RPCs (issue 4). Split into `sandbox_<verb>.rs` files as they grow.
+//! Pod sandbox RPCs (issue 4): thin wrappers over [`crate::sandbox::SandboxManager`].
+//! Run/Stop/Remove here; Status/List/Stats in `sandbox_status.rs`.
+
+#[path = "sandbox_status.rs"]
+mod status_rpcs;
 
 use hull_cri_api as cri;
+use tracing::info;
 
 use super::CriService;
 use super::status::CriError;
+use crate::sandbox::{SandboxError, error_chain};
+
+/// The one mapping from sandbox errors to CRI codes.
+impl From<SandboxError> for CriError {
+    fn from(err: SandboxError) -> Self {
+        let message = error_chain(&err);
+        match err.root() {
+            SandboxError::InvalidRequest(_) | SandboxError::HostNetwork => {
+                CriError::InvalidArgument(message)
+            }
+            SandboxError::NameReserved { .. } => CriError::AlreadyExists(message),
+            SandboxError::NotFound(_) => CriError::NotFound(message),
+            SandboxError::BackendUnavailable(_) | SandboxError::NotReady { .. } => {
+                CriError::FailedPrecondition(message)
+            }
+            SandboxError::AgentTimeout { .. } => CriError::DeadlineExceeded(message),
+            _ => CriError::internal(message, err),
+        }
+    }
+}
 
 impl CriService {
     pub(crate) async fn do_run_pod_sandbox(
         &self,
-        _req: cri::RunPodSandboxRequest,
+        req: cri::RunPodSandboxRequest,
     ) -> Result<cri::RunPodSandboxResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "RunPodSandbox",
-            why: "issue 4: pod sandboxes are microVMs",
-        })
+        let pod_sandbox_id = self.daemon.sandboxes.run(req).await?;
+        Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
     }
 
     pub(crate) async fn do_stop_pod_sandbox(
         &self,
-        _req: cri::StopPodSandboxRequest,
+        req: cri::StopPodSandboxRequest,
     ) -> Result<cri::StopPodSandboxResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "StopPodSandbox",
-            why: "issue 4: pod sandboxes are microVMs",
-        })
+        info!(pod_id = %req.pod_sandbox_id, "StopPodSandbox");
+        self.daemon.sandboxes.stop(&req.pod_sandbox_id).await?;
+        Ok(cri::StopPodSandboxResponse {})
     }
 
     pub(crate) async fn do_remove_pod_sandbox(
         &self,
-        _req: cri::RemovePodSandboxRequest,
+        req: cri::RemovePodSandboxRequest,
     ) -> Result<cri::RemovePodSandboxResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "RemovePodSandbox",
-            why: "issue 4: pod sandboxes are microVMs",
-        })
-    }
-
-    pub(crate) async fn do_pod_sandbox_status(
-        &self,
-        _req: cri::PodSandboxStatusRequest,
-    ) -> Result<cri::PodSandboxStatusResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "PodSandboxStatus",
-            why: "issue 4: pod sandboxes are microVMs",
-        })
-    }
-
-    pub(crate) async fn do_list_pod_sandbox(
-        &self,
-        _req: cri::ListPodSandboxRequest,
-    ) -> Result<cri::ListPodSandboxResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ListPodSandbox",
-            why: "issue 4: pod sandboxes are microVMs",
-        })
-    }
-
-    pub(crate) async fn do_pod_sandbox_stats(
-        &self,
-        _req: cri::PodSandboxStatsRequest,
-    ) -> Result<cri::PodSandboxStatsResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "PodSandboxStats",
-            why: "issue 4: pod sandboxes are microVMs",
-        })
-    }
-
-    pub(crate) async fn do_list_pod_sandbox_stats(
-        &self,
-        _req: cri::ListPodSandboxStatsRequest,
-    ) -> Result<cri::ListPodSandboxStatsResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ListPodSandboxStats",
-            why: "issue 4: pod sandboxes are microVMs",
-        })
+        info!(pod_id = %req.pod_sandbox_id, "RemovePodSandbox");
+        self.daemon.sandboxes.remove(&req.pod_sandbox_id).await?;
+        Ok(cri::RemovePodSandboxResponse {})
     }
 }

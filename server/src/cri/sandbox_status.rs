@@ -1,0 +1,269 @@
+//! PodSandboxStatus, ListPodSandbox, PodSandboxStats and ListPodSandboxStats: read-only
+//! views of the sandbox manager (no per-pod lock; kubelet polls these).
+
+use std::collections::HashMap;
+
+use hull_cri_api as cri;
+
+use crate::cri::CriService;
+use crate::cri::status::CriError;
+use crate::sandbox::Sandbox;
+use crate::state::{SandboxRecord, SandboxState, now_nanos};
+
+fn cri_state(state: SandboxState) -> i32 {
+    match state {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady as i32,
+        SandboxState::Creating | SandboxState::NotReady => {
+            cri::PodSandboxState::SandboxNotready as i32
+        }
+    }
+}
+
+fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn id_matches(filter_id: &str, id: &str) -> bool {
+    filter_id.is_empty() || id.starts_with(filter_id)
+}
+
+/// The sandbox's record, after noticing a VM that died under a READY sandbox.
+fn fresh_record(daemon: &crate::daemon::Daemon, sb: &Sandbox) -> SandboxRecord {
+    let vm_dead = sb.state() == SandboxState::Ready && sb.vm().is_some_and(|vm| !vm.is_running());
+    if vm_dead {
+        tracing::warn!(pod_id = %sb.id(), "VM exited; sandbox is NOTREADY");
+        let _ = sb.update(&daemon.store, |r| {
+            r.state = SandboxState::NotReady;
+            r.resources.error = "the VM exited".into();
+        });
+    }
+    sb.record()
+}
+
+/// `info` of a verbose PodSandboxStatus: one JSON document, as containerd does.
+fn verbose_info(sb: &Sandbox, rec: &SandboxRecord) -> Result<HashMap<String, String>, CriError> {
+    let r = &rec.resources;
+    let vm = sb.vm();
+    let doc = serde_json::json!({
+        "vmmPid": vm.as_ref().map(|v| v.pid()).unwrap_or(r.vmm_pid),
+        "vmRunning": vm.as_ref().is_some_and(|v| v.is_running()),
+        "backend": r.backend,
+        "consoleLog": r.console_log,
+        "agentSocket": r.agent_socket,
+        "netns": r.netns,
+        "runDir": r.run_dir,
+        "sharedDir": r.shared_dir,
+        "vcpus": r.vm.as_ref().map(|v| v.vcpus),
+        "memoryMib": r.vm.as_ref().map(|v| v.memory_mib),
+        "ips": r.ips,
+        "timingsMs": r.timings_ms,
+        "error": r.error,
+    });
+    let json = serde_json::to_string(&doc).map_err(|e| CriError::internal("Encoding info", e))?;
+    Ok(HashMap::from([("info".to_owned(), json)]))
+}
+
+fn pod_status(rec: &SandboxRecord) -> cri::PodSandboxStatus {
+    let mut ips = rec.resources.ips.iter();
+    let network = ips.next().map(|first| cri::PodSandboxNetworkStatus {
+        ip: first.clone(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+    });
+    let options = rec
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    cri::PodSandboxStatus {
+        id: rec.id.clone(),
+        metadata: rec.config.metadata.clone(),
+        state: cri_state(rec.state),
+        created_at: rec.created_at,
+        network,
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace { options }),
+        }),
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        runtime_handler: rec.runtime_handler.clone(),
+    }
+}
+
+/// /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 per second.
+const NANOS_PER_TICK: u64 = 10_000_000;
+
+/// Host-side numbers of a VMM process from /proc: CPU time and RSS.
+fn vmm_usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())?;
+    Some((
+        ticks.saturating_mul(NANOS_PER_TICK),
+        rss_kib.saturating_mul(1024),
+    ))
+}
+
+fn pod_stats(sb: &Sandbox, rec: &SandboxRecord) -> cri::PodSandboxStats {
+    let ts = now_nanos();
+    let usage = sb
+        .vm()
+        .filter(|v| v.is_running())
+        .and_then(|v| vmm_usage(v.pid()));
+    let value = |v: u64| Some(cri::UInt64Value { value: v });
+    let (cpu, memory) = match usage {
+        Some((cpu_ns, rss)) => (
+            Some(cri::CpuUsage {
+                timestamp: ts,
+                usage_core_nano_seconds: value(cpu_ns),
+                usage_nano_cores: None,
+            }),
+            Some(cri::MemoryUsage {
+                timestamp: ts,
+                working_set_bytes: value(rss),
+                rss_bytes: value(rss),
+                usage_bytes: value(rss),
+                ..Default::default()
+            }),
+        ),
+        None => (None, None),
+    };
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: rec.id.clone(),
+            metadata: rec.config.metadata.clone(),
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu,
+            memory,
+            ..Default::default()
+        }),
+        windows: None,
+    }
+}
+
+impl CriService {
+    fn pod_sandbox_lookup(&self, id: &str) -> Result<std::sync::Arc<Sandbox>, CriError> {
+        self.daemon
+            .sandboxes
+            .get(id)
+            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    pub(crate) async fn do_pod_sandbox_status(
+        &self,
+        req: cri::PodSandboxStatusRequest,
+    ) -> Result<cri::PodSandboxStatusResponse, CriError> {
+        tracing::trace!(pod_id = %req.pod_sandbox_id, "PodSandboxStatus");
+        let sb = self.pod_sandbox_lookup(&req.pod_sandbox_id)?;
+        let rec = fresh_record(&self.daemon, &sb);
+        let info = if req.verbose {
+            verbose_info(&sb, &rec)?
+        } else {
+            HashMap::new()
+        };
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(pod_status(&rec)),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: now_nanos(),
+        })
+    }
+
+    pub(crate) async fn do_list_pod_sandbox(
+        &self,
+        req: cri::ListPodSandboxRequest,
+    ) -> Result<cri::ListPodSandboxResponse, CriError> {
+        tracing::trace!("ListPodSandbox");
+        let filter = req.filter.unwrap_or_default();
+        let mut items: Vec<cri::PodSandbox> = self
+            .daemon
+            .sandboxes
+            .list()
+            .iter()
+            .map(|sb| fresh_record(&self.daemon, sb))
+            .filter(|r| id_matches(&filter.id, &r.id))
+            .filter(|r| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == cri_state(r.state))
+            })
+            .filter(|r| labels_match(&filter.label_selector, &r.config.labels))
+            .map(|r| cri::PodSandbox {
+                id: r.id.clone(),
+                state: cri_state(r.state),
+                created_at: r.created_at,
+                metadata: r.config.metadata,
+                labels: r.config.labels,
+                annotations: r.config.annotations,
+                runtime_handler: r.runtime_handler,
+            })
+            .collect();
+        items.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(cri::ListPodSandboxResponse { items })
+    }
+
+    pub(crate) async fn do_pod_sandbox_stats(
+        &self,
+        req: cri::PodSandboxStatsRequest,
+    ) -> Result<cri::PodSandboxStatsResponse, CriError> {
+        let sb = self.pod_sandbox_lookup(&req.pod_sandbox_id)?;
+        let rec = sb.record();
+        Ok(cri::PodSandboxStatsResponse {
+            stats: Some(pod_stats(&sb, &rec)),
+        })
+    }
+
+    pub(crate) async fn do_list_pod_sandbox_stats(
+        &self,
+        req: cri::ListPodSandboxStatsRequest,
+    ) -> Result<cri::ListPodSandboxStatsResponse, CriError> {
+        let filter = req.filter.unwrap_or_default();
+        let stats = self
+            .daemon
+            .sandboxes
+            .list()
+            .iter()
+            .map(|sb| (sb, sb.record()))
+            .filter(|(_, r)| id_matches(&filter.id, &r.id))
+            .filter(|(_, r)| labels_match(&filter.label_selector, &r.config.labels))
+            .map(|(sb, r)| pod_stats(sb, &r))
+            .collect();
+        Ok(cri::ListPodSandboxStatsResponse { stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process_usage() {
+        let (cpu, rss) = vmm_usage(std::process::id()).unwrap();
+        assert!(rss > 0);
+        let _ = cpu;
+        assert!(vmm_usage(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn filters() {
+        let sel = HashMap::from([("app".to_string(), "web".to_string())]);
+        let mut labels = HashMap::from([("app".to_string(), "web".to_string())]);
+        assert!(labels_match(&sel, &labels));
+        labels.insert("app".into(), "db".into());
+        assert!(!labels_match(&sel, &labels));
+        assert!(labels_match(&HashMap::new(), &labels));
+        assert!(id_matches("", "abc"));
+        assert!(id_matches("ab", "abc"));
+        assert!(!id_matches("b", "abc"));
+    }
+}

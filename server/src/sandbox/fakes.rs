@@ -1,0 +1,145 @@
+//! Fakes of the hypervisor and the agent for the unwinding tests (the pod network fake is
+//! hull-network's `FakePodNetwork`). Each records what is live and fails on demand.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hull_agent_api::v1 as pb;
+use hull_agent_api::{AgentClient, ConnectError};
+use hull_vm::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
+use tonic::transport::{Channel, Endpoint};
+
+use super::AgentConnector;
+
+#[derive(Debug, Default)]
+pub struct VmState {
+    pub live: BTreeSet<String>,
+    pub fail_start: bool,
+    pub fail_stop: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct FakeHypervisor {
+    pub state: Arc<Mutex<VmState>>,
+}
+
+impl FakeHypervisor {
+    pub fn live(&self) -> Vec<String> {
+        self.state.lock().unwrap().live.iter().cloned().collect()
+    }
+    /// Makes a VM die (as if QEMU crashed).
+    pub fn kill(&self, id: &str) {
+        self.state.lock().unwrap().live.remove(id);
+    }
+}
+
+struct FakeVm {
+    id: String,
+    run_dir: PathBuf,
+    state: Arc<Mutex<VmState>>,
+}
+
+#[async_trait::async_trait]
+impl VmHandle for FakeVm {
+    fn pid(&self) -> u32 {
+        4242
+    }
+    fn agent_socket(&self) -> PathBuf {
+        self.run_dir.join("agent.vsock")
+    }
+    fn console_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+    async fn stop(&self, _grace: Duration) -> Result<VmExit, HypervisorError> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_stop {
+            return Err(HypervisorError::Stop("injected stop failure".into()));
+        }
+        s.live.remove(&self.id);
+        Ok(VmExit::Shutdown)
+    }
+    fn is_running(&self) -> bool {
+        self.state.lock().unwrap().live.contains(&self.id)
+    }
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for FakeHypervisor {
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+    async fn start(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_start {
+            return Err(HypervisorError::Boot("injected: kernel panic".into()));
+        }
+        assert!(config.netns.is_some() && config.net.is_some() && config.shared_dir.is_some());
+        s.live.insert(config.id.clone());
+        Ok(Box::new(FakeVm {
+            id: config.id.clone(),
+            run_dir: config.run_dir.clone(),
+            state: Arc::clone(&self.state),
+        }))
+    }
+    async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
+        if !self.state.lock().unwrap().live.contains(&config.id) {
+            return Err(HypervisorError::Missing {
+                what: "pid file",
+                path: config.run_dir.join("qemu.pid"),
+            });
+        }
+        Ok(Box::new(FakeVm {
+            id: config.id.clone(),
+            run_dir: config.run_dir.clone(),
+            state: Arc::clone(&self.state),
+        }))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AgentState {
+    pub fail_connect: bool,
+    pub fail_setup: bool,
+    pub setups: Vec<pb::SetupSandboxRequest>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct FakeAgent {
+    pub state: Arc<Mutex<AgentState>>,
+}
+
+#[async_trait::async_trait]
+impl AgentConnector for FakeAgent {
+    async fn connect(
+        &self,
+        socket: &Path,
+        _deadline: tokio::time::Instant,
+    ) -> Result<AgentClient<Channel>, ConnectError> {
+        if self.state.lock().unwrap().fail_connect {
+            return Err(ConnectError::Deadline {
+                path: socket.to_owned(),
+                port: 1024,
+                last: "injected: connection refused".into(),
+            });
+        }
+        Ok(AgentClient::new(
+            Endpoint::from_static("http://fake-agent.invalid").connect_lazy(),
+        ))
+    }
+    async fn setup_sandbox(
+        &self,
+        _client: AgentClient<Channel>,
+        req: pb::SetupSandboxRequest,
+    ) -> Result<(), tonic::Status> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_setup {
+            return Err(tonic::Status::invalid_argument(
+                "injected: no NIC with that MAC",
+            ));
+        }
+        s.setups.push(req);
+        Ok(())
+    }
+}

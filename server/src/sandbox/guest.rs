@@ -1,0 +1,224 @@
+//! Translating the pod's config and the CNI result into what hull-network and the agent
+//! take: the [`PodSpec`] for CNI, and the guest's `SetupSandbox` (hostname, DNS, eth0 with
+//! the pod's MAC/MTU/IPs, routes, sysctls).
+
+use std::net::IpAddr;
+
+use hull_agent_api::v1 as pb;
+use hull_cri_api::{PodSandboxConfig, Protocol};
+use hull_network::cni::{DnsCapability, PodRef, PortMapping};
+use hull_network::{PodNetworkStatus, PodSpec};
+
+use super::SandboxError;
+
+/// The CNI side of a pod: identity, port mappings (only those with a host port reach
+/// portmap), DNS.
+pub fn pod_spec(id: &str, config: &PodSandboxConfig) -> Result<PodSpec, SandboxError> {
+    let meta = config.metadata.clone().unwrap_or_default();
+    let mut ports = Vec::new();
+    for p in &config.port_mappings {
+        let port = |what: &str, v: i32| {
+            u16::try_from(v).map_err(|_| {
+                SandboxError::InvalidRequest(format!("port mapping {what} {v} is out of range"))
+            })
+        };
+        let container_port = port("container_port", p.container_port)?;
+        let host_port = port("host_port", p.host_port)?;
+        if host_port == 0 {
+            continue;
+        }
+        let protocol = match Protocol::try_from(p.protocol) {
+            Ok(Protocol::Tcp) => "tcp",
+            Ok(Protocol::Udp) => "udp",
+            Ok(Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "port mapping protocol {} is unknown",
+                    p.protocol
+                )));
+            }
+        };
+        ports.push(PortMapping {
+            host_port,
+            container_port,
+            protocol: protocol.into(),
+            host_ip: p.host_ip.clone(),
+        });
+    }
+    let dns = config.dns_config.as_ref().map(|d| DnsCapability {
+        servers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    });
+    Ok(PodSpec {
+        sandbox_id: id.to_owned(),
+        pod: PodRef {
+            namespace: meta.namespace,
+            name: meta.name,
+            uid: meta.uid,
+        },
+        port_mappings: ports,
+        dns,
+        bandwidth: None,
+    })
+}
+
+fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+/// The guest's setup: eth0 found by the pod MAC, the CNI IPs, the CNI routes (a route
+/// without a gateway gets the gateway of its family, as the CNI bridge plugin means it).
+pub fn setup_request(
+    id: &str,
+    config: &PodSandboxConfig,
+    net: &PodNetworkStatus,
+) -> pb::SetupSandboxRequest {
+    let hostname = if config.hostname.is_empty() {
+        config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    } else {
+        config.hostname.clone()
+    };
+    let dns = config.dns_config.as_ref().map(|d| pb::DnsConfig {
+        nameservers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    });
+    let gateways: Vec<IpAddr> = net.ips.iter().filter_map(|ip| ip.gateway).collect();
+    let routes = net
+        .routes
+        .iter()
+        .map(|r| {
+            let gw = r.gw.or_else(|| {
+                gateways
+                    .iter()
+                    .find(|g| same_family(g, &r.dst.addr))
+                    .copied()
+            });
+            pb::Route {
+                destination: r.dst.to_string(),
+                gateway: gw.map(|g| g.to_string()).unwrap_or_default(),
+                device: String::new(),
+            }
+        })
+        .collect();
+    let sysctls = config
+        .linux
+        .as_ref()
+        .map(|l| l.sysctls.clone().into_iter().collect())
+        .unwrap_or_default();
+    pb::SetupSandboxRequest {
+        sandbox_id: id.to_owned(),
+        hostname,
+        dns,
+        interfaces: vec![pb::Interface {
+            name: "eth0".into(),
+            mac: net.mac.clone(),
+            mtu: net.mtu,
+            addresses: net
+                .ips
+                .iter()
+                .map(|ip| pb::IpAddress {
+                    cidr: ip.address.to_string(),
+                })
+                .collect(),
+        }],
+        routes,
+        sysctls,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hull_cri_api::{DnsConfig, PodSandboxMetadata, PortMapping as CriPort};
+    use hull_network::cni::{IpConfig, IpNetwork, Route};
+
+    fn config() -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
+            dns_config: Some(DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            port_mappings: vec![
+                CriPort {
+                    protocol: 0,
+                    container_port: 80,
+                    host_port: 8080,
+                    host_ip: String::new(),
+                },
+                CriPort {
+                    protocol: 1,
+                    container_port: 53,
+                    host_port: 0,
+                    host_ip: String::new(),
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_spec_keeps_host_ports_only() {
+        let spec = pod_spec("abc", &config()).unwrap();
+        assert_eq!(spec.pod.name, "web");
+        assert_eq!(spec.pod.uid, "u1");
+        assert_eq!(spec.port_mappings.len(), 1);
+        assert_eq!(spec.port_mappings[0].protocol, "tcp");
+        assert_eq!(spec.port_mappings[0].host_port, 8080);
+        assert_eq!(spec.dns.unwrap().servers, vec!["10.96.0.10"]);
+        let mut bad = config();
+        bad.port_mappings[0].host_port = 70000;
+        assert!(matches!(
+            pod_spec("abc", &bad),
+            Err(SandboxError::InvalidRequest(_))
+        ));
+        bad.port_mappings[0].host_port = 1;
+        bad.port_mappings[0].protocol = 9;
+        assert!(matches!(
+            pod_spec("abc", &bad),
+            Err(SandboxError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn setup_request_fills_default_route_gateway() {
+        let net = PodNetworkStatus {
+            netns: "/run/netns/hull-abc".into(),
+            tap: "tap0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 1450,
+            ips: vec![IpConfig {
+                address: "10.88.0.5/16".parse::<IpNetwork>().unwrap(),
+                gateway: Some("10.88.0.1".parse().unwrap()),
+                interface: Some(0),
+            }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: None,
+            }],
+            dns: Default::default(),
+            cni_result: serde_json::Value::Null,
+            timings: Default::default(),
+        };
+        let req = setup_request("abc", &config(), &net);
+        assert_eq!(req.hostname, "web");
+        assert_eq!(req.interfaces[0].mac, "02:00:00:00:00:01");
+        assert_eq!(req.interfaces[0].mtu, 1450);
+        assert_eq!(req.interfaces[0].addresses[0].cidr, "10.88.0.5/16");
+        assert_eq!(req.routes[0].destination, "0.0.0.0/0");
+        assert_eq!(req.routes[0].gateway, "10.88.0.1");
+        assert_eq!(req.dns.unwrap().options, vec!["ndots:5"]);
+    }
+}

@@ -1,0 +1,380 @@
+//! Pod sandboxes: each one is a microVM with its own pod network (issue 4).
+//!
+//! [`SandboxManager`] owns every sandbox hulld knows: it runs the RunPodSandbox recipe
+//! (`run.rs`), stops and removes (`stop.rs`), sizes the VM (`sizing.rs`), builds the
+//! guest's network setup (`guest.rs`) and rebuilds its state at start-up
+//! (`crate::recover`). The backends it drives (pod network, hypervisor, agent) sit behind
+//! traits in `backends.rs`, so the unwinding is unit-tested with fakes.
+//!
+//! # API for the other CRI objects (containers, streaming, stats)
+//! ```ignore
+//! let sb: Arc<Sandbox> = daemon.sandboxes.get(&pod_id).ok_or(..)?;   // id or unique prefix
+//! let _guard = sb.lock().await;        // per-pod lock: serializes with Stop/Remove of the pod
+//! if sb.state() != SandboxState::Ready { /* FailedPrecondition */ }
+//! let mut agent = sb.agent().await?;   // AgentClient<Channel>, connected (cached, reconnects)
+//! let host_dir = sb.shared_dir();      // host side of the virtio-fs share ...
+//! let guest_dir = Sandbox::GUEST_SHARED_DIR; // ... which the guest sees here
+//! let netns = sb.netns();              // Option<PathBuf>: /run/netns/hull-<id>
+//! let rec = sb.record();               // SandboxRecord snapshot (config, labels, ips, ...)
+//! ```
+//! Take `lock()` for anything that must not interleave with Stop/Remove of the same pod
+//! (e.g. CreateContainer); reads need no lock. RunPodSandbox, Stop and Remove hold it
+//! for their whole run. Calls on different pods never wait for each other.
+//!
+//! # States
+//! `creating` is persisted before any resource is taken; `ready` once the agent has set up
+//! the guest; `notready` after Stop, when the VM died, or when an undo failed (the record
+//! then keeps the name reserved, and RemovePodSandbox finishes the cleanup).
+//!
+//! # hostNetwork
+//! A VM cannot share the node's network namespace, so a pod asking for
+//! `namespace_options.network = NODE` is refused with `InvalidArgument` and a message
+//! saying so (Kata does the same for its VM runtimes by default).
+
+mod backends;
+mod guest;
+mod run;
+pub mod sizing;
+mod stop;
+
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hull_agent_api::AgentClient;
+use hull_vm::hypervisor::VmHandle;
+use tonic::transport::Channel;
+
+pub use backends::{AgentConnector, Backends, VsockAgent};
+
+use crate::config::Config;
+use crate::state::{SandboxRecord, SandboxState, Store, StoreError};
+use crate::unwind::Cleanup;
+
+/// How long the undo list of a failed RunPodSandbox may run.
+pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Errors of sandbox operations, named after the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("Invalid pod sandbox request: {0}")]
+    InvalidRequest(String),
+    #[error(
+        "hostNetwork pods are not supported: a hull pod is a microVM and cannot share the node's network namespace"
+    )]
+    HostNetwork,
+    #[error("Pod sandbox name {name:?} is already reserved for sandbox {id}")]
+    NameReserved { name: String, id: String },
+    #[error("VMM backend unavailable: {0}")]
+    BackendUnavailable(String),
+    #[error("Failed to generate a sandbox id")]
+    NewId(#[source] std::io::Error),
+    #[error("The sandbox task failed: {0}")]
+    Task(String),
+    #[error("Pod sandbox {0} not found")]
+    NotFound(String),
+    #[error("Pod sandbox {id} is not ready ({state:?})")]
+    NotReady { id: String, state: SandboxState },
+    #[error("Failed to create {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to remove {path}")]
+    RemoveDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Metadata store")]
+    Store(#[from] StoreError),
+    #[error("Failed to set up the pod network")]
+    NetworkSetup(#[source] hull_network::PodNetworkError),
+    #[error("Failed to tear down the pod network")]
+    NetworkTeardown(#[source] hull_network::PodNetworkError),
+    #[error("Failed to start the VM")]
+    VmStart(#[source] hull_vm::hypervisor::HypervisorError),
+    #[error("Failed to stop the VM")]
+    VmStop(#[source] hull_vm::hypervisor::HypervisorError),
+    #[error("The VM exited before its agent answered: {0}")]
+    VmExited(String),
+    #[error("The guest agent did not answer within {timeout:?}")]
+    AgentTimeout {
+        timeout: Duration,
+        #[source]
+        source: hull_agent_api::ConnectError,
+    },
+    #[error("The guest agent failed to set up the sandbox: {0}")]
+    AgentSetup(String),
+    #[error("{source}; {cleanup}")]
+    WithCleanup {
+        #[source]
+        source: Box<SandboxError>,
+        cleanup: Cleanup,
+    },
+}
+
+impl SandboxError {
+    /// The error that made the operation fail (without the cleanup report).
+    pub fn root(&self) -> &SandboxError {
+        match self {
+            Self::WithCleanup { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+/// One pod sandbox: its record, VM handle, agent client and per-pod lock.
+pub struct Sandbox {
+    id: String,
+    run_dir: PathBuf,
+    shared_dir: PathBuf,
+    record: Mutex<SandboxRecord>,
+    op: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) vm: Mutex<Option<Arc<dyn VmHandle>>>,
+    agent: tokio::sync::Mutex<Option<AgentClient<Channel>>>,
+    connector: Arc<dyn AgentConnector>,
+    agent_timeout: Duration,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Where the guest mounts [`Sandbox::shared_dir`].
+    pub const GUEST_SHARED_DIR: &'static str = hull_agent_api::GUEST_SHARED_DIR;
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A snapshot of the persisted record.
+    pub fn record(&self) -> SandboxRecord {
+        lock(&self.record).clone()
+    }
+
+    pub fn state(&self) -> SandboxState {
+        lock(&self.record).state
+    }
+
+    /// Host side of the virtio-fs share (`<run_dir>/shared`).
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+
+    /// `<state_dir>/sandboxes/<id>`: VMM sockets, pid files, console log.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The pod netns, once created.
+    pub fn netns(&self) -> Option<PathBuf> {
+        lock(&self.record).resources.netns.clone()
+    }
+
+    /// The per-pod operation lock.
+    pub async fn lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.op).lock_owned().await
+    }
+
+    /// The VM, while it is running (or until Stop cleaned it up).
+    pub fn vm(&self) -> Option<Arc<dyn VmHandle>> {
+        lock(&self.vm).clone()
+    }
+
+    /// A connected client to the guest agent; connects (within the agent timeout) on
+    /// first use, e.g. after a hulld restart. The channel reconnects by itself.
+    pub async fn agent(&self) -> Result<AgentClient<Channel>, SandboxError> {
+        let state = self.state();
+        if state != SandboxState::Ready && state != SandboxState::Creating {
+            return Err(SandboxError::NotReady {
+                id: self.id.clone(),
+                state,
+            });
+        }
+        let mut cached = self.agent.lock().await;
+        if let Some(client) = cached.as_ref() {
+            return Ok(client.clone());
+        }
+        let socket =
+            self.vm()
+                .map(|vm| vm.agent_socket())
+                .ok_or_else(|| SandboxError::NotReady {
+                    id: self.id.clone(),
+                    state,
+                })?;
+        let deadline = tokio::time::Instant::now() + self.agent_timeout;
+        let client = self
+            .connector
+            .connect(&socket, deadline)
+            .await
+            .map_err(|source| SandboxError::AgentTimeout {
+                timeout: self.agent_timeout,
+                source,
+            })?;
+        *cached = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Changes and persists the record.
+    pub(crate) fn update(
+        &self,
+        store: &Store,
+        change: impl FnOnce(&mut SandboxRecord),
+    ) -> Result<(), StoreError> {
+        let mut rec = lock(&self.record);
+        let mut next = rec.clone();
+        change(&mut next);
+        store.put(&next)?;
+        *rec = next;
+        Ok(())
+    }
+}
+
+/// Poison-tolerant lock (a panicking holder leaves plain data behind).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every sandbox hulld knows, by id, and the reserved pod names.
+pub struct SandboxManager {
+    config: Arc<Config>,
+    pub(crate) store: Store,
+    backends: Backends,
+    sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
+    /// containerd's name reservation: `name_namespace_uid_attempt` → sandbox id.
+    names: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for SandboxManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxManager")
+            .field("sandboxes", &self.list().len())
+            .finish()
+    }
+}
+
+impl SandboxManager {
+    pub fn new(config: Arc<Config>, store: Store, backends: Backends) -> Self {
+        Self {
+            config,
+            store,
+            backends,
+            sandboxes: RwLock::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// The sandbox with this id, or the only one whose id starts with it.
+    pub fn get(&self, id: &str) -> Option<Arc<Sandbox>> {
+        if id.is_empty() {
+            return None;
+        }
+        let map = self.sandboxes.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(sb) = map.get(id) {
+            return Some(Arc::clone(sb));
+        }
+        let mut found = map.iter().filter(|(k, _)| k.starts_with(id));
+        match (found.next(), found.next()) {
+            (Some((_, sb)), None) => Some(Arc::clone(sb)),
+            _ => None,
+        }
+    }
+
+    /// Every sandbox, in no particular order.
+    pub fn list(&self) -> Vec<Arc<Sandbox>> {
+        let map = self.sandboxes.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+
+    pub(crate) fn insert(&self, sb: Arc<Sandbox>) {
+        let mut map = self.sandboxes.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(sb.id.clone(), sb);
+    }
+
+    fn forget(&self, id: &str) {
+        let mut map = self.sandboxes.write().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
+    }
+
+    /// Reserves a pod name for `id`; fails if another sandbox holds it.
+    pub(crate) fn reserve_name(&self, name: &str, id: &str) -> Result<(), SandboxError> {
+        let mut names = lock(&self.names);
+        match names.get(name) {
+            Some(holder) if holder != id => Err(SandboxError::NameReserved {
+                name: name.to_owned(),
+                id: holder.clone(),
+            }),
+            _ => {
+                names.insert(name.to_owned(), id.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    fn release_name(&self, name: &str, id: &str) {
+        let mut names = lock(&self.names);
+        if names.get(name).is_some_and(|holder| holder == id) {
+            names.remove(name);
+        }
+    }
+
+    pub(crate) fn new_sandbox(&self, record: SandboxRecord) -> Arc<Sandbox> {
+        Arc::new(Sandbox {
+            id: record.id.clone(),
+            run_dir: record.resources.run_dir.clone(),
+            shared_dir: record.resources.shared_dir.clone(),
+            record: Mutex::new(record),
+            op: Arc::new(tokio::sync::Mutex::new(())),
+            vm: Mutex::new(None),
+            agent: tokio::sync::Mutex::new(None),
+            connector: Arc::clone(&self.backends.agent),
+            agent_timeout: Duration::from_secs(self.config.vm.agent_timeout_secs),
+        })
+    }
+
+    /// `<state_dir>/sandboxes`.
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.config.state_dir.join("sandboxes")
+    }
+}
+
+/// containerd's reservation key for a pod.
+pub fn name_key(meta: &hull_cri_api::PodSandboxMetadata) -> String {
+    format!(
+        "{}_{}_{}_{}",
+        meta.name, meta.namespace, meta.uid, meta.attempt
+    )
+}
+
+/// An error with its whole source chain, for messages and logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,344 @@
+//! RunPodSandbox: a recipe of named steps, each followed at once by its undo
+//! (STYLE.md §5). Steps: validate → reserve name → record `creating` → run dir + shared
+//! dir → pod network (netns, CNI ADD, tap + tc) → VM start in the netns → agent connect
+//! (racing the VM's exit, under `vm.agent_timeout_secs`) → agent SetupSandbox → record
+//! `ready`. Each phase's time is logged and kept in the record.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hull_agent_api::AgentClient;
+use hull_cri_api::{NamespaceMode, PodSandboxConfig, RunPodSandboxRequest};
+use hull_vm::hypervisor::{Hypervisor, NetConfig, VmConfig, VmHandle};
+use tonic::transport::Channel;
+use tracing::{Instrument, info, info_span};
+
+use super::{CLEANUP_DEADLINE, Sandbox, SandboxError, SandboxManager, guest, lock, name_key};
+use crate::state::sandbox::SandboxResources;
+use crate::state::{SandboxRecord, SandboxState, now_nanos};
+use crate::unwind::Unwind;
+
+/// Runtime handlers hull accepts (kubelet sends "" without a RuntimeClass).
+const HANDLERS: [&str; 2] = ["", "hull"];
+/// How long a VM gets to stop when RunPodSandbox unwinds.
+const UNDO_VM_GRACE: Duration = Duration::from_secs(1);
+/// How often the agent wait checks that the VM is still alive.
+const VM_ALIVE_POLL: Duration = Duration::from_millis(100);
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Checks what kubelet sent before anything is taken.
+pub(super) fn validate(req: &RunPodSandboxRequest) -> Result<&PodSandboxConfig, SandboxError> {
+    let invalid = |m: &str| SandboxError::InvalidRequest(m.to_owned());
+    let config = req
+        .config
+        .as_ref()
+        .ok_or_else(|| invalid("config is missing"))?;
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata is missing"))?;
+    for (what, value) in [
+        ("name", &meta.name),
+        ("namespace", &meta.namespace),
+        ("uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(&format!("config.metadata.{what} is empty")));
+        }
+    }
+    if !HANDLERS.contains(&req.runtime_handler.as_str()) {
+        return Err(invalid(&format!(
+            "runtime handler {:?} is unknown (hull serves \"\" and \"hull\")",
+            req.runtime_handler
+        )));
+    }
+    let network = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|n| n.network);
+    if network == Some(NamespaceMode::Node as i32) {
+        return Err(SandboxError::HostNetwork);
+    }
+    Ok(config)
+}
+
+/// 128 random bits as 32 hex digits (short enough for unix socket paths under the run dir).
+fn new_id() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(SandboxError::NewId)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl SandboxManager {
+    /// RunPodSandbox. The work runs on its own task, so a client that gives up does not
+    /// cancel it half-way: either it finishes, or it unwinds.
+    pub async fn run(self: &Arc<Self>, req: RunPodSandboxRequest) -> Result<String, SandboxError> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.run_task(req).await })
+            .await
+            .map_err(|e| SandboxError::Task(e.to_string()))?
+    }
+
+    async fn run_task(self: Arc<Self>, req: RunPodSandboxRequest) -> Result<String, SandboxError> {
+        let config = validate(&req)?.clone();
+        let hypervisor = self
+            .backends
+            .hypervisor
+            .clone()
+            .map_err(SandboxError::BackendUnavailable)?;
+        let id = new_id()?;
+        // Port mappings are checked before anything is taken.
+        guest::pod_spec(&id, &config)?;
+        let meta = config.metadata.clone().unwrap_or_default();
+        let span = info_span!("run_pod_sandbox", pod_id = %id, pod = %format!("{}/{}", meta.namespace, meta.name));
+        async move {
+            info!(attempt = meta.attempt, "RunPodSandbox");
+            let t0 = Instant::now();
+            let mut undo = Unwind::new(&id);
+            let sb = self.reserve_and_record(&id, config, &req.runtime_handler, &mut undo)?;
+            let _guard = sb.lock().await;
+            match self
+                .run_steps(&sb, hypervisor.as_ref(), &mut undo, t0)
+                .await
+            {
+                Ok(()) => {
+                    undo.disarm();
+                    info!(ms = ms(t0.elapsed()), "pod sandbox ready");
+                    Ok(id)
+                }
+                Err(err) => Err(self.unwind(&sb, err, undo).await),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reserves the pod name and persists the `creating` record, with their undos.
+    fn reserve_and_record(
+        self: &Arc<Self>,
+        id: &str,
+        config: PodSandboxConfig,
+        handler: &str,
+        undo: &mut Unwind,
+    ) -> Result<Arc<Sandbox>, SandboxError> {
+        let name = name_key(config.metadata.as_ref().unwrap_or(&Default::default()));
+        self.reserve_name(&name, id)?;
+        let (this, n, i) = (Arc::clone(self), name.clone(), id.to_owned());
+        undo.push("name", async move {
+            this.release_name(&n, &i);
+            Ok(())
+        });
+        let run_dir = self.sandboxes_dir().join(id);
+        let record = SandboxRecord {
+            id: id.to_owned(),
+            state: SandboxState::Creating,
+            config,
+            runtime_handler: handler.to_owned(),
+            created_at: now_nanos(),
+            resources: SandboxResources {
+                shared_dir: run_dir.join("shared"),
+                run_dir,
+                ..Default::default()
+            },
+        };
+        if let Err(e) = self.store.put(&record) {
+            self.release_name(&name, id);
+            return Err(e.into());
+        }
+        let sb = self.new_sandbox(record);
+        self.insert(Arc::clone(&sb));
+        let (this, i) = (Arc::clone(self), id.to_owned());
+        undo.push("record", async move {
+            this.forget(&i);
+            this.store
+                .delete::<SandboxRecord>(&i)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        Ok(sb)
+    }
+
+    /// The resource steps, from the dirs to `ready`.
+    async fn run_steps(
+        self: &Arc<Self>,
+        sb: &Arc<Sandbox>,
+        hypervisor: &dyn Hypervisor,
+        undo: &mut Unwind,
+        t0: Instant,
+    ) -> Result<(), SandboxError> {
+        let rec = sb.record();
+        let mut timings = std::collections::BTreeMap::new();
+        create_dirs(sb, undo)?;
+
+        let spec = guest::pod_spec(&sb.id, &rec.config)?;
+        let net = self
+            .backends
+            .network
+            .setup(&spec)
+            .await
+            .map_err(SandboxError::NetworkSetup)?;
+        let (network, id) = (Arc::clone(&self.backends.network), sb.id.clone());
+        undo.push("network", async move {
+            network
+                .teardown(&id)
+                .await
+                .map_err(|e| hull_network::cni::error_chain(&e))
+        });
+        timings.insert("netns".to_owned(), ms(net.timings.netns));
+        timings.insert("cni".to_owned(), ms(net.timings.cni));
+        timings.insert("tap_tc".to_owned(), ms(net.timings.tap_tc));
+        info!(ips = ?net.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(), netns_ms = ms(net.timings.netns), cni_ms = ms(net.timings.cni), tap_tc_ms = ms(net.timings.tap_tc), "pod network ready");
+        sb.update(&self.store, |r| {
+            r.resources.netns = Some(net.netns.clone());
+            r.resources.ips = net.ips.iter().map(|i| i.address.addr.to_string()).collect();
+        })?;
+
+        let t = Instant::now();
+        let vm_config = self.vm_config(sb, &rec.config, &net);
+        let vm: Arc<dyn VmHandle> = Arc::from(
+            hypervisor
+                .start(&vm_config)
+                .await
+                .map_err(SandboxError::VmStart)?,
+        );
+        let stopper = Arc::clone(&vm);
+        undo.push("vm", async move {
+            stopper
+                .stop(UNDO_VM_GRACE)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        *lock(&sb.vm) = Some(Arc::clone(&vm));
+        timings.insert("vm_start".to_owned(), ms(t.elapsed()));
+        info!(
+            pid = vm.pid(),
+            vcpus = vm_config.vcpus,
+            memory_mib = vm_config.memory_mib,
+            ms = ms(t.elapsed()),
+            "VM started"
+        );
+        sb.update(&self.store, |r| {
+            r.resources.vm = Some(vm_config.clone());
+            r.resources.backend = Some(hypervisor.backend());
+            r.resources.vmm_pid = vm.pid();
+            r.resources.console_log = Some(vm.console_log());
+            r.resources.agent_socket = Some(vm.agent_socket());
+        })?;
+
+        let t = Instant::now();
+        let client = self.wait_agent(vm.as_ref()).await?;
+        timings.insert("agent_ready".to_owned(), ms(t.elapsed()));
+        info!(ms = ms(t.elapsed()), "agent connected");
+        *sb.agent.lock().await = Some(client.clone());
+
+        let t = Instant::now();
+        let setup = guest::setup_request(&sb.id, &rec.config, &net);
+        self.backends
+            .agent
+            .setup_sandbox(client, setup)
+            .await
+            .map_err(|s| SandboxError::AgentSetup(format!("{:?}: {}", s.code(), s.message())))?;
+        timings.insert("agent_setup".to_owned(), ms(t.elapsed()));
+        timings.insert("total".to_owned(), ms(t0.elapsed()));
+        sb.update(&self.store, |r| {
+            r.state = SandboxState::Ready;
+            r.resources.timings_ms = timings;
+        })?;
+        Ok(())
+    }
+
+    fn vm_config(
+        &self,
+        sb: &Sandbox,
+        config: &PodSandboxConfig,
+        net: &hull_network::PodNetworkStatus,
+    ) -> VmConfig {
+        let size = super::sizing::vm_size(config, &self.config.vm);
+        VmConfig {
+            id: sb.id.clone(),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            kernel: self.config.vm.kernel.clone(),
+            initramfs: self.config.vm.initramfs.clone(),
+            cmdline: self.config.vm.kernel_params.clone(),
+            run_dir: sb.run_dir.clone(),
+            netns: Some(net.netns.clone()),
+            net: Some(NetConfig {
+                tap: net.tap.clone(),
+                mac: net.mac.clone(),
+                mtu: net.mtu,
+            }),
+            shared_dir: Some(sb.shared_dir.clone()),
+        }
+    }
+
+    /// Connects to the agent, failing early (with the console's last lines) if the VM dies.
+    async fn wait_agent(&self, vm: &dyn VmHandle) -> Result<AgentClient<Channel>, SandboxError> {
+        let timeout = Duration::from_secs(self.config.vm.agent_timeout_secs);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let socket = vm.agent_socket();
+        let connect = self.backends.agent.connect(&socket, deadline);
+        let exited = async {
+            while vm.is_running() {
+                tokio::time::sleep(VM_ALIVE_POLL).await;
+            }
+        };
+        tokio::select! {
+            r = connect => r.map_err(|source| SandboxError::AgentTimeout { timeout, source }),
+            () = exited => Err(SandboxError::VmExited(console_tail(&vm.console_log()))),
+        }
+    }
+
+    /// Runs the undo list; if it could not finish, the record stays NOTREADY with the
+    /// name reserved, for RemovePodSandbox.
+    async fn unwind(&self, sb: &Sandbox, err: SandboxError, undo: Unwind) -> SandboxError {
+        tracing::warn!(error = %crate::sandbox::error_chain(&err), steps = undo.len(), "RunPodSandbox failed; unwinding");
+        let cleanup = undo.run(CLEANUP_DEADLINE).await;
+        if !cleanup.complete() {
+            let message = format!("{}; {cleanup}", crate::sandbox::error_chain(&err));
+            // The undos of the record and the name were skipped: both stay for Remove.
+            let _ = sb.update(&self.store, |r| {
+                r.state = SandboxState::NotReady;
+                r.resources.error = message;
+            });
+        }
+        SandboxError::WithCleanup {
+            source: Box::new(err),
+            cleanup,
+        }
+    }
+}
+
+fn create_dirs(sb: &Sandbox, undo: &mut Unwind) -> Result<(), SandboxError> {
+    std::fs::create_dir_all(&sb.shared_dir).map_err(|source| SandboxError::CreateDir {
+        path: sb.shared_dir.clone(),
+        source,
+    })?;
+    let dir = sb.run_dir.clone();
+    undo.push("dirs", async move {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("removing {}: {e}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    });
+    Ok(())
+}
+
+/// The last lines of the guest console, for errors.
+pub(crate) fn console_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(8).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    format!("console {}: {}", path.display(), tail.join(" | "))
+}

@@ -1,0 +1,159 @@
+//! Failure injection at each step of RunPodSandbox, with the real pieces: a CNI plugin
+//! that fails ADD, a kernel that is garbage, an agent that cannot answer in time. Each
+//! returns a clear error and leaves nothing behind: no netns, veth, IP reservation,
+//! portmap chain, VMM process, run dir or record.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod sandbox_common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+
+use hull_cri_api as cri;
+use sandbox_common::PodEnv;
+
+fn pod(name: &str) -> cri::RunPodSandboxRequest {
+    cri::RunPodSandboxRequest {
+        config: Some(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                namespace: "sbfail".into(),
+                uid: format!("uid-{name}"),
+                attempt: 0,
+            }),
+            port_mappings: vec![cri::PortMapping {
+                protocol: 0,
+                container_port: 80,
+                host_port: 18081,
+                host_ip: String::new(),
+            }],
+            ..Default::default()
+        }),
+        runtime_handler: String::new(),
+    }
+}
+
+fn hull_netns() -> BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hull-"))
+        .collect()
+}
+
+/// Runs one pod that must fail with `code` and a message containing `needle`, then checks
+/// that nothing is left.
+async fn expect_clean_failure(
+    env: &PodEnv,
+    conflist: &str,
+    vm: &[(&str, String)],
+    code: tonic::Code,
+    needle: &str,
+) {
+    let netns_before = hull_netns();
+    let mut hulld = env.hulld(conflist, vm);
+    hulld.start();
+    let mut rt = hulld.runtime().await;
+    let err = rt
+        .run_pod_sandbox(pod("web"))
+        .await
+        .expect_err("RunPodSandbox must fail");
+    assert_eq!(err.code(), code, "{}", err.message());
+    assert!(
+        err.message().contains(needle),
+        "message lacks {needle:?}: {}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("cleaned up"),
+        "no cleanup report: {}",
+        err.message()
+    );
+    let items = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(items.is_empty(), "sandbox still listed: {items:?}");
+    let mut left = env.network_leftovers();
+    let sandboxes = hulld.root().join("run/sandboxes");
+    let dirs: Vec<_> = std::fs::read_dir(&sandboxes)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for d in &dirs {
+        let id = d.file_name().unwrap().to_string_lossy().into_owned();
+        left.extend(sandbox_common::sandbox_leftovers(
+            &hulld.root().join("run"),
+            &id,
+        ));
+    }
+    left.extend(
+        hull_netns()
+            .difference(&netns_before)
+            .map(|n| format!("netns {n}")),
+    );
+    assert!(left.is_empty(), "left behind after {needle}: {left:#?}");
+    // The name was released: the same pod fails again the same way, not AlreadyExists.
+    let again = rt
+        .run_pod_sandbox(pod("web"))
+        .await
+        .expect_err("fails again");
+    assert_eq!(again.code(), code, "{}", again.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_run_step_failing_leaves_nothing() {
+    let env = PodEnv::new();
+
+    // CNI ADD fails in the last plugin of the chain (bridge and portmap had succeeded).
+    let plugin = env.extra_bin.path().join("hullfail");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\ncat >/dev/null\ncase \"$CNI_COMMAND\" in\n\
+         ADD) echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"injected CNI failure\"}'; exit 1;;\n\
+         VERSION) echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}';;\nesac\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let failing = env.conflist(&[serde_json::json!({"type": "hullfail"})]);
+    expect_clean_failure(
+        &env,
+        &failing,
+        &[],
+        tonic::Code::Internal,
+        "injected CNI failure",
+    )
+    .await;
+
+    // The VM does not start: the kernel is garbage.
+    let garbage = env.extra_bin.path().join("garbage-kernel");
+    std::fs::write(&garbage, vec![0x5au8; 1 << 16]).unwrap();
+    let ok = env.conflist(&[]);
+    let vm = [("kernel", format!("{garbage:?}"))];
+    expect_clean_failure(
+        &env,
+        &ok,
+        &vm,
+        tonic::Code::Internal,
+        "Failed to start the VM",
+    )
+    .await;
+
+    // The agent does not answer in time (a TCG boot takes longer than a second).
+    let vm = [("agent_timeout_secs", "1".to_string())];
+    expect_clean_failure(
+        &env,
+        &ok,
+        &vm,
+        tonic::Code::DeadlineExceeded,
+        "did not answer",
+    )
+    .await;
+}
