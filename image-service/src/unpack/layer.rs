@@ -91,24 +91,76 @@ fn read_error(layer: &str, max: u64, e: std::io::Error) -> ImageError {
     }
 }
 
-/// Reads through, hashing and counting, failing past the byte limit.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-    max: u64,
+/// Decoded chunks in flight between the decoding thread and the extracting one.
+const PIPE_CHUNKS: usize = 8;
+/// Size of one decoded chunk.
+const CHUNK: usize = 256 << 10;
+
+/// The extracting side of the decode pipeline.
+struct Pipe {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
 }
 
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        if self.count > self.max {
-            return Err(std::io::Error::other(SizeExceeded));
+impl Read for Pipe {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => (self.buf, self.pos) = (chunk, 0),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the decoder finished
+            }
         }
-        self.hasher.update(&buf[..n]);
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
+}
+
+/// Decompresses and hashes on a thread of its own, so a layer's decoding and its file
+/// writes run in parallel. Returns the reader and the thread, which yields the hash of
+/// the whole uncompressed stream and its size.
+fn spawn_decoder(
+    mut decoded: Box<dyn Read + Send>,
+    max: u64,
+) -> (Pipe, std::thread::JoinHandle<(Sha256, u64)>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_CHUNKS);
+    let handle = std::thread::spawn(move || {
+        let (mut hasher, mut count) = (Sha256::new(), 0u64);
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let msg = match decoded.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    count += n as u64;
+                    if count > max {
+                        Err(std::io::Error::other(SizeExceeded))
+                    } else {
+                        hasher.update(&chunk[..n]);
+                        chunk.truncate(n);
+                        Ok(chunk)
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let stop = msg.is_err();
+            // A closed pipe means the extractor gave up; stop decoding.
+            if tx.send(msg).is_err() || stop {
+                break;
+            }
+        }
+        (hasher, count)
+    });
+    (
+        Pipe {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        },
+        handle,
+    )
 }
 
 /// Extracts `blob` into the existing empty dir `dest`; returns the uncompressed size.
@@ -122,7 +174,7 @@ pub fn extract(
     let layer = diff_id.to_string();
     let file = std::fs::File::open(blob).map_err(ImageError::fs("Open layer blob", blob))?;
     let file = std::io::BufReader::with_capacity(256 << 10, file);
-    let decoded: Box<dyn Read> = match compression {
+    let decoded: Box<dyn Read + Send> = match compression {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(file)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(
@@ -132,13 +184,8 @@ pub fn extract(
             },
         )?),
     };
-    let mut reader = Hashing {
-        inner: decoded,
-        hasher: Sha256::new(),
-        count: 0,
-        max: limits.max_bytes,
-    };
     let max = limits.max_bytes;
+    let (mut reader, decoder) = spawn_decoder(decoded, max);
     let mut ex = Extractor {
         layer: &layer,
         max,
@@ -163,7 +210,11 @@ pub fn extract(
     }
     // Trailing padding after the end-of-archive blocks still counts for the diff id.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| read_error(&layer, max, e))?;
-    let actual = Digest::from_hasher(reader.hasher.clone());
+    drop(reader);
+    let (hasher, count) = decoder
+        .join()
+        .map_err(|_| ImageError::Task(format!("decoder of layer {layer} panicked")))?;
+    let actual = Digest::from_hasher(hasher);
     if &actual != diff_id {
         return Err(ImageError::DigestMismatch {
             expected: layer,
@@ -171,7 +222,7 @@ pub fn extract(
         });
     }
     ex.finish_dirs()?;
-    Ok(reader.count)
+    Ok(count)
 }
 
 struct Extractor<'a> {
