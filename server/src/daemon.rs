@@ -46,6 +46,8 @@ pub enum DaemonError {
 pub struct Daemon {
     pub config: Arc<Config>,
     pub store: Store,
+    /// Containers, their log writers and the CRI event feed (issue 7).
+    pub containers: Arc<crate::container::manager::ContainerManager>,
     /// Pod sandboxes (microVMs): see [`crate::sandbox`] for the API.
     pub sandboxes: Arc<SandboxManager>,
 }
@@ -73,6 +75,10 @@ impl Daemon {
         ));
         Ok(Self {
             config,
+            containers: Arc::new(crate::container::manager::ContainerManager::new(
+                store.clone(),
+                crate::events::Events::new(),
+            )),
             store,
             sandboxes,
         })

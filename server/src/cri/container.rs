@@ -5,6 +5,16 @@ use hull_cri_api as cri;
 use super::CriService;
 use super::runtime::ContainerEventStream;
 use super::status::CriError;
+use crate::container::manager::{ManagerError, ReopenError};
+
+/// The gRPC code of a container manager error.
+fn manager_error(e: ManagerError) -> CriError {
+    match e {
+        ManagerError::NotFound(id) => CriError::NotFound(format!("container {id:?} not found")),
+        ManagerError::Ambiguous { .. } => CriError::InvalidArgument(e.to_string()),
+        other => CriError::internal("Container manager", other),
+    }
+}
 
 impl CriService {
     pub(crate) async fn do_create_container(
@@ -49,22 +59,21 @@ impl CriService {
 
     pub(crate) async fn do_list_containers(
         &self,
-        _req: cri::ListContainersRequest,
+        req: cri::ListContainersRequest,
     ) -> Result<cri::ListContainersResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ListContainers",
-            why: "issue 7: containers in the pod VM",
-        })
+        let filter = req.filter.as_ref();
+        let containers = self.daemon.containers.list(filter).map_err(manager_error)?;
+        Ok(cri::ListContainersResponse { containers })
     }
 
     pub(crate) async fn do_container_status(
         &self,
-        _req: cri::ContainerStatusRequest,
+        req: cri::ContainerStatusRequest,
     ) -> Result<cri::ContainerStatusResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ContainerStatus",
-            why: "issue 7: containers in the pod VM",
-        })
+        self.daemon
+            .containers
+            .status(&req.container_id, req.verbose)
+            .map_err(manager_error)
     }
 
     pub(crate) async fn do_update_container_resources(
@@ -79,12 +88,15 @@ impl CriService {
 
     pub(crate) async fn do_reopen_container_log(
         &self,
-        _req: cri::ReopenContainerLogRequest,
+        req: cri::ReopenContainerLogRequest,
     ) -> Result<cri::ReopenContainerLogResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ReopenContainerLog",
-            why: "issue 7: containers in the pod VM",
-        })
+        match self.daemon.containers.reopen_log(&req.container_id).await {
+            Ok(()) => Ok(cri::ReopenContainerLogResponse {}),
+            Err(ReopenError::NotRunning(id)) => Err(CriError::FailedPrecondition(format!(
+                "container {id} is not running"
+            ))),
+            Err(ReopenError::Manager(e)) => Err(manager_error(e)),
+        }
     }
 
     pub(crate) async fn do_exec_sync(
@@ -118,9 +130,6 @@ impl CriService {
     }
 
     pub(crate) async fn do_get_container_events(&self) -> Result<ContainerEventStream, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "GetContainerEvents",
-            why: "issue 7: containers in the pod VM",
-        })
+        Ok(self.daemon.containers.events().subscribe())
     }
 }

@@ -1,0 +1,245 @@
+//! The container manager: hulld's containers as records in the store, their log writers
+//! and the event feed. The agent-facing lifecycle (create/start/stop/exec) builds on this
+//! once a sandbox gives it an agent client and a shared dir.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use hull_cri_api as cri;
+
+use super::view;
+use crate::events::{ContainerEventType, Events};
+use crate::logs::{LogConfig, LogError, LogWriter};
+use crate::state::{ContainerRecord, ContainerState, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("Container {0:?} not found")]
+    NotFound(String),
+    #[error("Container id prefix {prefix:?} matches {count} containers")]
+    Ambiguous { prefix: String, count: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// How a container's main process ended, as the agent's WaitProcess reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub exit_code: i32,
+    pub oom_killed: bool,
+    pub finished_at: i64,
+}
+
+/// Every container hulld knows; cheap to share behind an `Arc`.
+pub struct ContainerManager {
+    store: Store,
+    events: Events,
+    log_config: LogConfig,
+    logs: Mutex<HashMap<String, LogWriter>>,
+}
+
+impl std::fmt::Debug for ContainerManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerManager").finish_non_exhaustive()
+    }
+}
+
+impl ContainerManager {
+    pub fn new(store: Store, events: Events) -> Self {
+        Self {
+            store,
+            events,
+            log_config: LogConfig::default(),
+            logs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The record of `id`, which may be a unique prefix (crictl sends short ids).
+    pub fn get(&self, id: &str) -> Result<ContainerRecord, ManagerError> {
+        if let Some(r) = self.store.get::<ContainerRecord>(id)? {
+            return Ok(r);
+        }
+        let all: Vec<ContainerRecord> = self.store.list()?;
+        match view::resolve_prefix(&all, id) {
+            Ok(Some(r)) => Ok(r.clone()),
+            Ok(None) => Err(ManagerError::NotFound(id.to_owned())),
+            Err(count) => Err(ManagerError::Ambiguous {
+                prefix: id.to_owned(),
+                count,
+            }),
+        }
+    }
+
+    /// ListContainers.
+    pub fn list(
+        &self,
+        filter: Option<&cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>, ManagerError> {
+        let all: Vec<ContainerRecord> = self.store.list()?;
+        let mut out: Vec<cri::Container> = all
+            .iter()
+            .filter(|r| filter.is_none_or(|f| view::matches(r, f)))
+            .map(view::to_container)
+            .collect();
+        out.sort_by_key(|c| c.created_at);
+        Ok(out)
+    }
+
+    /// ContainerStatus, with the record and spec details in `info` when `verbose`.
+    pub fn status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::ContainerStatusResponse, ManagerError> {
+        let r = self.get(id)?;
+        let mut info = HashMap::new();
+        if verbose {
+            let json = serde_json::json!({
+                "id": r.id, "sandboxID": r.sandbox_id, "imageRef": r.image_ref,
+                "imageID": r.image_id, "logPath": r.log_path, "config": format!("{:?}", r.config),
+            });
+            info.insert("info".to_owned(), json.to_string());
+        }
+        Ok(cri::ContainerStatusResponse {
+            status: Some(view::to_status(&r)),
+            info,
+        })
+    }
+
+    /// Stores a new record (state Created) and announces it.
+    pub fn add(&self, record: &ContainerRecord) -> Result<(), ManagerError> {
+        self.store.put(record)?;
+        self.events.container(
+            ContainerEventType::ContainerCreatedEvent,
+            view::to_status(record),
+            None,
+        );
+        Ok(())
+    }
+
+    /// The container's process started.
+    pub fn mark_started(&self, id: &str, started_at: i64) -> Result<ContainerRecord, ManagerError> {
+        let r = self
+            .store
+            .update::<ContainerRecord>(id, |r| {
+                r.state = ContainerState::Running;
+                r.started_at = started_at;
+            })?
+            .ok_or_else(|| ManagerError::NotFound(id.to_owned()))?;
+        self.events.container(
+            ContainerEventType::ContainerStartedEvent,
+            view::to_status(&r),
+            None,
+        );
+        Ok(r)
+    }
+
+    /// The container's process exited: exit code, reason (`OOMKilled`, `Completed`,
+    /// `Error`) and finish time are persisted, and a stopped event goes out. A second
+    /// report for an already exited container changes nothing.
+    pub fn mark_exited(&self, id: &str, exit: Exit) -> Result<ContainerRecord, ManagerError> {
+        let mut changed = false;
+        let r = self
+            .store
+            .update::<ContainerRecord>(id, |r| {
+                if r.state == ContainerState::Exited {
+                    return;
+                }
+                changed = true;
+                r.state = ContainerState::Exited;
+                r.exit_code = exit.exit_code;
+                r.finished_at = exit.finished_at;
+                r.reason = exit_reason(exit).to_owned();
+            })?
+            .ok_or_else(|| ManagerError::NotFound(id.to_owned()))?;
+        if changed {
+            tracing::info!(container = id, exit_code = exit.exit_code, reason = %r.reason, "container exited");
+            self.events.container(
+                ContainerEventType::ContainerStoppedEvent,
+                view::to_status(&r),
+                None,
+            );
+        }
+        Ok(r)
+    }
+
+    /// Forgets a container (RemoveContainer after the agent side is gone). Idempotent.
+    pub async fn forget(&self, id: &str) -> Result<(), ManagerError> {
+        let record = self.store.get::<ContainerRecord>(id)?;
+        if let Some(w) = self.take_log(id) {
+            w.close().await;
+        }
+        if let Some(r) = record {
+            self.store.delete::<ContainerRecord>(id)?;
+            self.events.container(
+                ContainerEventType::ContainerDeletedEvent,
+                view::to_status(&r),
+                None,
+            );
+        }
+        Ok(())
+    }
+
+    /// The log writer of `id`, opened on first use at the record's log path.
+    pub fn log_writer(&self, record: &ContainerRecord) -> Result<Option<LogWriter>, ManagerError> {
+        if record.log_path.is_empty() {
+            return Ok(None);
+        }
+        let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = logs.get(&record.id) {
+            return Ok(Some(w.clone()));
+        }
+        let w = LogWriter::open(std::path::Path::new(&record.log_path), self.log_config)?;
+        logs.insert(record.id.clone(), w.clone());
+        Ok(Some(w))
+    }
+
+    fn take_log(&self, id: &str) -> Option<LogWriter> {
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
+    }
+
+    /// ReopenContainerLog: only a running container has a log to reopen (kubelet's rule).
+    pub async fn reopen_log(&self, id: &str) -> Result<(), ReopenError> {
+        let r = self.get(id).map_err(ReopenError::Manager)?;
+        if r.state != ContainerState::Running {
+            return Err(ReopenError::NotRunning(r.id));
+        }
+        let writer = self.log_writer(&r).map_err(ReopenError::Manager)?;
+        match writer {
+            Some(w) => w.reopen().await.map_err(|e| ReopenError::Manager(e.into())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReopenError {
+    #[error("Container {0} is not running")]
+    NotRunning(String),
+    #[error(transparent)]
+    Manager(ManagerError),
+}
+
+/// The CRI reason of an exit (containerd's rule).
+pub fn exit_reason(exit: Exit) -> &'static str {
+    if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;
