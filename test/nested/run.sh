@@ -167,7 +167,7 @@ chmod +x "$R/init"
 # 3. Boot the test host under TCG with emulated SVM.
 echo "nested: booting test host ($KVER) under QEMU TCG -cpu max" >&2
 t0=$(date +%s.%N)
-timeout $((TIMEOUT + 300)) qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 2048 \
+timeout $((2 * TIMEOUT + 300)) qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 2048 \
     -kernel "$VMLINUZ" -initrd "$WORK/host-initrd.gz" \
     -append "console=ttyS0 quiet panic=-1" \
     -nographic -no-reboot -nodefaults -serial stdio > "$WORK/host.log" 2>&1 || true
