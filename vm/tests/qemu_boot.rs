@@ -9,6 +9,7 @@
 
 mod qemu_common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hull_agent_api::v1::{self as pb, OutputStream};
@@ -27,11 +28,14 @@ async fn boots_guest_runs_container_and_exec_then_cleans_up() {
     busybox_rootfs(&tmp.path().join("share/c1/rootfs"));
     let hv = QemuHypervisor::new(QemuConfig::default());
     let booted = Instant::now();
-    let vm = hv.start(&cfg).await.expect("start VM");
-    let result = tokio::time::timeout(Duration::from_secs(240), drive_guest(&*vm)).await;
+    let vm: Arc<dyn VmHandle> = Arc::from(hv.start(&cfg).await.expect("start VM"));
+    let limit = Duration::from_secs(240);
+    let result = guarded(&vm, limit, |vm| async move { drive_guest(&*vm).await }).await;
     let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
     let exit = vm.stop(Duration::from_secs(10)).await.expect("stop VM");
-    result.unwrap_or_else(|_| panic!("guest test timed out\nconsole:\n{console}"));
+    if let Err(e) = result {
+        panic!("{e}\nconsole:\n{console}");
+    }
     eprintln!(
         "boot + container + exec + shutdown took {:?}",
         booted.elapsed()

@@ -13,10 +13,11 @@
 mod qemu_common;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hull_agent_api::v1::{self as pb, OutputStream};
-use hull_vm::hypervisor::{Hypervisor, NetConfig, VmExit};
+use hull_vm::hypervisor::{Hypervisor, NetConfig, VmExit, VmHandle};
 use hull_vm::qemu::{QemuConfig, QemuHypervisor};
 use qemu_common::*;
 
@@ -79,32 +80,50 @@ async fn vm_in_netns_with_tap_reattach_tty_kill_and_oom() {
     });
     busybox_rootfs(&tmp.path().join("share/c1/rootfs"));
 
-    let vm = QemuHypervisor::new(QemuConfig::default())
-        .start(&cfg)
-        .await
-        .expect("start VM");
-    let result = tokio::time::timeout(Duration::from_secs(240), network_part(&*vm, &netns.0)).await;
+    let vm: Arc<dyn VmHandle> = Arc::from(
+        QemuHypervisor::new(QemuConfig::default())
+            .start(&cfg)
+            .await
+            .expect("start VM"),
+    );
+    let limit = Duration::from_secs(240);
+    let ns = netns.0.clone();
+    let result = guarded(
+        &vm,
+        limit,
+        |vm| async move { network_part(&*vm, &ns).await },
+    )
+    .await;
+    if let Err(e) = result {
+        let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+        let _ = vm.stop(Duration::from_secs(5)).await;
+        panic!("network part: {e}\nconsole:\n{console}");
+    }
     let first_pid = vm.pid();
     drop(vm); // hulld "restarts": the VM must keep running without its handle.
-    result.unwrap_or_else(|_| panic!("network part timed out"));
 
-    let vm = QemuHypervisor::new(QemuConfig::default())
-        .reattach(&cfg)
-        .await
-        .expect("reattach");
-    assert!(vm.is_running(), "VM did not survive its handle");
-    assert_eq!(vm.pid(), first_pid);
-    let result = tokio::time::timeout(Duration::from_secs(240), process_part(&*vm)).await;
+    let vm: Arc<dyn VmHandle> = Arc::from(
+        QemuHypervisor::new(QemuConfig::default())
+            .reattach(&cfg)
+            .await
+            .expect("reattach"),
+    );
+    let alive = vm.is_running();
+    let result = guarded(&vm, limit, |vm| async move { process_part(&*vm).await }).await;
     let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
     let exit = vm.stop(Duration::from_secs(5)).await.expect("stop VM");
-    result.unwrap_or_else(|_| panic!("process part timed out\nconsole:\n{console}"));
+    assert!(alive, "VM did not survive its handle");
+    assert_eq!(vm.pid(), first_pid);
+    if let Err(e) = result {
+        panic!("process part: {e}\nconsole:\n{console}");
+    }
     assert_eq!(exit, VmExit::Shutdown);
     assert!(!vm.is_running());
     let left = leftovers(tmp.path());
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
-async fn network_part(vm: &dyn hull_vm::hypervisor::VmHandle, netns: &str) {
+async fn network_part(vm: &dyn VmHandle, netns: &str) {
     let mut client = connect(vm).await;
     let setup = pb::SetupSandboxRequest {
         sandbox_id: "qemu-net-test".into(),
@@ -316,7 +335,7 @@ async fn port_forward(client: &mut Client) {
         .expect("remove");
 }
 
-async fn process_part(vm: &dyn hull_vm::hypervisor::VmHandle) {
+async fn process_part(vm: &dyn VmHandle) {
     let mut client = connect(vm).await;
     client
         .health(pb::HealthRequest {})

@@ -1,6 +1,7 @@
 //! Helpers shared by the QEMU backend integration tests (qemu_boot.rs, qemu_net.rs).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hull_agent_api::v1::{self as pb, OutputStream};
@@ -33,6 +34,37 @@ pub async fn collect_output(
 }
 
 pub type Client = AgentClient<Channel>;
+
+/// Runs `steps` against the VM in their own task, so that a failed assertion or a timeout
+/// still returns here and the caller can stop the VM before failing the test with it.
+pub async fn guarded<F, Fut>(
+    vm: &Arc<dyn VmHandle>,
+    limit: Duration,
+    steps: F,
+) -> Result<(), String>
+where
+    F: FnOnce(Arc<dyn VmHandle>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut task = tokio::spawn(steps(vm.clone()));
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.is_panic() => {
+            let panic = e.into_panic();
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-string panic".to_owned());
+            Err(msg)
+        }
+        Ok(Err(e)) => Err(format!("steps task failed: {e}")),
+        Err(_) => {
+            task.abort();
+            Err(format!("steps timed out after {limit:?}"))
+        }
+    }
+}
 
 /// The status code of a call that must fail.
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
