@@ -6,5 +6,6 @@ pub mod oci;
 pub mod spec;
 pub mod user;
 pub mod view;
+pub mod volumes;
 
 pub use spec::{GuestMount, ImageDefaults, SpecInput};
