@@ -24,7 +24,9 @@ impl From<SandboxError> for CriError {
             SandboxError::BackendUnavailable(_) | SandboxError::NotReady { .. } => {
                 CriError::FailedPrecondition(message)
             }
-            SandboxError::AgentTimeout { .. } => CriError::DeadlineExceeded(message),
+            SandboxError::AgentTimeout { .. } | SandboxError::AgentNotReady { .. } => {
+                CriError::DeadlineExceeded(message)
+            }
             _ => CriError::internal(message, err),
         }
     }

@@ -208,7 +208,7 @@ impl CriService {
                 runtime_handler: r.runtime_handler,
             })
             .collect();
-        items.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        items.sort_by_key(|b| std::cmp::Reverse(b.created_at));
         Ok(cri::ListPodSandboxResponse { items })
     }
 

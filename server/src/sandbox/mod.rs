@@ -111,6 +111,12 @@ pub enum SandboxError {
         #[source]
         source: hull_agent_api::ConnectError,
     },
+    #[error("The guest agent did not answer within {timeout:?} (no ready line on the console)")]
+    AgentNotReady {
+        timeout: Duration,
+        #[source]
+        source: hull_vm::hypervisor::HypervisorError,
+    },
     #[error("The guest agent failed to set up the sandbox: {0}")]
     AgentSetup(String),
     #[error("{source}; {cleanup}")]

@@ -284,6 +284,15 @@ impl SandboxManager {
     /// Connects to the agent, failing early (with the console's last lines) if the VM dies.
     async fn wait_agent(&self, vm: &dyn VmHandle) -> Result<AgentClient<Channel>, SandboxError> {
         let timeout = Duration::from_secs(self.config.vm.agent_timeout_secs);
+        // The agent's ready line first: a CONNECT before it listens can wedge the backend.
+        let ready_by = Instant::now() + timeout;
+        if let Err(source) = vm.wait_agent_ready(ready_by).await {
+            if !vm.is_running() {
+                let console = console_tail(&vm.console_log());
+                return Err(SandboxError::VmExited(format!("{source}; {console}")));
+            }
+            return Err(SandboxError::AgentNotReady { timeout, source });
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let socket = vm.agent_socket();
         let connect = self.backends.agent.connect(&socket, deadline);

@@ -25,9 +25,11 @@ struct Env {
 
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.root_dir = dir.path().join("lib");
-    config.state_dir = dir.path().join("run");
+    let config = Config {
+        root_dir: dir.path().join("lib"),
+        state_dir: dir.path().join("run"),
+        ..Config::default()
+    };
     std::fs::create_dir_all(&config.root_dir).unwrap();
     let config = Arc::new(config);
     let store = Store::open(&config.metadata_path(), &crate::state::tables()).unwrap();
@@ -191,14 +193,14 @@ async fn failure_at_every_step_leaves_nothing() {
         let e = env();
         inject(&e, step, true);
         let err = e.mgr.run(request("web")).await.unwrap_err();
-        let root_ok = match (step, err.root()) {
-            ("dirs", SandboxError::CreateDir { .. }) => true,
-            ("network", SandboxError::NetworkSetup(_)) => true,
-            ("vm_start", SandboxError::VmStart(_)) => true,
-            ("agent_connect", SandboxError::AgentTimeout { .. }) => true,
-            ("agent_setup", SandboxError::AgentSetup(_)) => true,
-            _ => false,
-        };
+        let root_ok = matches!(
+            (step, err.root()),
+            ("dirs", SandboxError::CreateDir { .. })
+                | ("network", SandboxError::NetworkSetup(_))
+                | ("vm_start", SandboxError::VmStart(_))
+                | ("agent_connect", SandboxError::AgentTimeout { .. })
+                | ("agent_setup", SandboxError::AgentSetup(_))
+        );
         assert!(root_ok, "step {step}: unexpected error {err:?}");
         let msg = error_chain(&err);
         assert!(msg.contains("injected") || step == "dirs", "{step}: {msg}");
