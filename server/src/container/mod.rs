@@ -3,6 +3,7 @@
 
 pub mod manager;
 pub mod oci;
+pub mod runtime;
 pub mod spec;
 pub mod user;
 pub mod view;

@@ -1,0 +1,383 @@
+//! The agent-facing half of a container's life: start with output pumped into the CRI log
+//! and an exit watcher, stop with a grace period, ExecSync with a timeout, and stats.
+//! Every call takes the pod's agent client (from the sandbox).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hull_agent_api::AgentClient;
+use hull_agent_api::v1 as pb;
+use hull_cri_api as cri;
+use tonic::transport::Channel;
+
+use super::manager::{ContainerManager, Exit};
+use crate::logs::{LogWriter, Stream};
+use crate::state::ContainerRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("Agent {call} failed for container {id}")]
+    Agent {
+        call: &'static str,
+        id: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("Exec in {id} did not finish within {timeout:?}; killed")]
+    Timeout { id: String, timeout: Duration },
+    #[error("Exec command is empty")]
+    EmptyCommand,
+}
+
+fn agent_err(call: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+    let id = id.to_owned();
+    move |source| RuntimeError::Agent { call, id, source }
+}
+
+fn output_req(id: &str, exec_id: &str, stream: pb::OutputStream) -> pb::ReadOutputRequest {
+    pb::ReadOutputRequest {
+        container_id: id.to_owned(),
+        exec_id: exec_id.to_owned(),
+        stream: stream as i32,
+    }
+}
+
+/// Starts the container and spawns its watcher: stdout/stderr go to the log writer, and
+/// the exit (code, OOM kill, time) is recorded when the main process ends. The output
+/// streams are opened before the start, so no early output is lost.
+pub async fn start(
+    manager: Arc<ContainerManager>,
+    mut agent: AgentClient<Channel>,
+    record: &ContainerRecord,
+) -> Result<(), RuntimeError> {
+    let id = record.id.clone();
+    let writer = manager.log_writer(record).ok().flatten();
+    let mut pumps = Vec::new();
+    for (stream, kind) in [
+        (Stream::Stdout, pb::OutputStream::Stdout),
+        (Stream::Stderr, pb::OutputStream::Stderr),
+    ] {
+        let s = agent
+            .read_output(output_req(&id, "", kind))
+            .await
+            .map_err(agent_err("ReadOutput", &id))?
+            .into_inner();
+        pumps.push(tokio::spawn(pump(s, writer.clone(), stream)));
+    }
+    let req = pb::StartContainerRequest {
+        container_id: id.clone(),
+    };
+    agent
+        .start_container(req)
+        .await
+        .map_err(agent_err("StartContainer", &id))?;
+    if let Err(e) = manager.mark_started(&id, crate::state::now_nanos()) {
+        tracing::warn!(container = %id, error = %e, "cannot record the start");
+    }
+    tokio::spawn(watch(manager, agent, id, pumps));
+    Ok(())
+}
+
+async fn pump(mut s: tonic::Streaming<pb::OutputChunk>, writer: Option<LogWriter>, stream: Stream) {
+    while let Ok(Some(chunk)) = s.message().await {
+        if let Some(w) = &writer {
+            w.write(stream, chunk.data).await;
+        }
+    }
+    if let Some(w) = &writer {
+        w.end(stream).await;
+    }
+}
+
+/// Waits for the main process; records the exit once the output is drained.
+async fn watch(
+    manager: Arc<ContainerManager>,
+    mut agent: AgentClient<Channel>,
+    id: String,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let req = pb::WaitProcessRequest {
+        container_id: id.clone(),
+        exec_id: String::new(),
+    };
+    let exit = match agent.wait_process(req).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            // The VM or the connection went away: a restarted hulld re-watches.
+            tracing::warn!(container = %id, error = %e, "lost the container's wait");
+            return;
+        }
+    };
+    for p in pumps {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+    let exit = Exit {
+        exit_code: exit.exit_status,
+        oom_killed: exit.oom_killed,
+        finished_at: exit.exited_at_unix_nanos,
+    };
+    if let Err(e) = manager.mark_exited(&id, exit) {
+        tracing::warn!(container = %id, error = %e, "cannot record the exit");
+    }
+}
+
+/// Sends `signal`, waits up to `timeout` for the exit, then SIGKILLs and waits again.
+pub async fn stop(
+    mut agent: AgentClient<Channel>,
+    id: &str,
+    signal: i32,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let wait_req = pb::WaitProcessRequest {
+        container_id: id.to_owned(),
+        exec_id: String::new(),
+    };
+    if !timeout.is_zero() {
+        let sig = pb::SignalProcessRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+            signal,
+        };
+        agent
+            .signal_process(sig)
+            .await
+            .map_err(agent_err("SignalProcess", id))?;
+        let mut waiter = agent.clone();
+        if let Ok(r) = tokio::time::timeout(timeout, waiter.wait_process(wait_req.clone())).await {
+            r.map_err(agent_err("WaitProcess", id))?;
+            return Ok(());
+        }
+        tracing::info!(container = id, ?timeout, "stop timeout passed: SIGKILL");
+    }
+    let kill = pb::SignalProcessRequest {
+        container_id: id.to_owned(),
+        exec_id: String::new(),
+        signal: nix::libc::SIGKILL,
+    };
+    agent
+        .signal_process(kill)
+        .await
+        .map_err(agent_err("SignalProcess", id))?;
+    agent
+        .wait_process(wait_req)
+        .await
+        .map_err(agent_err("WaitProcess", id))?;
+    Ok(())
+}
+
+/// ExecSync: runs `cmd` in the container, collects stdout/stderr and the exit code; past
+/// `timeout` (zero: none) the process is killed and the call fails.
+pub async fn exec_sync(
+    mut agent: AgentClient<Channel>,
+    id: &str,
+    cmd: &[String],
+    timeout: Duration,
+) -> Result<cri::ExecSyncResponse, RuntimeError> {
+    if cmd.is_empty() {
+        return Err(RuntimeError::EmptyCommand);
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let exec_id = format!("sync-{:x}-{n}", crate::state::now_nanos());
+    let process = serde_json::json!({
+        "args": cmd, "cwd": "/",
+        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    });
+    let req = pb::ExecProcessRequest {
+        container_id: id.to_owned(),
+        exec_id: exec_id.clone(),
+        oci_process_json: process.to_string().into_bytes(),
+    };
+    agent
+        .exec_process(req)
+        .await
+        .map_err(agent_err("ExecProcess", id))?;
+    let mut outputs = Vec::new();
+    for kind in [pb::OutputStream::Stdout, pb::OutputStream::Stderr] {
+        let mut s = agent
+            .read_output(output_req(id, &exec_id, kind))
+            .await
+            .map_err(agent_err("ReadOutput", id))?
+            .into_inner();
+        outputs.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Ok(Some(c)) = s.message().await {
+                out.extend_from_slice(&c.data);
+            }
+            out
+        }));
+    }
+    let wait = pb::WaitProcessRequest {
+        container_id: id.to_owned(),
+        exec_id: exec_id.clone(),
+    };
+    let mut waiter = agent.clone();
+    let waited = if timeout.is_zero() {
+        Ok(waiter.wait_process(wait).await)
+    } else {
+        tokio::time::timeout(timeout, waiter.wait_process(wait)).await
+    };
+    let Ok(result) = waited else {
+        let kill = pb::SignalProcessRequest {
+            container_id: id.to_owned(),
+            exec_id,
+            signal: nix::libc::SIGKILL,
+        };
+        let _ = agent.signal_process(kill).await;
+        return Err(RuntimeError::Timeout {
+            id: id.to_owned(),
+            timeout,
+        });
+    };
+    let exit = result.map_err(agent_err("WaitProcess", id))?.into_inner();
+    let mut collected = Vec::new();
+    for o in outputs {
+        collected.push(o.await.unwrap_or_default());
+    }
+    let stderr = collected.pop().unwrap_or_default();
+    let stdout = collected.pop().unwrap_or_default();
+    Ok(cri::ExecSyncResponse {
+        stdout,
+        stderr,
+        exit_code: exit.exit_status,
+    })
+}
+
+/// The CRI stats of a container from the agent's cgroup numbers and the writable layer
+/// size measured on the host.
+pub fn to_cri_stats(
+    record: &ContainerRecord,
+    s: &pb::ContainerStatsResponse,
+    writable_bytes: Option<(u64, u64)>,
+) -> cri::ContainerStats {
+    let ts = if s.timestamp_unix_nanos > 0 {
+        s.timestamp_unix_nanos
+    } else {
+        crate::state::now_nanos()
+    };
+    let v = |value: u64| Some(cri::UInt64Value { value });
+    // Working set as kubelet computes it: usage minus inactive file; the agent reports
+    // file-backed memory as a whole, so this is a lower bound of the working set.
+    let working_set = s.memory_current_bytes.saturating_sub(s.memory_file_bytes);
+    let available =
+        (s.memory_max_bytes > 0).then(|| s.memory_max_bytes.saturating_sub(working_set));
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: record.id.clone(),
+            metadata: record.config.metadata.clone(),
+            labels: record.config.labels.clone(),
+            annotations: record.config.annotations.clone(),
+        }),
+        cpu: Some(cri::CpuUsage {
+            timestamp: ts,
+            usage_core_nano_seconds: v(s.cpu_usage_usec.saturating_mul(1000)),
+            usage_nano_cores: None,
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: ts,
+            working_set_bytes: v(working_set),
+            available_bytes: available.and_then(v),
+            usage_bytes: v(s.memory_current_bytes),
+            rss_bytes: v(s.memory_anon_bytes),
+            page_faults: None,
+            major_page_faults: None,
+        }),
+        writable_layer: writable_bytes.map(|(bytes, inodes)| cri::FilesystemUsage {
+            timestamp: ts,
+            fs_id: None,
+            used_bytes: v(bytes),
+            inodes_used: v(inodes),
+        }),
+        swap: None,
+    }
+}
+
+/// Bytes and inodes under `dir` (the container's writable layer), not following symlinks
+/// or crossing into other file systems.
+pub fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let dev = root.dev();
+    let mut stack = vec![dir.to_path_buf()];
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            inodes += 1;
+            bytes += m.blocks() * 512;
+            if m.is_dir() && m.dev() == dev {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_conversion() {
+        let record = ContainerRecord {
+            id: "c1".into(),
+            sandbox_id: "p".into(),
+            state: crate::state::ContainerState::Running,
+            config: cri::ContainerConfig::default(),
+            image_ref: String::new(),
+            image_id: String::new(),
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path: String::new(),
+        };
+        let s = pb::ContainerStatsResponse {
+            cpu_usage_usec: 1500,
+            memory_current_bytes: 10 << 20,
+            memory_max_bytes: 15 << 20,
+            memory_anon_bytes: 6 << 20,
+            memory_file_bytes: 4 << 20,
+            timestamp_unix_nanos: 42,
+            ..Default::default()
+        };
+        let c = to_cri_stats(&record, &s, Some((8192, 3)));
+        let cpu = c.cpu.expect("cpu");
+        assert_eq!(cpu.timestamp, 42);
+        assert_eq!(
+            cpu.usage_core_nano_seconds.map(|v| v.value),
+            Some(1_500_000)
+        );
+        let mem = c.memory.expect("mem");
+        assert_eq!(mem.working_set_bytes.map(|v| v.value), Some(6 << 20));
+        assert_eq!(mem.available_bytes.map(|v| v.value), Some(9 << 20));
+        assert_eq!(mem.rss_bytes.map(|v| v.value), Some(6 << 20));
+        let fs = c.writable_layer.expect("fs");
+        assert_eq!(
+            (
+                fs.used_bytes.map(|v| v.value),
+                fs.inodes_used.map(|v| v.value)
+            ),
+            (Some(8192), Some(3))
+        );
+        assert_eq!(c.attributes.expect("attrs").id, "c1");
+    }
+
+    #[test]
+    fn writable_layer_usage_counts_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/f"), vec![1u8; 10_000]).expect("write");
+        let (bytes, inodes) = dir_usage(dir.path());
+        assert_eq!(inodes, 2);
+        assert!(bytes >= 10_000, "{bytes}");
+        assert_eq!(dir_usage(&dir.path().join("missing")), (0, 0));
+    }
+}
