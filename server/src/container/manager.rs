@@ -3,10 +3,11 @@
 //! once a sandbox gives it an agent client and a shared dir.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use hull_cri_api as cri;
 
+use super::images::ContainerImages;
 use super::view;
 use crate::events::{ContainerEventType, Events};
 use crate::logs::{LogConfig, LogError, LogWriter};
@@ -38,6 +39,7 @@ pub struct ContainerManager {
     events: Events,
     log_config: LogConfig,
     logs: Mutex<HashMap<String, LogWriter>>,
+    images: OnceLock<Arc<dyn ContainerImages>>,
 }
 
 impl std::fmt::Debug for ContainerManager {
@@ -53,7 +55,18 @@ impl ContainerManager {
             events,
             log_config: LogConfig::default(),
             logs: Mutex::new(HashMap::new()),
+            images: OnceLock::new(),
         }
+    }
+
+    /// Hands the manager the daemon's image service (done once, by whoever opens it).
+    pub fn set_images(&self, images: Arc<dyn ContainerImages>) {
+        let _ = self.images.set(images);
+    }
+
+    /// The image service, once set.
+    pub fn images(&self) -> Option<Arc<dyn ContainerImages>> {
+        self.images.get().cloned()
     }
 
     pub fn events(&self) -> &Events {

@@ -7,8 +7,13 @@ use super::runtime::ContainerEventStream;
 use super::status::CriError;
 use crate::container::manager::{ManagerError, ReopenError};
 
+#[path = "container_create.rs"]
+mod create;
+#[path = "container_lifecycle.rs"]
+mod lifecycle;
+
 /// The gRPC code of a container manager error.
-fn manager_error(e: ManagerError) -> CriError {
+pub(super) fn manager_error(e: ManagerError) -> CriError {
     match e {
         ManagerError::NotFound(id) => CriError::NotFound(format!("container {id:?} not found")),
         ManagerError::Ambiguous { .. } => CriError::InvalidArgument(e.to_string()),
@@ -17,46 +22,6 @@ fn manager_error(e: ManagerError) -> CriError {
 }
 
 impl CriService {
-    pub(crate) async fn do_create_container(
-        &self,
-        _req: cri::CreateContainerRequest,
-    ) -> Result<cri::CreateContainerResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "CreateContainer",
-            why: "issue 7: containers in the pod VM",
-        })
-    }
-
-    pub(crate) async fn do_start_container(
-        &self,
-        _req: cri::StartContainerRequest,
-    ) -> Result<cri::StartContainerResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "StartContainer",
-            why: "issue 7: containers in the pod VM",
-        })
-    }
-
-    pub(crate) async fn do_stop_container(
-        &self,
-        _req: cri::StopContainerRequest,
-    ) -> Result<cri::StopContainerResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "StopContainer",
-            why: "issue 7: containers in the pod VM",
-        })
-    }
-
-    pub(crate) async fn do_remove_container(
-        &self,
-        _req: cri::RemoveContainerRequest,
-    ) -> Result<cri::RemoveContainerResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "RemoveContainer",
-            why: "issue 7: containers in the pod VM",
-        })
-    }
-
     pub(crate) async fn do_list_containers(
         &self,
         req: cri::ListContainersRequest,
@@ -97,36 +62,6 @@ impl CriService {
             ))),
             Err(ReopenError::Manager(e)) => Err(manager_error(e)),
         }
-    }
-
-    pub(crate) async fn do_exec_sync(
-        &self,
-        _req: cri::ExecSyncRequest,
-    ) -> Result<cri::ExecSyncResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ExecSync",
-            why: "issue 7: containers in the pod VM",
-        })
-    }
-
-    pub(crate) async fn do_container_stats(
-        &self,
-        _req: cri::ContainerStatsRequest,
-    ) -> Result<cri::ContainerStatsResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ContainerStats",
-            why: "issue 7: containers in the pod VM",
-        })
-    }
-
-    pub(crate) async fn do_list_container_stats(
-        &self,
-        _req: cri::ListContainerStatsRequest,
-    ) -> Result<cri::ListContainerStatsResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "ListContainerStats",
-            why: "issue 7: containers in the pod VM",
-        })
     }
 
     pub(crate) async fn do_get_container_events(&self) -> Result<ContainerEventStream, CriError> {

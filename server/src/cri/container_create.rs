@@ -1,0 +1,236 @@
+//! CreateContainer: image → rootfs in the sandbox share → volumes → OCI spec → agent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hull_cri_api as cri;
+use tracing::Instrument;
+
+use super::super::CriService;
+use super::super::status::CriError;
+use crate::container::images::{ContainerImages, ImagesError};
+use crate::container::{spec, volumes};
+use crate::sandbox::Sandbox;
+use crate::state::{ContainerRecord, ContainerState};
+
+/// A fresh 64-hex-digit container id.
+fn new_id() -> Result<String, CriError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| CriError::internal("Reading /dev/urandom", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn images_error(e: ImagesError) -> CriError {
+    match e {
+        ImagesError::NotFound(_) => CriError::NotFound(e.to_string()),
+        ImagesError::Service(_) => CriError::internal("Image service", e),
+    }
+}
+
+/// What a failed create must undo.
+struct Undo<'a> {
+    images: &'a Arc<dyn ContainerImages>,
+    shared: PathBuf,
+    id: String,
+    rootfs: Option<PathBuf>,
+}
+
+impl Undo<'_> {
+    async fn run(self) {
+        volumes::release(&self.shared, &self.id);
+        if let Some(r) = &self.rootfs
+            && let Err(e) = self.images.remove_rootfs(&self.id, r).await
+        {
+            tracing::warn!(container = %self.id, error = %e, "undo: cannot remove the rootfs");
+        }
+        let _ = std::fs::remove_dir_all(self.shared.join(&self.id));
+    }
+}
+
+/// Creates every mount point in the rootfs on the host, so that a read-only rootfs can
+/// still take its mounts in the guest. Best effort: the agent reports what fails.
+fn make_mount_points(rootfs: &Path, mounts: &[spec::GuestMount], host_mounts: &Path) {
+    for (i, m) in mounts.iter().enumerate() {
+        let rel = m.container_path.trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            continue;
+        }
+        let target = rootfs.join(rel);
+        if target.symlink_metadata().is_ok() {
+            continue;
+        }
+        if host_mounts.join(i.to_string()).is_dir() {
+            let _ = std::fs::create_dir_all(&target);
+        } else if let Some(parent) = target.parent() {
+            let _ = std::fs::create_dir_all(parent);
+            let _ = std::fs::File::create(&target);
+        }
+    }
+}
+
+impl CriService {
+    pub(crate) async fn do_create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<cri::CreateContainerResponse, CriError> {
+        let config = req
+            .config
+            .ok_or_else(|| CriError::InvalidArgument("config is required".into()))?;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or("");
+        if name.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "config.metadata.name is required".into(),
+            ));
+        }
+        let image = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "config.image.image is required".into(),
+            ));
+        }
+        let sandbox = self
+            .daemon
+            .sandboxes
+            .get(&req.pod_sandbox_id)
+            .ok_or_else(|| {
+                CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+            })?;
+        let images = self.daemon.containers.images().ok_or_else(|| {
+            CriError::FailedPrecondition(
+                "the image service is not wired into the container manager yet".into(),
+            )
+        })?;
+        let resolved = images.resolve(&image).await.map_err(images_error)?;
+        let id = new_id()?;
+        let span =
+            tracing::info_span!("create_container", container = %id, sandbox = %sandbox.id());
+        let sandbox_config = req.sandbox_config.unwrap_or_default();
+        let mut undo = Undo {
+            images: &images,
+            shared: sandbox.shared_dir().to_owned(),
+            id: id.clone(),
+            rootfs: None,
+        };
+        let created = self
+            .create_in_sandbox(
+                &sandbox,
+                &images,
+                &id,
+                config,
+                &sandbox_config,
+                (&image, resolved),
+                &mut undo,
+            )
+            .instrument(span)
+            .await;
+        match created {
+            Ok(()) => Ok(cri::CreateContainerResponse { container_id: id }),
+            Err(e) => {
+                undo.run().await;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in_sandbox(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        images: &Arc<dyn ContainerImages>,
+        id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: &cri::PodSandboxConfig,
+        (image_ref, resolved): (&str, crate::container::images::ResolvedImage),
+        undo: &mut Undo<'_>,
+    ) -> Result<(), CriError> {
+        let shared = sandbox.shared_dir().to_owned();
+        let rootfs = shared.join(id).join("rootfs");
+        std::fs::create_dir_all(&rootfs)
+            .map_err(|e| CriError::internal("Creating the rootfs dir", e))?;
+        images
+            .prepare_rootfs(&resolved.id, id, &rootfs)
+            .await
+            .map_err(images_error)?;
+        undo.rootfs = Some(rootfs.clone());
+        let guest_shared = Sandbox::GUEST_SHARED_DIR;
+        let mounts = volumes::prepare(&shared, guest_shared, id, &config.mounts)
+            .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
+        make_mount_points(&rootfs, &mounts, &volumes::mounts_dir(&shared, id));
+        let sysctls: BTreeMap<String, String> = sandbox_config
+            .linux
+            .as_ref()
+            .map(|l| {
+                l.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let guest_rootfs = format!("{guest_shared}/{id}/rootfs");
+        let oci = spec::build(&spec::SpecInput {
+            config: &config,
+            image: &resolved.defaults,
+            host_rootfs: &rootfs,
+            guest_rootfs: &guest_rootfs,
+            mounts: &mounts,
+            hostname: &sandbox_config.hostname,
+            pod_sysctls: &sysctls,
+        })
+        .map_err(|e| CriError::InvalidArgument(e.to_string()))?;
+        let json =
+            serde_json::to_vec(&oci).map_err(|e| CriError::internal("Encoding the OCI spec", e))?;
+        let mut agent = sandbox
+            .agent()
+            .await
+            .map_err(|e| CriError::FailedPrecondition(crate::sandbox::error_chain(&e)))?;
+        agent
+            .create_container(hull_agent_api::v1::CreateContainerRequest {
+                container_id: id.to_owned(),
+                oci_spec_json: json,
+                rootfs: guest_rootfs,
+            })
+            .await
+            .map_err(|e| CriError::internal("Agent CreateContainer", e))?;
+        let log_path = if sandbox_config.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&sandbox_config.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let record = ContainerRecord {
+            id: id.to_owned(),
+            sandbox_id: sandbox.id().to_owned(),
+            state: ContainerState::Created,
+            config,
+            image_ref: image_ref.to_owned(),
+            image_id: resolved.id,
+            created_at: crate::state::now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path,
+        };
+        self.daemon
+            .containers
+            .add(&record)
+            .map_err(super::manager_error)?;
+        tracing::info!(image = image_ref, "container created");
+        Ok(())
+    }
+}
