@@ -7,7 +7,6 @@
 mod common;
 mod sandbox_common;
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 
 use hull_cri_api as cri;
@@ -34,16 +33,6 @@ fn pod(name: &str) -> cri::RunPodSandboxRequest {
     }
 }
 
-fn hull_netns() -> BTreeSet<String> {
-    std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("hull-"))
-        .collect()
-}
-
 /// Runs one pod that must fail with `code` and a message containing `needle`, then checks
 /// that nothing is left.
 async fn expect_clean_failure(
@@ -53,7 +42,6 @@ async fn expect_clean_failure(
     code: tonic::Code,
     needle: &str,
 ) {
-    let netns_before = hull_netns();
     let mut hulld = env.hulld(conflist, vm);
     hulld.start();
     let mut rt = hulld.runtime().await;
@@ -79,25 +67,25 @@ async fn expect_clean_failure(
         .into_inner()
         .items;
     assert!(items.is_empty(), "sandbox still listed: {items:?}");
+    // The error names the sandbox, so its netns, processes and dirs can be checked.
+    let id = err
+        .message()
+        .strip_prefix("Pod sandbox ")
+        .and_then(|m| m.get(..32))
+        .unwrap_or_else(|| panic!("no sandbox id in {}", err.message()))
+        .to_owned();
     let mut left = env.network_leftovers();
+    left.extend(sandbox_common::sandbox_leftovers(
+        &hulld.root().join("run"),
+        &id,
+    ));
     let sandboxes = hulld.root().join("run/sandboxes");
-    let dirs: Vec<_> = std::fs::read_dir(&sandboxes)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    for d in &dirs {
-        let id = d.file_name().unwrap().to_string_lossy().into_owned();
-        left.extend(sandbox_common::sandbox_leftovers(
-            &hulld.root().join("run"),
-            &id,
-        ));
-    }
     left.extend(
-        hull_netns()
-            .difference(&netns_before)
-            .map(|n| format!("netns {n}")),
+        std::fs::read_dir(&sandboxes)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("dir {}", e.path().display())),
     );
     assert!(left.is_empty(), "left behind after {needle}: {left:#?}");
     // The name was released: the same pod fails again the same way, not AlreadyExists.
@@ -146,8 +134,12 @@ async fn each_run_step_failing_leaves_nothing() {
     )
     .await;
 
-    // The agent does not answer in time (a TCG boot takes longer than a second).
-    let vm = [("agent_timeout_secs", "1".to_string())];
+    // The agent never answers: the guest's /init is busybox init, not hull-agent.
+    let initrd = no_agent_initramfs(env.extra_bin.path());
+    let vm = [
+        ("initramfs", format!("{initrd:?}")),
+        ("agent_timeout_secs", "3".to_string()),
+    ];
     expect_clean_failure(
         &env,
         &ok,
@@ -156,4 +148,26 @@ async fn each_run_step_failing_leaves_nothing() {
         "did not answer",
     )
     .await;
+}
+
+/// A gzip'd newc initramfs whose /init is busybox (its `init` applet): a guest that boots
+/// and runs, but has no agent.
+fn no_agent_initramfs(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("no-agent-root");
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("init")).expect("/bin/busybox (busybox-static)");
+    let out = dir.join("no-agent.img");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {:?} && find . | cpio -o -H newc --quiet | gzip > {:?}",
+            root, out
+        ))
+        .status()
+        .expect("cpio");
+    assert!(
+        status.success(),
+        "building the no-agent initramfs (needs cpio, gzip)"
+    );
+    out
 }

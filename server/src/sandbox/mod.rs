@@ -119,8 +119,9 @@ pub enum SandboxError {
     },
     #[error("The guest agent failed to set up the sandbox: {0}")]
     AgentSetup(String),
-    #[error("{source}; {cleanup}")]
+    #[error("Pod sandbox {id}: {source}; {cleanup}")]
     WithCleanup {
+        id: String,
         #[source]
         source: Box<SandboxError>,
         cleanup: Cleanup,

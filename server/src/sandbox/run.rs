@@ -321,6 +321,7 @@ impl SandboxManager {
             });
         }
         SandboxError::WithCleanup {
+            id: sb.id.clone(),
             source: Box::new(err),
             cleanup,
         }
