@@ -4,7 +4,8 @@
 //! to the container manager yet, so this bypasses CreateContainer's image step), started,
 //! stopped and exec'd by hulld's container runtime: CRI log content exactly, OOMKilled with
 //! a 15 MiB limit, the stop timeout, ExecSync output/exit code/kill on timeout, stats,
-//! user/env/working dir/read-only rootfs.
+//! user/env/working dir/read-only rootfs, two containers talking over localhost, and a log
+//! rotation with ReopenContainerLog while the container writes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -27,9 +28,9 @@ use hulld::state::{ContainerRecord, ContainerState, Store};
 use sandbox_common::PodEnv;
 use tonic::transport::Channel;
 
-const APPLETS: [&str; 14] = [
+const APPLETS: [&str; 16] = [
     "sh", "echo", "sleep", "cat", "id", "pwd", "env", "touch", "printf", "head", "ls", "true",
-    "dd", "yes",
+    "dd", "yes", "nc", "seq",
 ];
 
 fn busybox(root: &Path) {
@@ -222,7 +223,7 @@ async fn containers_in_a_real_pod_vm() {
     .await;
     if let Ok(p) = &checks {
         let mut agent = p.agent.clone();
-        for id in ["log1", "cfg1", "oom1", "run1"] {
+        for id in ["log1", "cfg1", "oom1", "run1", "srv1", "cli1", "rot1"] {
             let _ = agent
                 .remove_container(pb::RemoveContainerRequest {
                     container_id: id.into(),
@@ -337,6 +338,52 @@ async fn checks(p: &mut Pod) {
     p.run("oom1", cfg).await;
     let done = p.wait_exit("oom1", Duration::from_secs(120)).await;
     assert_eq!(done.reason, "OOMKilled", "exit {}", done.exit_code);
+
+    // 5. Two containers of the pod talk over localhost.
+    p.run(
+        "srv1",
+        command(&["nc", "-l", "-p", "8080", "-e", "echo", "hi-from-srv"]),
+    )
+    .await;
+    let r = p
+        .run(
+            "cli1",
+            command(&[
+                "sh",
+                "-c",
+                "for i in $(seq 50); do nc 127.0.0.1 8080 && exit 0; sleep 0.2; done; exit 1",
+            ]),
+        )
+        .await;
+    let done = p.wait_exit("cli1", Duration::from_secs(60)).await;
+    assert_eq!(done.exit_code, 0, "{:?}", log_lines(&r.log_path));
+    assert!(log_lines(&r.log_path).contains(&"stdout F hi-from-srv".to_owned()));
+
+    // 6. ReopenContainerLog: rotate while the container writes; no line lost or doubled.
+    let r = p
+        .run(
+            "rot1",
+            command(&[
+                "sh",
+                "-c",
+                "for i in $(seq 1 40); do echo line$i; sleep 0.05; done",
+            ]),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let rotated = format!("{}.1", r.log_path);
+    std::fs::rename(&r.log_path, &rotated).unwrap();
+    p.manager.reopen_log("rot1").await.expect("reopen");
+    p.wait_exit("rot1", Duration::from_secs(60)).await;
+    let old = log_lines(&rotated);
+    let new = log_lines(&r.log_path);
+    assert!(
+        !old.is_empty() && !new.is_empty(),
+        "both files get lines: {old:?} {new:?}"
+    );
+    let all: Vec<String> = old.into_iter().chain(new).collect();
+    let want: Vec<String> = (1..=40).map(|i| format!("stdout F line{i}")).collect();
+    assert_eq!(all, want);
 
     // 4. ExecSync in a running container, stats, and the stop timeout.
     p.run(
