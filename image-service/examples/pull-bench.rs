@@ -19,6 +19,9 @@ struct Args {
     /// Runs.
     #[arg(short, long, default_value_t = 5)]
     n: usize,
+    /// Layers fetched and unpacked at once (the registry config's `max_concurrent_layers`).
+    #[arg(long, default_value_t = 3)]
+    layers: usize,
     /// Scratch dir for the stores (emptied between runs).
     #[arg(long)]
     root: std::path::PathBuf,
@@ -30,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let args = Args::parse();
-    let mut cfg = RegistryConfig::default();
+    let mut cfg = RegistryConfig {
+        max_concurrent_layers: args.layers,
+        ..Default::default()
+    };
     cfg.hosts.insert(
         args.registry.clone(),
         HostConfig {

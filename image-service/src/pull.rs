@@ -17,6 +17,9 @@ use crate::registry::manifest::{self, Descriptor};
 use crate::service::{ImageService, parse_reference};
 use crate::unpack::{Compression, Limits};
 
+/// How long after a pull its new layers are flushed to disk.
+const SYNC_DELAY: Duration = Duration::from_secs(5);
+
 /// How often a running pull logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -147,11 +150,17 @@ impl ImageService {
         Ok(rec)
     }
 
-    /// Flushes new layers off the pull's path (see `unpack` for why).
+    /// Flushes new layers off the pull's path (see `unpack` for why), a little later, so
+    /// that a burst of pulls (kubelet pulling a pod's images) is not slowed by flushes of
+    /// the whole file system in between; flushes scheduled meanwhile find nothing to do.
     fn sync_layers_in_background(&self) {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = inner.layers.sync() {
+        // Weak: a closed service (and its database) is not kept alive by a pending flush.
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(SYNC_DELAY).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let res = tokio::task::spawn_blocking(move || inner.layers.sync()).await;
+            if let Ok(Err(e)) = res {
                 tracing::warn!(error = %e, "syncing unpacked layers failed");
             }
         });
