@@ -125,6 +125,7 @@ pub async fn serve(
     let socket = daemon.config.socket.clone();
     // Before the first call: reattach to running VMs, unwind half-created sandboxes.
     daemon.sandboxes.recover().await;
+    crate::container::recover::recover(&daemon.containers, &daemon.sandboxes).await;
     let service = CriService::new(Arc::clone(&daemon));
     let runtime = RuntimeServiceServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)

@@ -89,6 +89,11 @@ impl ContainerManager {
         }
     }
 
+    /// Every record.
+    pub fn list_records(&self) -> Result<Vec<ContainerRecord>, ManagerError> {
+        Ok(self.store.list()?)
+    }
+
     /// ListContainers.
     pub fn list(
         &self,

@@ -4,6 +4,7 @@
 pub mod images;
 pub mod manager;
 pub mod oci;
+pub mod recover;
 pub mod runtime;
 pub mod spec;
 pub mod user;

@@ -89,6 +89,12 @@ async fn pump(mut s: tonic::Streaming<pb::OutputChunk>, writer: Option<LogWriter
     }
 }
 
+/// Watches an already running container again (after a hulld restart): its exit is
+/// recorded; its output is not re-attached.
+pub fn rewatch(manager: Arc<ContainerManager>, agent: AgentClient<Channel>, id: String) {
+    tokio::spawn(watch(manager, agent, id, Vec::new()));
+}
+
 /// Waits for the main process; records the exit once the output is drained.
 async fn watch(
     manager: Arc<ContainerManager>,
