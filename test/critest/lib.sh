@@ -145,6 +145,7 @@ summarize() {
         | sub("^\\s+"; "");
       def category: if test("code = Unimplemented") then "not implemented"
         elif test("test-image-digest@sha256") then "environment"
+        elif test("hostNetwork pods are not supported") then "by design"
         else "investigate" end;
       def failed: .State | IN("passed", "skipped", "pending") | not;
       [.[].SpecReports[]? | select(.LeafNodeType == "It")] as $specs
