@@ -1,4 +1,5 @@
-//! Container RPCs (issue 7). Split into `container_<verb>.rs` files as they grow.
+//! Container RPCs (issue 7): list, status, log reopen and events here; create in
+//! `container_create.rs`; start, stop, remove, exec and stats in `container_lifecycle.rs`.
 
 use hull_cri_api as cri;
 
@@ -47,7 +48,7 @@ impl CriService {
     ) -> Result<cri::UpdateContainerResourcesResponse, CriError> {
         Err(CriError::Unimplemented {
             rpc: "UpdateContainerResources",
-            why: "issue 7: containers in the pod VM",
+            why: "the guest agent has no call to change a running container's cgroup limits yet",
         })
     }
 
