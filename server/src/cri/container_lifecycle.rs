@@ -67,11 +67,14 @@ impl CriService {
         &self,
         req: cri::StopContainerRequest,
     ) -> Result<cri::StopContainerResponse, CriError> {
-        let r = self
-            .daemon
-            .containers
-            .get(&req.container_id)
-            .map_err(manager_error)?;
+        // Stopping an unknown container succeeds, as CRI idempotence asks (critest).
+        let r = match self.daemon.containers.get(&req.container_id) {
+            Ok(r) => r,
+            Err(crate::container::manager::ManagerError::NotFound(_)) => {
+                return Ok(cri::StopContainerResponse {});
+            }
+            Err(e) => return Err(manager_error(e)),
+        };
         if r.state != ContainerState::Running {
             return Ok(cri::StopContainerResponse {});
         }

@@ -67,6 +67,16 @@ fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()
 }
 
+/// A hostname from a pod name when kubelet gives none: at most 63 bytes, without a
+/// trailing `-` or `.` (kubelet truncates the same way), so long pod names still boot.
+fn pod_hostname(name: &str) -> String {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches(['-', '.']).to_owned()
+}
+
 /// The guest's setup: eth0 found by the pod MAC, the CNI IPs, the CNI routes (a route
 /// without a gateway gets the gateway of its family, as the CNI bridge plugin means it).
 pub fn setup_request(
@@ -75,11 +85,8 @@ pub fn setup_request(
     net: &PodNetworkStatus,
 ) -> pb::SetupSandboxRequest {
     let hostname = if config.hostname.is_empty() {
-        config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default()
+        let name = config.metadata.as_ref().map(|m| m.name.as_str());
+        pod_hostname(name.unwrap_or_default())
     } else {
         config.hostname.clone()
     };
@@ -220,5 +227,16 @@ mod tests {
         assert_eq!(req.routes[0].destination, "0.0.0.0/0");
         assert_eq!(req.routes[0].gateway, "10.88.0.1");
         assert_eq!(req.dns.unwrap().options, vec!["ndots:5"]);
+    }
+
+    #[test]
+    fn long_pod_names_make_valid_hostnames() {
+        let long = format!("create-PodSandbox-for-container-{}", "a1b2c3d4-".repeat(6));
+        let h = pod_hostname(&long);
+        assert!(h.len() <= 63, "{h}");
+        assert!(!h.ends_with('-'), "{h}");
+        assert!(long.starts_with(&h));
+        assert_eq!(pod_hostname("web"), "web");
+        assert_eq!(pod_hostname(""), "");
     }
 }
