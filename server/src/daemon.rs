@@ -39,10 +39,11 @@ pub enum DaemonError {
     },
     #[error("gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error("Cannot open the image service")]
+    Images(#[from] hull_image::ImageError),
 }
 
 /// What every CRI call shares.
-#[derive(Debug)]
 pub struct Daemon {
     pub config: Arc<Config>,
     pub store: Store,
@@ -50,6 +51,16 @@ pub struct Daemon {
     pub containers: Arc<crate::container::manager::ContainerManager>,
     /// Pod sandboxes (microVMs): see [`crate::sandbox`] for the API.
     pub sandboxes: Arc<SandboxManager>,
+    /// Images: pull, store, rootfs (hull-image), in `<root_dir>/images`.
+    pub images: hull_image::ImageService,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Daemon {
@@ -73,14 +84,21 @@ impl Daemon {
             store.clone(),
             backends,
         ));
+        let image_root = config.root_dir.join("images");
+        let images =
+            hull_image::ImageService::open(&image_root, store.database(), config.registry.clone())?;
+        tracing::info!(root = %image_root.display(), "image service open");
+        let containers = Arc::new(crate::container::manager::ContainerManager::new(
+            store.clone(),
+            crate::events::Events::new(),
+        ));
+        containers.set_images(Arc::new(images.clone()));
         Ok(Self {
             config,
-            containers: Arc::new(crate::container::manager::ContainerManager::new(
-                store.clone(),
-                crate::events::Events::new(),
-            )),
+            containers,
             store,
             sandboxes,
+            images,
         })
     }
 }

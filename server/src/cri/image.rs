@@ -1,10 +1,8 @@
 //! The tonic `ImageService`: CRI requests mapped onto `hull-image`.
 //!
 //! The [`hull_image::ImageService`] lives under `<root_dir>/images`, with its tables in
-//! hulld's metadata store. Until `Daemon` carries it as a field, it is opened on first
-//! use and kept per daemon in [`SERVICES`] (one daemon per process in practice).
-
-use std::sync::{Arc, Mutex};
+//! hulld's metadata store; `Daemon::open` opens it and hands it to the container manager
+//! too (CreateContainer prepares rootfs from it).
 
 use hull_cri_api as cri;
 use hull_cri_api::server::ImageService;
@@ -15,9 +13,6 @@ use super::CriService;
 use crate::state::ContainerRecord;
 
 type CallResult<T> = Result<Response<T>, Status>;
-
-/// The image service of the daemon at this address (see the module doc).
-static SERVICES: Mutex<Option<(usize, hull_image::ImageService)>> = Mutex::new(None);
 
 /// An image-service error as a gRPC status, with its whole source chain.
 fn status(err: ImageError) -> Status {
@@ -99,26 +94,9 @@ fn auth(a: Option<cri::AuthConfig>) -> Option<hull_image::AuthConfig> {
 }
 
 impl CriService {
-    /// The daemon's image service, opened on first use.
+    /// The daemon's image service.
     fn images(&self) -> Result<hull_image::ImageService, Status> {
-        let key = Arc::as_ptr(&self.daemon) as usize;
-        let mut slot = SERVICES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, svc)) = slot.as_ref()
-            && *k == key
-        {
-            return Ok(svc.clone());
-        }
-        let config = &self.daemon.config;
-        let root = config.root_dir.join("images");
-        let svc = hull_image::ImageService::open(
-            &root,
-            self.daemon.store.database(),
-            config.registry.clone(),
-        )
-        .map_err(status)?;
-        tracing::info!(root = %root.display(), "image service open");
-        *slot = Some((key, svc.clone()));
-        Ok(svc)
+        Ok(self.daemon.images.clone())
     }
 
     /// Ids of the images some container record still uses.
