@@ -34,6 +34,7 @@
 mod backends;
 mod guest;
 mod run;
+pub mod share;
 pub mod sizing;
 mod stop;
 
@@ -87,6 +88,8 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Virtio-fs share")]
+    Share(#[from] share::ShareError),
     #[error("Failed to remove {path}")]
     RemoveDir {
         path: PathBuf,

@@ -329,12 +329,17 @@ impl SandboxManager {
 }
 
 fn create_dirs(sb: &Sandbox, undo: &mut Unwind) -> Result<(), SandboxError> {
-    std::fs::create_dir_all(&sb.shared_dir).map_err(|source| SandboxError::CreateDir {
-        path: sb.shared_dir.clone(),
+    std::fs::create_dir_all(&sb.run_dir).map_err(|source| SandboxError::CreateDir {
+        path: sb.run_dir.clone(),
         source,
     })?;
     let dir = sb.run_dir.clone();
+    let shared = sb.shared_dir.clone();
+    let prepared = super::share::prepare(&shared);
     undo.push("dirs", async move {
+        if let Err(e) = super::share::release(&shared) {
+            return Err(format!("unmounting {}: {e}", shared.display()));
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(format!("removing {}: {e}", dir.display()))
@@ -342,7 +347,7 @@ fn create_dirs(sb: &Sandbox, undo: &mut Unwind) -> Result<(), SandboxError> {
             _ => Ok(()),
         }
     });
-    Ok(())
+    prepared.map_err(SandboxError::from)
 }
 
 /// The last lines of the guest console, for errors.

@@ -83,6 +83,8 @@ impl SandboxManager {
 
     async fn remove_locked(&self, sb: &Sandbox) -> Result<(), SandboxError> {
         self.stop_locked(sb).await?;
+        // Unmount rootfs overlays and volumes first: the removal must not walk into them.
+        super::share::release(&sb.shared_dir)?;
         match std::fs::remove_dir_all(&sb.run_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(SandboxError::RemoveDir {
