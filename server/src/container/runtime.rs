@@ -117,10 +117,13 @@ async fn watch(
     for p in pumps {
         let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
     }
+    // The guest's clock is only as good as its RTC (whole seconds behind or ahead of the
+    // host's), and started_at is a host time: the exit is stamped on the host too, never
+    // before the start.
     let exit = Exit {
         exit_code: exit.exit_status,
         oom_killed: exit.oom_killed,
-        finished_at: exit.exited_at_unix_nanos,
+        finished_at: crate::state::now_nanos(),
     };
     if let Err(e) = manager.mark_exited(&id, exit) {
         tracing::warn!(container = %id, error = %e, "cannot record the exit");

@@ -1,0 +1,261 @@
+//! The whole CRI path of a container, the way kubelet drives it: PullImage from a real
+//! registry on 127.0.0.1 (through the `registry.k8s.io` mirror), RunPodSandbox (a real
+//! guest under QEMU, real CNI plugins), CreateContainer from the pulled image,
+//! StartContainer, the CRI log file, ExecSync, StopContainer, RemoveContainer, and the
+//! pod's teardown.
+
+mod common;
+#[path = "../../image-service/tests/support/registry.rs"]
+#[allow(dead_code)]
+mod registry;
+mod sandbox_common;
+
+use std::time::{Duration, Instant};
+
+use hull_cri_api as cri;
+use hull_cri_api::client::RuntimeServiceClient;
+use sandbox_common::PodEnv;
+use tonic::transport::Channel;
+
+fn push_test_images(host: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../test/images/build.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(host)
+        .output()
+        .expect("run test/images/build.sh");
+    assert!(
+        out.status.success(),
+        "test/images/build.sh failed (needs umoci, skopeo, busybox-static):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn container(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn wait_exited(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    limit: Duration,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        let st = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("container status")
+            .into_inner()
+            .status
+            .expect("status");
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{id} did not exit: {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The CRI log lines without their timestamps: `stream P|F content`.
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_once(' ').expect("timestamp").1.to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_run_create_start_log_exec_stop_remove() {
+    let env = PodEnv::new();
+    let reg = registry::TestRegistry::start();
+    let h = reg.host();
+    push_test_images(&h);
+    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
+    let mut config = std::fs::read_to_string(&hulld.config_path).unwrap();
+    config.push_str(&format!(
+        "[registry.hosts.\"registry.k8s.io\"]\nmirrors = [{{ endpoint = \"http://{h}\" }}]\nupstream = false\n"
+    ));
+    std::fs::write(&hulld.config_path, config).unwrap();
+    hulld.start();
+    let mut images = hulld.images().await;
+    let mut rt = hulld.runtime().await;
+
+    let image = "registry.k8s.io/busybox:latest";
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+
+    let logs = tempfile::tempdir().unwrap();
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "cri-path".into(),
+            namespace: "hulltest".into(),
+            uid: "uid-cri-path".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.path().display().to_string(),
+        ..Default::default()
+    };
+    let pod_id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+
+    // Run the checks in a task so that a failed one still tears the pod down below.
+    let checks = {
+        let mut rt = rt.clone();
+        let pod_id = pod_id.clone();
+        let logs = logs.path().to_owned();
+        tokio::spawn(async move { checks(&mut rt, &pod_id, &pod_config, image, &logs).await })
+    }
+    .await;
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id,
+    })
+    .await
+    .expect("remove pod");
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    let left = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(
+        left.is_empty(),
+        "containers left after pod removal: {left:?}"
+    );
+}
+
+async fn checks(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+    logs: &std::path::Path,
+) {
+    // A container that writes to both streams and exits 3.
+    let config = container(
+        "echo",
+        image,
+        &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+    );
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let st = wait_exited(rt, &id, Duration::from_secs(60)).await;
+    assert_eq!(st.exit_code, 3, "{st:?}");
+    assert!(
+        st.finished_at >= st.started_at && st.started_at > 0,
+        "{st:?}"
+    );
+    let mut lines = log_lines(&logs.join("echo/0.log"));
+    lines.sort();
+    assert_eq!(lines, ["stderr F oops", "stdout F hello"]);
+
+    // A long-running one: ExecSync, then StopContainer ends it.
+    let config = container("sleeper", image, &["sleep", "1000"]);
+    let sleeper = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .expect("create sleeper")
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: sleeper.clone(),
+    })
+    .await
+    .expect("start sleeper");
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: sleeper.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "hostname; exit 7".into()],
+            timeout: 30,
+        })
+        .await
+        .expect("exec sync")
+        .into_inner();
+    assert_eq!(out.exit_code, 7, "{out:?}");
+    // No hostname in the pod config: the pod's name is the guest's hostname.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cri-path\n", "{out:?}");
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: sleeper.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("stop");
+    let st = wait_exited(rt, &sleeper, Duration::from_secs(30)).await;
+    assert_ne!(st.exit_code, 0, "{st:?}");
+
+    // Remove both, twice: the second is a no-op.
+    for id in [&id, &sleeper, &id] {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .expect("remove");
+    }
+    let gone = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await;
+    assert_eq!(
+        gone.map(|_| ()).map_err(|e| e.code()),
+        Err(tonic::Code::NotFound)
+    );
+}
