@@ -230,7 +230,11 @@ async fn checks(
         .into_inner();
     assert_eq!(out.exit_code, 7, "{out:?}");
     // No hostname in the pod config: the pod's name is the guest's hostname.
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "cri-path\n", "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "cri-path\n",
+        "{out:?}"
+    );
     rt.stop_container(cri::StopContainerRequest {
         container_id: sleeper.clone(),
         timeout: 2,
