@@ -118,8 +118,15 @@ async fn pull_run_create_start_log_exec_stop_remove() {
             attempt: 0,
         }),
         log_directory: logs.path().display().to_string(),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["hulltest.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
         ..Default::default()
     };
+    let host_vol = tempfile::tempdir().unwrap();
+    std::fs::write(host_vol.path().join("from-host"), "written on the host\n").unwrap();
     let pod_id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_config.clone()),
@@ -135,7 +142,8 @@ async fn pull_run_create_start_log_exec_stop_remove() {
         let mut rt = rt.clone();
         let pod_id = pod_id.clone();
         let logs = logs.path().to_owned();
-        tokio::spawn(async move { checks(&mut rt, &pod_id, &pod_config, image, &logs).await })
+        let vol = host_vol.path().to_owned();
+        tokio::spawn(async move { checks(&mut rt, &pod_id, &pod_config, image, &logs, &vol).await })
     }
     .await;
 
@@ -162,6 +170,15 @@ async fn pull_run_create_start_log_exec_stop_remove() {
         left.is_empty(),
         "containers left after pod removal: {left:?}"
     );
+    // The container left for RemovePodSandbox lost its writable layer with the pod.
+    let layers = hulld.root().join("lib/images/containers");
+    let layers: Vec<_> = std::fs::read_dir(&layers)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        layers.is_empty(),
+        "container dirs left under the image root: {layers:?}"
+    );
 }
 
 async fn checks(
@@ -170,6 +187,7 @@ async fn checks(
     pod_config: &cri::PodSandboxConfig,
     image: &str,
     logs: &std::path::Path,
+    host_vol: &std::path::Path,
 ) {
     // A container that writes to both streams and exits 3.
     let config = container(
@@ -203,7 +221,12 @@ async fn checks(
     assert_eq!(lines, ["stderr F oops", "stdout F hello"]);
 
     // A long-running one: ExecSync, then StopContainer ends it.
-    let config = container("sleeper", image, &["sleep", "1000"]);
+    let mut config = container("sleeper", image, &["sleep", "1000"]);
+    config.mounts.push(cri::Mount {
+        container_path: "/data".into(),
+        host_path: host_vol.display().to_string(),
+        ..Default::default()
+    });
     let sleeper = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),
@@ -235,6 +258,26 @@ async fn checks(
         "cri-path\n",
         "{out:?}"
     );
+
+    // The hostPath volume both ways: a host file read in the container, a container
+    // write seen on the host.
+    let out = exec(
+        rt,
+        &sleeper,
+        "cat /data/from-host && echo written in the container > /data/from-ctr",
+    )
+    .await;
+    assert_eq!(out, "written on the host\n");
+    assert_eq!(
+        std::fs::read_to_string(host_vol.join("from-ctr")).unwrap_or_default(),
+        "written in the container\n"
+    );
+    // The pod's hostname and DNS config, as containerd writes them.
+    let out = exec(rt, &sleeper, "cat /etc/hostname /etc/resolv.conf").await;
+    assert_eq!(
+        out,
+        "cri-path\nsearch hulltest.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
     rt.stop_container(cri::StopContainerRequest {
         container_id: sleeper.clone(),
         timeout: 2,
@@ -262,4 +305,28 @@ async fn checks(
         gone.map(|_| ()).map_err(|e| e.code()),
         Err(tonic::Code::NotFound)
     );
+
+    // One more, left for RemovePodSandbox to take away.
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod_id.into(),
+        config: Some(container("left", image, &["true"])),
+        sandbox_config: Some(pod_config.clone()),
+    })
+    .await
+    .expect("create left");
+}
+
+/// ExecSync `sh -c script`, which must exit 0; its stdout.
+async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> String {
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .expect("exec sync")
+        .into_inner();
+    assert_eq!(out.exit_code, 0, "{script}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -1,6 +1,7 @@
 //! Containers in the pod VM: the OCI spec hulld builds for the agent, user lookups in the
 //! image, and (with the sandbox API) the container manager and exit watcher.
 
+pub mod etc;
 pub mod images;
 pub mod manager;
 pub mod oci;

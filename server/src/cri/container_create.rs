@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::super::CriService;
 use super::super::status::CriError;
 use crate::container::images::{ContainerImages, ImagesError};
-use crate::container::{spec, volumes};
+use crate::container::{etc, spec, volumes};
 use crate::sandbox::Sandbox;
 use crate::state::{ContainerRecord, ContainerState};
 
@@ -165,8 +165,17 @@ impl CriService {
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
         let guest_shared = Sandbox::GUEST_SHARED_DIR;
-        let mounts = volumes::prepare(&shared, guest_shared, id, &config.mounts)
+        let mut mounts = volumes::prepare(&shared, guest_shared, id, &config.mounts)
             .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
+        let etc_files = etc::prepare(
+            &shared,
+            guest_shared,
+            id,
+            (sandbox_config, &config),
+            Path::new("/etc/resolv.conf"),
+        )
+        .map_err(|e| CriError::internal("Writing /etc/hostname and /etc/resolv.conf", e))?;
+        mounts.extend(etc_files);
         make_mount_points(&rootfs, &mounts, &volumes::mounts_dir(&shared, id));
         let sysctls: BTreeMap<String, String> = sandbox_config
             .linux

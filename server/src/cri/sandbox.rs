@@ -55,6 +55,22 @@ impl CriService {
         req: cri::RemovePodSandboxRequest,
     ) -> Result<cri::RemovePodSandboxResponse, CriError> {
         info!(pod_id = %req.pod_sandbox_id, "RemovePodSandbox");
+        // The pod's containers go the RemoveContainer way first, so that their rootfs
+        // state in the image service goes with them.
+        let records = self
+            .daemon
+            .containers
+            .list_records()
+            .map_err(super::container::manager_error)?;
+        for r in records
+            .iter()
+            .filter(|r| r.sandbox_id == req.pod_sandbox_id)
+        {
+            self.do_remove_container(cri::RemoveContainerRequest {
+                container_id: r.id.clone(),
+            })
+            .await?;
+        }
         self.daemon.sandboxes.remove(&req.pod_sandbox_id).await?;
         Ok(cri::RemovePodSandboxResponse {})
     }
