@@ -56,16 +56,18 @@ impl CriService {
     ) -> Result<cri::RemovePodSandboxResponse, CriError> {
         info!(pod_id = %req.pod_sandbox_id, "RemovePodSandbox");
         // The pod's containers go the RemoveContainer way first, so that their rootfs
-        // state in the image service goes with them.
+        // state in the image service goes with them. The request may name the pod by a
+        // unique prefix of its id.
+        let pod_id = match self.daemon.sandboxes.get(&req.pod_sandbox_id) {
+            Some(sb) => sb.id().to_owned(),
+            None => req.pod_sandbox_id.clone(),
+        };
         let records = self
             .daemon
             .containers
             .list_records()
             .map_err(super::container::manager_error)?;
-        for r in records
-            .iter()
-            .filter(|r| r.sandbox_id == req.pod_sandbox_id)
-        {
+        for r in records.iter().filter(|r| r.sandbox_id == pod_id) {
             self.do_remove_container(cri::RemoveContainerRequest {
                 container_id: r.id.clone(),
             })

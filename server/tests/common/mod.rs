@@ -109,6 +109,53 @@ impl Drop for Hulld {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Pod VMMs outlive hulld by design; a test that failed before removing its pods
+        // must not leave their VMs, netns or mounts on the machine.
+        reap_leftovers(self.dir.path());
+    }
+}
+
+/// Kills every process whose command line names `root`, then deletes the netns and
+/// mounts of the sandboxes whose run dirs are below it.
+fn reap_leftovers(root: &Path) {
+    let needle = root.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
+            eprintln!("test cleanup: killing leftover pid {pid}");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let sandboxes = root.join("run/sandboxes");
+    for entry in std::fs::read_dir(&sandboxes)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let netns = Path::new("/run/netns").join(format!("hull-{id}"));
+        if netns.exists() {
+            eprintln!("test cleanup: deleting leftover netns {}", netns.display());
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &format!("hull-{id}")])
+                .status();
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(needle.as_str()))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
