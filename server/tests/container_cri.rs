@@ -17,20 +17,6 @@ use hull_cri_api::client::RuntimeServiceClient;
 use sandbox_common::PodEnv;
 use tonic::transport::Channel;
 
-fn push_test_images(host: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../test/images/build.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg(host)
-        .output()
-        .expect("run test/images/build.sh");
-    assert!(
-        out.status.success(),
-        "test/images/build.sh failed (needs umoci, skopeo, busybox-static):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn container(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -86,7 +72,7 @@ async fn pull_run_create_start_log_exec_stop_remove() {
     let env = PodEnv::new();
     let reg = registry::TestRegistry::start();
     let h = reg.host();
-    push_test_images(&h);
+    common::push_test_images(&h);
     let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
     let mut config = std::fs::read_to_string(&hulld.config_path).unwrap();
     config.push_str(&format!(

@@ -16,25 +16,11 @@ fn spec(image: &str) -> Option<cri::ImageSpec> {
     })
 }
 
-fn push_test_images(host: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../test/images/build.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg(host)
-        .output()
-        .expect("run test/images/build.sh");
-    assert!(
-        out.status.success(),
-        "test/images/build.sh failed (needs umoci, skopeo, busybox-static):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_list_status_fsinfo_remove_across_restart() {
     let reg = registry::TestRegistry::start();
     let h = reg.host();
-    push_test_images(&h);
+    common::push_test_images(&h);
     let extra = format!(
         "[registry.hosts.\"registry.k8s.io\"]\nmirrors = [{{ endpoint = \"http://{h}\" }}]\nupstream = false\n[registry.hosts.\"{h}\"]\nplain_http = true\n"
     );

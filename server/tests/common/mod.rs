@@ -159,6 +159,22 @@ fn reap_leftovers(root: &Path) {
     }
 }
 
+/// Builds the test images (test/images/build.sh: umoci + skopeo from busybox-static) and
+/// pushes them to the registry at `host`.
+pub fn push_test_images(host: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../test/images/build.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(host)
+        .output()
+        .expect("run test/images/build.sh");
+    assert!(
+        out.status.success(),
+        "test/images/build.sh failed (needs umoci, skopeo, busybox-static):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A gRPC channel over a unix socket, the way kubelet connects.
 pub async fn connect(socket: &Path) -> Channel {
     let socket = socket.to_owned();
