@@ -7,6 +7,9 @@
 # `cargo install` into /usr/local/cargo-tools (packaging/guest/install-tools.sh).
 set -euo pipefail
 
+# cargo from rustup may not be on a non-login shell's PATH.
+export HOME="${HOME:-/root}"
+export PATH="$PATH:$HOME/.cargo/bin"
 log() { printf '[deps %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 APT_PACKAGES=(

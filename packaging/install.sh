@@ -14,6 +14,9 @@
 #       kubelet --container-runtime-endpoint unix:///run/hull/hull.sock ...
 set -euo pipefail
 
+# cargo from rustup may not be on a non-login shell's PATH.
+export HOME="${HOME:-/root}"
+export PATH="$PATH:$HOME/.cargo/bin"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf '[install %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 [[ $EUID -eq 0 ]] || { log "run me as root"; exit 1; }

@@ -10,6 +10,9 @@
 # and pull from a real registry they start on 127.0.0.1.
 set -euo pipefail
 
+# cargo from rustup may not be on a non-login shell's PATH.
+export HOME="${HOME:-/root}"
+export PATH="$PATH:$HOME/.cargo/bin"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 log() { printf '[test %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
