@@ -6,8 +6,8 @@
 # 1. installs build/runtime dependencies (packaging/deps.sh),
 # 2. builds hulld, hull-vmm and hull-agent in release mode and installs them to /usr/local/bin,
 # 3. builds the guest kernel + initramfs into /var/lib/hull/guest (cached; ~12 min the first time),
-# 4. installs /etc/hull/config.toml and the pod network /etc/cni/net.d/10-hull-bridge.conflist
-#    (each only if absent),
+# 4. installs /etc/hull/config.toml, the pod network /etc/cni/net.d/10-hull-bridge.conflist
+#    and /etc/crictl.yaml pointing crictl at hull (each only if absent),
 # 5. starts hulld: with systemd when it runs, else in the background (log /var/log/hull/hulld.log).
 #
 # Then: crictl --runtime-endpoint unix:///run/hull/hull.sock info
@@ -39,6 +39,9 @@ if ! ls /etc/cni/net.d/*.conf* >/dev/null 2>&1; then
     install -m 0644 "$REPO/packaging/cni/10-hull-bridge.conflist" /etc/cni/net.d/
 fi
 install -m 0644 "$REPO/README.md" /usr/local/share/doc/hull/README.md
+if [[ ! -e /etc/crictl.yaml ]]; then
+    printf 'runtime-endpoint: unix:///run/hull/hull.sock\nimage-endpoint: unix:///run/hull/hull.sock\ntimeout: 60\n' >/etc/crictl.yaml
+fi
 /usr/local/bin/hulld --config /etc/hull/config.toml --print-config >/dev/null
 
 if [[ -d /run/systemd/system ]]; then
