@@ -23,17 +23,7 @@ fn status(err: ImageError) -> Status {
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::Internal => Code::Internal,
     };
-    let mut msg = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    Status::new(code, msg)
+    Status::new(code, super::status::full_message(&err))
 }
 
 fn image_name(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {

@@ -55,7 +55,7 @@ impl CriError {
 }
 
 /// The message with every `source()` in the chain, so the client sees the root cause.
-fn full_message(err: &dyn std::error::Error) -> String {
+pub(crate) fn full_message(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
