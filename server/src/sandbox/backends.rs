@@ -28,6 +28,10 @@ pub trait AgentConnector: Send + Sync {
         client: AgentClient<Channel>,
         req: pb::SetupSandboxRequest,
     ) -> Result<(), tonic::Status>;
+    /// Asks the guest to stop its containers and power off (the VMM then exits).
+    async fn shutdown(&self, mut client: AgentClient<Channel>) -> Result<(), tonic::Status> {
+        client.shutdown(pb::ShutdownRequest {}).await.map(|_| ())
+    }
 }
 
 /// The real agent: gRPC over the VMM's hybrid vsock.
