@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use hull_vm::vmm::builder;
-use hull_vm::vmm::config::{BlkConfig, VmmConfig, VsockConfig};
+use hull_vm::vmm::config::{BlkConfig, FsConfig, NetConfig, VmmConfig, VsockConfig};
 use hull_vm::vmm::event_loop::EventLoop;
 use hull_vm::vmm::exit::ExitReason;
 
@@ -45,6 +45,18 @@ struct Args {
     blk: Option<PathBuf>,
     #[arg(long)]
     blk_read_only: bool,
+    /// Tap device (in hull-vmm's network namespace) for a virtio-net NIC.
+    #[arg(long)]
+    net_tap: Option<String>,
+    /// The NIC's MAC (aa:bb:cc:dd:ee:ff); needs --net-tap.
+    #[arg(long)]
+    net_mac: Option<String>,
+    /// virtiofsd's vhost-user socket for a virtio-fs device; needs --fs-tag.
+    #[arg(long)]
+    fs_socket: Option<PathBuf>,
+    /// The virtio-fs mount tag; needs --fs-socket.
+    #[arg(long)]
+    fs_tag: Option<String>,
     /// Instead of running a VM: connect to the hybrid-vsock socket at this path, ask for
     /// `--probe-port` (`CONNECT <port>`), print the answer and exit 0 on `OK`.
     #[arg(long)]
@@ -90,6 +102,16 @@ fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
         (None, None) => None,
         _ => anyhow::bail!("--vsock-cid and --vsock-uds go together"),
     };
+    let net = match (args.net_tap, args.net_mac) {
+        (Some(tap), mac) => Some(NetConfig { tap, mac }),
+        (None, None) => None,
+        (None, Some(_)) => anyhow::bail!("--net-mac needs --net-tap"),
+    };
+    let fs = match (args.fs_socket, args.fs_tag) {
+        (Some(socket), Some(tag)) => Some(FsConfig { socket, tag }),
+        (None, None) => None,
+        _ => anyhow::bail!("--fs-socket and --fs-tag go together"),
+    };
     let config = VmmConfig {
         id: args.id,
         vcpus: args.vcpus,
@@ -105,6 +127,8 @@ fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
             path,
             read_only: args.blk_read_only,
         }),
+        net,
+        fs,
     };
     config.validate()?;
     Ok(config)

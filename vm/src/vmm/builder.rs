@@ -51,6 +51,8 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("This hull-vmm build has no {0} device yet")]
+    Unsupported(&'static str),
     #[error("Failed to create a virtio-mmio transport")]
     CreateTransport(#[from] MmioError),
     #[error("Too many virtio devices (GSIs {first}..={last} are all used)")]
@@ -195,6 +197,12 @@ fn load_guest(
 /// Build the VM described by `config`.
 pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
     config.validate()?;
+    if config.net.is_some() {
+        return Err(BuildError::Unsupported("virtio-net"));
+    }
+    if config.fs.is_some() {
+        return Err(BuildError::Unsupported("virtio-fs"));
+    }
     let exit = Arc::new(ExitSignal::new()?);
     let ram = GuestRam::new(config.memory_mib)?;
     let vm = KvmVm::new(KvmVmOptions::default())?;

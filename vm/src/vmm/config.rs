@@ -31,6 +31,45 @@ pub struct BlkConfig {
     pub read_only: bool,
 }
 
+/// A virtio-net NIC on an existing tap device, opened by name in hull-vmm's network
+/// namespace (hull-vmm runs inside the pod's netns, where the CNI made the tap).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap interface name, e.g. `tap0` (at most 15 bytes).
+    pub tap: String,
+    /// The guest NIC's MAC, `aa:bb:cc:dd:ee:ff`; when absent the guest picks a random one.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// A virtio-fs device served by a vhost-user backend (virtiofsd) listening on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// virtiofsd's vhost-user socket (it must be listening when hull-vmm starts).
+    pub socket: PathBuf,
+    /// The mount tag the guest uses (`mount -t virtiofs <tag> /mnt`), 1..=36 bytes.
+    pub tag: String,
+}
+
+/// Longest virtio-fs tag (the config space field is 36 bytes).
+pub const MAX_FS_TAG_LEN: usize = 36;
+
+/// Parse `aa:bb:cc:dd:ee:ff` (hex, either case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// A full hull-vmm configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +99,10 @@ pub struct VmmConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub blk: Option<BlkConfig>,
+    #[serde(default)]
+    pub net: Option<NetConfig>,
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
 }
 
 /// Errors in a configuration, found before anything is created.
@@ -85,6 +128,14 @@ pub enum ConfigError {
     Missing { what: &'static str, path: String },
     #[error("vsock guest_cid must be at least 3, got {0}")]
     GuestCid(u32),
+    #[error("net tap name must be 1..=15 bytes without '/' or whitespace, got {0:?}")]
+    TapName(String),
+    #[error("net mac must look like aa:bb:cc:dd:ee:ff and be unicast, got {0:?}")]
+    Mac(String),
+    #[error("fs tag must be 1..={MAX_FS_TAG_LEN} bytes, got {0:?}")]
+    FsTag(String),
+    #[error("fs socket must be an absolute path, got {0}")]
+    FsSocket(String),
 }
 
 impl VmmConfig {
@@ -132,6 +183,48 @@ impl VmmConfig {
         {
             return Err(ConfigError::GuestCid(vsock.guest_cid));
         }
+        if let Some(net) = &self.net {
+            net.validate()?;
+        }
+        if let Some(fs) = &self.fs {
+            fs.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl NetConfig {
+    /// The tap name fits `IFNAMSIZ` and the MAC parses as a unicast address.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad_char = |c: char| c == '/' || c.is_whitespace() || c == '\0';
+        if self.tap.is_empty() || self.tap.len() > 15 || self.tap.contains(bad_char) {
+            return Err(ConfigError::TapName(self.tap.clone()));
+        }
+        if let Some(mac) = &self.mac {
+            match parse_mac(mac) {
+                // Bit 0 of the first byte set = multicast, not a NIC address.
+                Some(bytes) if bytes[0] & 1 == 0 => {}
+                _ => return Err(ConfigError::Mac(mac.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The MAC as bytes (`None` when not configured); call after [`Self::validate`].
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.mac.as_deref().and_then(parse_mac)
+    }
+}
+
+impl FsConfig {
+    /// The tag fits the config space and the socket path is absolute.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_LEN || self.tag.contains('\0') {
+            return Err(ConfigError::FsTag(self.tag.clone()));
+        }
+        if !self.socket.is_absolute() {
+            return Err(ConfigError::FsSocket(self.socket.display().to_string()));
+        }
         Ok(())
     }
 }
@@ -153,6 +246,8 @@ mod tests {
             rng: false,
             vsock: None,
             blk: None,
+            net: None,
+            fs: None,
         }
     }
 
@@ -198,6 +293,85 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::GuestCid(2))));
         let path = dir.path().join("bad.json");
         std::fs::write(&path, r#"{"vcpus":1,"unknown":1}"#).unwrap();
+        assert!(matches!(
+            VmmConfig::from_file(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn net_and_fs_parse_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let path = dir.path().join("c.json");
+        let json = format!(
+            r#"{{"vcpus":1,"memory_mib":128,"kernel":"{}",
+                "net":{{"tap":"tap0","mac":"02:00:0A:00:00:05"}},
+                "fs":{{"socket":"/run/hull/p/virtiofsd.sock","tag":"hullfs"}}}}"#,
+            kernel.display()
+        );
+        std::fs::write(&path, json).unwrap();
+        let c = VmmConfig::from_file(&path).unwrap();
+        let net = c.net.unwrap();
+        assert_eq!(net.tap, "tap0");
+        assert_eq!(net.mac_bytes(), Some([2, 0, 0x0a, 0, 0, 5]));
+        let fs = c.fs.unwrap();
+        assert_eq!(
+            (fs.tag.as_str(), fs.socket.to_str()),
+            ("hullfs", Some("/run/hull/p/virtiofsd.sock"))
+        );
+
+        let net = |tap: &str, mac: Option<&str>| NetConfig {
+            tap: tap.into(),
+            mac: mac.map(Into::into),
+        };
+        assert!(net("tap0", None).validate().is_ok());
+        assert!(net("tap0", None).mac_bytes().is_none());
+        for tap in ["", "a/b", "tap 0", "sixteen-bytes-xx"] {
+            assert!(
+                matches!(net(tap, None).validate(), Err(ConfigError::TapName(_))),
+                "{tap}"
+            );
+        }
+        for mac in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0g:00:00:00:00:00",
+            "01:00:00:00:00:00",
+            "2:00:00:00:00:000",
+        ] {
+            assert!(
+                matches!(net("tap0", Some(mac)).validate(), Err(ConfigError::Mac(_))),
+                "{mac}"
+            );
+        }
+        let fs = |socket: &str, tag: &str| FsConfig {
+            socket: socket.into(),
+            tag: tag.into(),
+        };
+        assert!(fs("/s", &"t".repeat(36)).validate().is_ok());
+        assert!(matches!(
+            fs("/s", "").validate(),
+            Err(ConfigError::FsTag(_))
+        ));
+        assert!(matches!(
+            fs("/s", &"t".repeat(37)).validate(),
+            Err(ConfigError::FsTag(_))
+        ));
+        assert!(matches!(
+            fs("rel.sock", "t").validate(),
+            Err(ConfigError::FsSocket(_))
+        ));
+        let mut c = base(kernel);
+        c.fs = Some(fs("/s", ""));
+        assert!(matches!(c.validate(), Err(ConfigError::FsTag(_))));
+        std::fs::write(
+            &path,
+            r#"{"vcpus":1,"memory_mib":128,"kernel":"/k","net":{"tap":"t","x":1}}"#,
+        )
+        .unwrap();
         assert!(matches!(
             VmmConfig::from_file(&path),
             Err(ConfigError::Parse { .. })
