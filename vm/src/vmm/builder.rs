@@ -11,8 +11,10 @@ use super::boot::{self, BootError, LoadedInitrd};
 use super::config::{BASE_CMDLINE, ConfigError, VmmConfig};
 use super::devices::blk::Blk;
 use super::devices::bus::{Bus, BusError};
+use super::devices::fs::{Fs, FsError};
 use super::devices::i8042::I8042;
 use super::devices::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use super::devices::net::{Net, TapError};
 use super::devices::rng::Rng;
 use super::devices::serial::SerialDevice;
 use super::devices::virtio::VirtioDevice;
@@ -51,8 +53,10 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
-    #[error("This hull-vmm build has no {0} device yet")]
-    Unsupported(&'static str),
+    #[error("Failed to open the tap for virtio-net")]
+    CreateNet(#[from] TapError),
+    #[error("Failed to set up virtio-fs with its vhost-user backend")]
+    CreateFs(#[from] FsError),
     #[error("Failed to create a virtio-mmio transport")]
     CreateTransport(#[from] MmioError),
     #[error("Too many virtio devices (GSIs {first}..={last} are all used)")]
@@ -197,12 +201,6 @@ fn load_guest(
 /// Build the VM described by `config`.
 pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
     config.validate()?;
-    if config.net.is_some() {
-        return Err(BuildError::Unsupported("virtio-net"));
-    }
-    if config.fs.is_some() {
-        return Err(BuildError::Unsupported("virtio-fs"));
-    }
     let exit = Arc::new(ExitSignal::new()?);
     let ram = GuestRam::new(config.memory_mib)?;
     let vm = KvmVm::new(KvmVmOptions::default())?;
@@ -236,6 +234,12 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
             source,
         })?;
         devices.push(Box::new(device));
+    }
+    if let Some(net) = &config.net {
+        devices.push(Box::new(Net::new(&net.tap, net.mac_bytes())?));
+    }
+    if let Some(fs) = &config.fs {
+        devices.push(Box::new(Fs::new(&fs.socket, &fs.tag)?));
     }
     for (index, device) in (0u32..).zip(devices) {
         let (_, arg) = attach_virtio_device(&vm, &mut mmio, &ram, &exit, index, device)?;

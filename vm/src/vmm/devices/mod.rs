@@ -3,8 +3,10 @@
 
 pub mod blk;
 pub mod bus;
+pub mod fs;
 pub mod i8042;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod serial;
 #[cfg(test)]

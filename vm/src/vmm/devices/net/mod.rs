@@ -1,0 +1,202 @@
+//! virtio-net on the pod's tap device: queue 0 = RX (tap → guest), queue 1 = TX.
+//!
+//! Features: VIRTIO_F_VERSION_1 and, when a MAC is configured, VIRTIO_NET_F_MAC. No
+//! checksum/segmentation offloads and no mergeable RX buffers: every frame fits one RX chain
+//! behind a 12-byte header. One device thread owns the tap and both queues; it watches the
+//! tap only while the guest has RX buffers (backpressure: a guest that stops refilling RX
+//! leaves frames in the tap's queue, where the kernel drops them when it is full).
+
+pub mod queues;
+pub mod tap;
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+
+use virtio_queue::Queue;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::virtio::{
+    ActivateError, Activation, ActivationSender, VIRTIO_F_VERSION_1, VirtioDevice, device_type,
+    spawn_device_thread,
+};
+use crate::vmm::exit::ExitReason;
+pub use queues::{NetError, NetQueues, NetStats};
+pub use tap::{TapError, open_tap};
+
+/// The device has a MAC in its config space.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// Queue size of RX and TX.
+pub const QUEUE_SIZE: u16 = 256;
+
+const RX: usize = 0;
+const TX: usize = 1;
+const TAP_TOKEN: u64 = 2;
+const STOP_TOKEN: u64 = 3;
+const EXIT_TOKEN: u64 = 4;
+
+/// The virtio-net device. The tap is opened at creation (before seccomp).
+#[derive(Debug)]
+pub struct Net {
+    mac: Option<[u8; 6]>,
+    worker: ActivationSender,
+}
+
+impl Net {
+    /// A NIC on tap `tap_name` in the current netns.
+    pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, TapError> {
+        let tap = open_tap(tap_name)?;
+        Self::with_tap(tap, mac).map_err(|source| TapError::Attach {
+            name: tap_name.to_string(),
+            source,
+        })
+    }
+
+    /// A NIC on an already open frame fd (a tap, or a datagram socket in tests).
+    pub fn with_tap(tap: File, mac: Option<[u8; 6]>) -> std::io::Result<Self> {
+        let mut tap = Some(tap);
+        let worker = spawn_device_thread("net", move |mut a: Activation| {
+            let Some(file) = tap.take() else {
+                return;
+            };
+            let queues = std::mem::take(&mut a.queues);
+            let Ok([rxq, txq]) = <[Queue; 2]>::try_from(queues) else {
+                tracing::error!("virtio-net: bad activation");
+                tap = Some(file);
+                return;
+            };
+            let mut q = NetQueues::new(a.mem.clone(), rxq, txq, a.interrupt.clone(), file);
+            if let Err(err) = run(&mut q, &a) {
+                tracing::error!(error = %err, "virtio-net: device stopped");
+                let reason = match err {
+                    RunError::Net(NetError::BadQueue(_) | NetError::Queue(_)) => {
+                        ExitReason::GuestCrash
+                    }
+                    _ => ExitReason::VmmError,
+                };
+                a.exit.stop(reason);
+            }
+            tracing::info!(stats = ?q.stats, "virtio-net: activation ended");
+            tap = Some(q.tap);
+        })?;
+        Ok(Self { mac, worker })
+    }
+}
+
+/// Why the device thread stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("Failed to set up or wait on the device epoll")]
+    Epoll(#[source] std::io::Error),
+}
+
+fn add(epoll: &Epoll, fd: RawFd, token: u64) -> Result<(), RunError> {
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )
+        .map_err(RunError::Epoll)
+}
+
+/// Clear queue `index`'s notification eventfd.
+fn drain(a: &Activation, index: usize) {
+    if let Some(evt) = a.queue_evts.get(index) {
+        let _ = evt.read();
+    }
+}
+
+/// Serve one activation until reset or VM exit.
+pub fn run(q: &mut NetQueues, a: &Activation) -> Result<(), RunError> {
+    let epoll = Epoll::new().map_err(RunError::Epoll)?;
+    for (token, evt) in (0u64..).zip(a.queue_evts.iter()) {
+        add(&epoll, evt.as_raw_fd(), token)?;
+    }
+    add(&epoll, a.stop_evt.as_raw_fd(), STOP_TOKEN)?;
+    add(&epoll, a.exit.eventfd().as_raw_fd(), EXIT_TOKEN)?;
+    let tap_fd = q.tap.as_raw_fd();
+    add(&epoll, tap_fd, TAP_TOKEN)?;
+    let mut tap_watched = true;
+    let mut events = [EpollEvent::default(); 8];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RunError::Epoll(e)),
+        };
+        let mut tx_used = false;
+        for ev in &events[..n] {
+            match ev.data() {
+                STOP_TOKEN | EXIT_TOKEN => return Ok(()),
+                t if t == TX as u64 => {
+                    drain(a, TX);
+                    tx_used |= q.process_tx()?;
+                }
+                t if t == RX as u64 => drain(a, RX),
+                _ => {} // the tap is readable: the RX pass below
+            }
+        }
+        let rx = q.process_rx()?;
+        q.notify(rx.used, tx_used)?;
+        // Backpressure: watch the tap only while the guest has buffers for its frames.
+        if rx.starved == tap_watched {
+            let op = if rx.starved {
+                ControlOperation::Delete
+            } else {
+                ControlOperation::Add
+            };
+            epoll
+                .ctl(op, tap_fd, EpollEvent::new(EventSet::IN, TAP_TOKEN))
+                .map_err(RunError::Epoll)?;
+            tap_watched = !rx.starved;
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 2]
+    }
+
+    fn device_features(&self) -> u64 {
+        let mac = if self.mac.is_some() {
+            VIRTIO_NET_F_MAC
+        } else {
+            0
+        };
+        VIRTIO_F_VERSION_1 | mac
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config: mac[6] (only with VIRTIO_NET_F_MAC), then fields for
+        // features we do not offer.
+        let config = self.mac.unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start
+            .checked_add(data.len())
+            .and_then(|end| config.get(start..end))
+        {
+            Some(src) => data.copy_from_slice(src),
+            None => data.fill(0),
+        }
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        if a.queues.len() != 2 {
+            return Err(ActivateError::QueueCount {
+                got: a.queues.len(),
+                want: 2,
+            });
+        }
+        self.worker.send(a)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
