@@ -18,6 +18,10 @@ pub struct VmState {
     pub live: BTreeSet<String>,
     pub fail_start: bool,
     pub fail_stop: bool,
+    /// VMs that were still running when their handle's `stop` was called (killed).
+    pub killed: Vec<String>,
+    /// The grace each `stop` was given.
+    pub stop_graces: Vec<Duration>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -52,12 +56,15 @@ impl VmHandle for FakeVm {
     fn console_log(&self) -> PathBuf {
         self.run_dir.join("console.log")
     }
-    async fn stop(&self, _grace: Duration) -> Result<VmExit, HypervisorError> {
+    async fn stop(&self, grace: Duration) -> Result<VmExit, HypervisorError> {
         let mut s = self.state.lock().unwrap();
         if s.fail_stop {
             return Err(HypervisorError::Stop("injected stop failure".into()));
         }
-        s.live.remove(&self.id);
+        s.stop_graces.push(grace);
+        if s.live.remove(&self.id) {
+            s.killed.push(self.id.clone());
+        }
         Ok(VmExit::Shutdown)
     }
     fn is_running(&self) -> bool {
@@ -98,11 +105,27 @@ impl Hypervisor for FakeHypervisor {
     }
 }
 
+/// What the fake agent does on `Shutdown`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownBehaviour {
+    /// Answers, and every VM of [`AgentState::vms`] powers off (tests run one pod).
+    #[default]
+    PowerOff,
+    /// Answers, but the guest keeps running.
+    Ignore,
+    /// Never answers (a hung guest).
+    Hang,
+}
+
 #[derive(Debug, Default)]
 pub struct AgentState {
     pub fail_connect: bool,
     pub fail_setup: bool,
     pub setups: Vec<pb::SetupSandboxRequest>,
+    pub shutdown: ShutdownBehaviour,
+    pub shutdowns: usize,
+    /// The hypervisor fake's VMs, which `PowerOff` ends.
+    pub vms: Option<Arc<Mutex<VmState>>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -140,6 +163,22 @@ impl AgentConnector for FakeAgent {
             ));
         }
         s.setups.push(req);
+        Ok(())
+    }
+    async fn shutdown(&self, _client: AgentClient<Channel>) -> Result<(), tonic::Status> {
+        let behaviour = {
+            let mut s = self.state.lock().unwrap();
+            s.shutdowns += 1;
+            if s.shutdown == ShutdownBehaviour::PowerOff
+                && let Some(vms) = &s.vms
+            {
+                vms.lock().unwrap().live.clear();
+            }
+            s.shutdown
+        };
+        if behaviour == ShutdownBehaviour::Hang {
+            std::future::pending::<()>().await;
+        }
         Ok(())
     }
 }

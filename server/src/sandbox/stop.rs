@@ -1,8 +1,11 @@
 //! StopPodSandbox and RemovePodSandbox. Both are idempotent and succeed for unknown ids
 //! (kubelet retries them, and calls them for sandboxes a restart already cleaned).
 //!
-//! Stop: VMM stopped (SIGTERM, SIGKILL after `vm.stop_grace_secs`; the backend also stops
-//! its helpers) → pod network torn down (tc, tap, CNI DEL from the cache, netns) → record
+//! Stop: the agent asked to shut down (its `Shutdown` RPC: containers killed, guest powered
+//! off, so the VMM exits by itself), within [`AGENT_SHUTDOWN_TIMEOUT`] → the VMM given the
+//! rest of `vm.stop_grace_secs` to exit → the backend's stop (SIGTERM, SIGKILL once the
+//! grace is over; helpers stopped; a grace of 0 skips the agent and kills at once) → pod
+//! network torn down (tc, tap, CNI DEL from the cache, netns) → record
 //! `notready`. The run dir (console log, shared dir) stays until Remove.
 //! Remove: Stop if needed → run dir removed → the pod's container records and its own
 //! record deleted → name released.
@@ -10,10 +13,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{Instrument, info, info_span};
+use hull_agent_api::AgentClient;
+use hull_vm::hypervisor::{VmExit, VmHandle};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tracing::{Instrument, info, info_span, warn};
 
 use super::{Sandbox, SandboxError, SandboxManager, lock, name_key};
 use crate::state::{ContainerRecord, SandboxRecord, SandboxState};
+
+/// How long the agent's `Shutdown` (connecting included) may take at StopPodSandbox; capped
+/// by the stop grace, which bounds the whole VM stop.
+pub const AGENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often Stop checks whether the VMM exited after the agent's `Shutdown`.
+const EXIT_POLL: Duration = Duration::from_millis(20);
 
 impl SandboxManager {
     /// StopPodSandbox; runs on its own task so a cancelled request still finishes.
@@ -57,14 +71,14 @@ impl SandboxManager {
     /// Stops the VM and tears down the network; the caller holds the pod lock.
     pub(crate) async fn stop_locked(&self, sb: &Sandbox) -> Result<(), SandboxError> {
         let t = std::time::Instant::now();
-        sb.agent.lock().await.take();
+        let client = sb.agent.lock().await.take();
         let vm = match sb.vm() {
             Some(vm) => Some(vm),
             None => self.reattach(sb).await,
         };
         if let Some(vm) = vm {
             let grace = Duration::from_secs(self.config.vm.stop_grace_secs);
-            let exit = vm.stop(grace).await.map_err(SandboxError::VmStop)?;
+            let exit = self.shutdown_vm(vm.as_ref(), client, grace).await?;
             info!(?exit, "VM stopped");
         }
         *lock(&sb.vm) = None;
@@ -79,6 +93,67 @@ impl SandboxManager {
         })?;
         info!(ms = t.elapsed().as_millis() as u64, "pod sandbox stopped");
         Ok(())
+    }
+
+    /// Asks the agent to shut the guest down, gives the VMM what is left of `grace` to exit,
+    /// then stops it through the backend (which kills it if it still runs and cleans up its
+    /// helpers). A guest whose agent does not answer costs at most `grace`.
+    async fn shutdown_vm(
+        &self,
+        vm: &dyn VmHandle,
+        client: Option<AgentClient<Channel>>,
+        grace: Duration,
+    ) -> Result<VmExit, SandboxError> {
+        let deadline = Instant::now() + grace;
+        if vm.is_running() && !grace.is_zero() {
+            let rpc_deadline = Instant::now() + AGENT_SHUTDOWN_TIMEOUT.min(grace);
+            let asked =
+                tokio::time::timeout_at(rpc_deadline, self.ask_shutdown(vm, client, rpc_deadline))
+                    .await;
+            match asked {
+                Ok(Ok(())) => {
+                    while vm.is_running() && Instant::now() < deadline {
+                        tokio::time::sleep(EXIT_POLL).await;
+                    }
+                    if vm.is_running() {
+                        warn!(
+                            ?grace,
+                            "VM still running after the agent's shutdown; killing"
+                        );
+                    } else {
+                        info!("guest powered off");
+                    }
+                }
+                Ok(Err(e)) => warn!(error = %e, "agent shutdown failed; stopping the VMM"),
+                Err(_) => warn!(
+                    timeout = ?AGENT_SHUTDOWN_TIMEOUT.min(grace),
+                    "agent did not answer shutdown; stopping the VMM"
+                ),
+            }
+        }
+        let rest = deadline.saturating_duration_since(Instant::now());
+        vm.stop(rest).await.map_err(SandboxError::VmStop)
+    }
+
+    /// The agent's `Shutdown`, over the cached client or a new connection (after a restart).
+    async fn ask_shutdown(
+        &self,
+        vm: &dyn VmHandle,
+        client: Option<AgentClient<Channel>>,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let agent = &self.backends.agent;
+        let client = match client {
+            Some(c) => c,
+            None => agent
+                .connect(&vm.agent_socket(), deadline)
+                .await
+                .map_err(|e| super::error_chain(&e))?,
+        };
+        agent
+            .shutdown(client)
+            .await
+            .map_err(|s| s.message().to_owned())
     }
 
     async fn remove_locked(&self, sb: &Sandbox) -> Result<(), SandboxError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hull_cri_api as cri;
 use hull_network::fake::{FakeFailures, FakePodNetwork};
 
-use super::fakes::{FakeAgent, FakeHypervisor};
+use super::fakes::{FakeAgent, FakeHypervisor, ShutdownBehaviour};
 use super::*;
 use crate::config::Config;
 use crate::cri::status::CriError;
@@ -24,18 +24,26 @@ struct Env {
 }
 
 fn env() -> Env {
+    // No grace: Stop kills the fake VM at once without asking the agent, as before the
+    // shutdown step (the fake agent's PowerOff ends every VM, so tests of it run one pod).
+    env_with_grace(0)
+}
+
+fn env_with_grace(stop_grace_secs: u64) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
+    let mut config = Config {
         root_dir: dir.path().join("lib"),
         state_dir: dir.path().join("run"),
         ..Config::default()
     };
+    config.vm.stop_grace_secs = stop_grace_secs;
     std::fs::create_dir_all(&config.root_dir).unwrap();
     let config = Arc::new(config);
     let store = Store::open(&config.metadata_path(), &crate::state::tables()).unwrap();
     let net = Arc::new(FakePodNetwork::new());
     let vm = FakeHypervisor::default();
     let agent = FakeAgent::default();
+    agent.state.lock().unwrap().vms = Some(Arc::clone(&vm.state));
     let backends = Backends {
         network: net.clone(),
         hypervisor: Ok(Arc::new(vm.clone())),
@@ -373,4 +381,78 @@ async fn recovery_reattaches_marks_dead_and_unwinds_creating() {
     }
     assert!(e.net.live().is_empty() && e.vm.live().is_empty());
     assert!(e.store.list::<SandboxRecord>().unwrap().is_empty());
+}
+
+/// StopPodSandbox asks the agent to shut down first; a guest that powers off is not
+/// killed, one that ignores the request or whose agent hangs or is unreachable is killed
+/// once the grace (1 s here) is over, and never later.
+#[tokio::test]
+async fn stop_asks_the_agent_then_kills_within_the_grace() {
+    use std::time::{Duration, Instant};
+    let grace = Duration::from_secs(1);
+    // (agent behaviour, connect fails, restart first, killed, minimum duration)
+    let cases = [
+        (
+            ShutdownBehaviour::PowerOff,
+            false,
+            false,
+            false,
+            Duration::ZERO,
+        ),
+        (
+            ShutdownBehaviour::PowerOff,
+            false,
+            true,
+            false,
+            Duration::ZERO,
+        ),
+        (ShutdownBehaviour::Ignore, false, false, true, grace),
+        (ShutdownBehaviour::Hang, false, false, true, Duration::ZERO),
+        (ShutdownBehaviour::Hang, true, true, true, Duration::ZERO),
+    ];
+    for (behaviour, fail_connect, restart, killed, min) in cases {
+        let case = format!("{behaviour:?} fail_connect={fail_connect} restart={restart}");
+        let e = env_with_grace(grace.as_secs());
+        let id = e.mgr.run(request("web")).await.unwrap();
+        let mgr = if restart {
+            let mgr = e.restarted();
+            mgr.recover().await;
+            mgr
+        } else {
+            Arc::clone(&e.mgr)
+        };
+        {
+            let mut a = e.agent.state.lock().unwrap();
+            a.shutdown = behaviour;
+            a.fail_connect = fail_connect;
+        }
+        let t = Instant::now();
+        mgr.stop(&id).await.unwrap();
+        let took = t.elapsed();
+        let a = e.agent.state.lock().unwrap();
+        let v = e.vm.state.lock().unwrap();
+        let asked = usize::from(!fail_connect);
+        assert_eq!(a.shutdowns, asked, "{case}: Shutdown calls");
+        assert_eq!(v.killed.len(), usize::from(killed), "{case}: killed");
+        assert!(v.live.is_empty(), "{case}: VM left");
+        assert!(
+            took >= min,
+            "{case}: stopped after {took:?}, before {min:?}"
+        );
+        assert!(
+            took < grace + Duration::from_millis(500),
+            "{case}: stop took {took:?}, grace {grace:?}"
+        );
+        if behaviour == ShutdownBehaviour::PowerOff {
+            assert!(
+                took < grace / 2,
+                "{case}: powered-off guest waited {took:?}"
+            );
+        }
+        assert!(
+            v.stop_graces.iter().all(|g| *g <= grace),
+            "{case}: backend stop given {:?}",
+            v.stop_graces
+        );
+    }
 }
