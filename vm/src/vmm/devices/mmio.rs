@@ -162,6 +162,9 @@ impl MmioTransport {
             0x44 => queue.map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status(),
             0x70 => self.status,
+            // SHMLen/SHMBase: hull devices have no shared memory regions, and the spec's
+            // "no such region" is all ones (Linux reads a 0 length as a region at 0).
+            0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
             0xfc => self.config_generation,
             _ => {
                 tracing::debug!(offset, "read of unknown virtio-mmio register");
@@ -181,6 +184,8 @@ impl MmioTransport {
             }
             QUEUE_NOTIFY_OFFSET => self.notify(value),
             0x64 => self.interrupt.ack(value),
+            0xac => {} // SHMSel: every region reads as absent
+
             0x70 => self.write_status(value),
             _ => tracing::debug!(offset, "write of unknown virtio-mmio register"),
         }

@@ -175,3 +175,12 @@ fn interrupt_ack_clears_status() {
     assert_eq!(rd(&mut t, 0x60), 0);
     let _ = GuestAddress(0);
 }
+
+#[test]
+fn no_shared_memory_regions() {
+    let mut t = transport();
+    wr(&mut t, 0xac, 0);
+    for off in [0xb0, 0xb4, 0xb8, 0xbc] {
+        assert_eq!(rd(&mut t, off), u32::MAX, "register {off:#x}");
+    }
+}
