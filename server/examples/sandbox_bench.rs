@@ -5,6 +5,10 @@
 //!
 //! `sandbox_bench <socket> [runs] [label]` — test/bench/sandbox_bench.sh runs it against
 //! hulld and against containerd+runc with the same conflist.
+//!
+//! Environment: `SANDBOX_BENCH_LOG_DIR` (the pods' log directories go under it, default
+//! /tmp/sandbox-bench-logs), `SANDBOX_BENCH_JSON` (also write the percentiles there as
+//! `{"label", "runs", "phases": {phase: {"p50", "p90"}}}`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,7 +35,7 @@ async fn connect(socket: PathBuf) -> anyhow::Result<RuntimeServiceClient<Channel
     Ok(RuntimeServiceClient::new(channel))
 }
 
-fn request(i: usize) -> cri::RunPodSandboxRequest {
+fn request(i: usize, log_dir: &str) -> cri::RunPodSandboxRequest {
     cri::RunPodSandboxRequest {
         config: Some(cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
@@ -41,7 +45,7 @@ fn request(i: usize) -> cri::RunPodSandboxRequest {
                 attempt: 0,
             }),
             hostname: format!("bench-{i}"),
-            log_directory: format!("/tmp/sandbox-bench-logs/{i}"),
+            log_directory: format!("{log_dir}/{i}"),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: String::new(),
                 ..Default::default()
@@ -73,12 +77,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let runs: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(20);
     let label = args.next().unwrap_or_else(|| socket.display().to_string());
+    let log_dir =
+        std::env::var("SANDBOX_BENCH_LOG_DIR").unwrap_or_else(|_| "/tmp/sandbox-bench-logs".into());
     let mut rt = connect(socket).await?;
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for i in 0..runs {
         let t = Instant::now();
         let id = rt
-            .run_pod_sandbox(request(i))
+            .run_pod_sandbox(request(i, &log_dir))
             .await
             .with_context(|| format!("RunPodSandbox #{i}"))?
             .into_inner()
@@ -124,24 +130,33 @@ async fn main() -> anyhow::Result<()> {
             .or_default()
             .push(ms(t.elapsed()));
     }
-    if let Some(v) = samples.get("hulld: total").cloned() {
-        // What hull controls: everything but the guest's boot to agent-ready.
-        let boot = samples
-            .get("hulld: agent_ready")
-            .cloned()
-            .unwrap_or_default();
-        let own = v.iter().zip(boot.iter()).map(|(t, b)| t - b).collect();
-        samples.insert("hulld: total - agent_ready".into(), own);
+    if let Some(boot) = samples.get("hulld: agent_ready").cloned() {
+        // What hull controls: everything but the guest's boot to agent-ready, per run.
+        for (total, own) in [
+            ("hulld: total", "hulld: total - agent_ready"),
+            (
+                "client: RunPodSandbox",
+                "client: RunPodSandbox - agent_ready",
+            ),
+        ] {
+            let v = samples.get(total).cloned().unwrap_or_default();
+            let rest = v.iter().zip(boot.iter()).map(|(t, b)| t - b).collect();
+            samples.insert(own.into(), rest);
+        }
     }
     println!("{label}: {runs} sequential RunPodSandbox (+Stop+Remove), milliseconds");
-    println!("{:<34} {:>9} {:>9}", "phase", "p50", "p90");
+    println!("{:<38} {:>9} {:>9}", "phase", "p50", "p90");
+    let mut phases = serde_json::Map::new();
     for (phase, mut v) in samples {
         v.sort_by(|a, b| a.total_cmp(b));
-        println!(
-            "{phase:<34} {:>9.1} {:>9.1}",
-            percentile(&v, 50.0),
-            percentile(&v, 90.0)
-        );
+        let (p50, p90) = (percentile(&v, 50.0), percentile(&v, 90.0));
+        println!("{phase:<38} {p50:>9.1} {p90:>9.1}");
+        phases.insert(phase, serde_json::json!({ "p50": p50, "p90": p90 }));
+    }
+    if let Ok(path) = std::env::var("SANDBOX_BENCH_JSON") {
+        let doc = serde_json::json!({ "label": label, "runs": runs, "phases": phases });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {path}"))?;
     }
     Ok(())
 }
