@@ -150,6 +150,69 @@ async fn each_run_step_failing_leaves_nothing() {
     .await;
 }
 
+/// A guest that does not answer at StopPodSandbox (its VMM is frozen with SIGSTOP) is
+/// killed once the stop grace is over: Stop takes no longer than the agent's shutdown
+/// deadline plus the grace, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_of_a_hung_guest_is_bounded_by_the_grace() {
+    let env = PodEnv::new();
+    let grace = std::time::Duration::from_secs(3);
+    let vm = [
+        ("agent_timeout_secs", "120".to_string()),
+        ("stop_grace_secs", grace.as_secs().to_string()),
+    ];
+    let mut hulld = env.hulld(&env.conflist(&[]), &vm);
+    hulld.start();
+    let mut rt = hulld.runtime().await;
+    let id = rt
+        .run_pod_sandbox(pod("hung"))
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let pid = info["vmmPid"].as_i64().expect("vmmPid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGSTOP)
+        .expect("SIGSTOP the VMM");
+
+    let t = std::time::Instant::now();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .expect("stop");
+    let took = t.elapsed();
+    // The grace bounds the VMM; stopping its helpers and the network comes on top.
+    let bound = grace + std::time::Duration::from_secs(3);
+    assert!(
+        took < bound,
+        "stop of a hung guest took {took:?} (bound {bound:?})"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "VMM {pid} still there after stop"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .expect("remove");
+    let mut left = env.network_leftovers();
+    left.extend(sandbox_common::sandbox_leftovers(
+        &hulld.root().join("run"),
+        &id,
+    ));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
 /// A gzip'd newc initramfs whose /init is busybox (its `init` applet): a guest that boots
 /// and runs, but has no agent.
 fn no_agent_initramfs(dir: &std::path::Path) -> std::path::PathBuf {

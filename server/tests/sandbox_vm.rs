@@ -259,13 +259,33 @@ async fn two_pods_get_vms_ips_traffic_and_leave_nothing() {
     }
 
     // Stop (twice), Remove of the READY pod b directly, Remove again, unknown ids.
+    // Stop asks the agent to shut down first (over a new connection: hulld restarted), so
+    // the guest powers off by itself, well within the grace (5 s).
+    let console = info_a["consoleLog"].as_str().unwrap().to_owned();
     for _ in 0..2 {
+        let t = std::time::Instant::now();
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: a.clone(),
         })
         .await
         .expect("stop a");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "stop took {:?}",
+            t.elapsed()
+        );
     }
+    let console = std::fs::read_to_string(&console).expect("console log");
+    assert!(
+        console.contains("hull-agent: powering off"),
+        "the guest was not shut down by its agent; console tail: {}",
+        console
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let (st, _) = status(&mut rt, &a).await;
     assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
     for id in [&a, &b, &a] {
