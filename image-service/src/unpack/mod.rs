@@ -12,6 +12,7 @@
 
 mod layer;
 mod scoped;
+mod spread;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,7 @@ impl LayerStore {
     pub fn open(root: &Path) -> Result<Self> {
         let root = root.join("layers");
         std::fs::create_dir_all(&root).map_err(ImageError::fs("Create layer dir", &root))?;
+        spread::mark_topdir(&root);
         let boot_file = root.join(".boot_id");
         let now = std::fs::read_to_string(BOOT_ID).unwrap_or_default();
         let rebooted = std::fs::read_to_string(&boot_file)
