@@ -27,6 +27,12 @@ use crate::error::{ImageError, Result};
 /// A mirror endpoint is `scheme://host[:port]`; the repository path is kept
 /// (`registry.k8s.io/pause:3.10` is fetched as `127.0.0.1:5000/pause:3.10`) and the image
 /// keeps its original name in `RepoTags`. Plain http is used only where configured.
+///
+/// A mirror may also carry the registry API path with a prefix, as containerd's
+/// `hosts.toml` `server = "http://127.0.0.1:5000/v2/prefix"` (a pull-through cache that
+/// serves each upstream under its own project): `registry.k8s.io/pause:3.10` is then
+/// fetched from `http://127.0.0.1:5000/v2/prefix/pause/manifests/3.10`. The path must
+/// start with `/v2`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -66,7 +72,8 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
-    /// `http://host:port` or `https://host[:port]`.
+    /// `http://host:port` or `https://host[:port]`, optionally with an API path
+    /// `/v2/<prefix>` (`http://127.0.0.1:5000/v2/mirrors/k8s`).
     pub endpoint: String,
     /// Skip TLS verification (https only).
     pub skip_verify: bool,
@@ -153,12 +160,34 @@ impl Default for RegistryConfig {
 pub(crate) struct Endpoint {
     /// `host[:port]`, as used in the rewritten reference.
     pub host: String,
+    /// Repository prefix from the mirror's `/v2/<prefix>` path (empty: none).
+    pub repo_prefix: String,
     pub plain_http: bool,
     pub skip_verify: bool,
     pub ca_file: Option<PathBuf>,
     /// Credentials configured for this endpoint (mirror or host).
     pub auth: Option<AuthConfig>,
     pub is_mirror: bool,
+}
+
+impl Endpoint {
+    /// The repository as named at this endpoint (behind its prefix, if any).
+    pub(crate) fn repository(&self, repo: &str) -> String {
+        if self.repo_prefix.is_empty() {
+            repo.to_string()
+        } else {
+            format!("{}/{repo}", self.repo_prefix)
+        }
+    }
+
+    /// `host[:port][/v2/<prefix>]`, for messages.
+    pub(crate) fn display(&self) -> String {
+        if self.repo_prefix.is_empty() {
+            self.host.clone()
+        } else {
+            format!("{}/v2/{}", self.host, self.repo_prefix)
+        }
+    }
 }
 
 impl std::hash::Hash for AuthConfig {
@@ -197,10 +226,11 @@ impl RegistryConfig {
         };
         let mut out = Vec::with_capacity(cfg.mirrors.len() + 1);
         for m in &cfg.mirrors {
-            let (plain_http, host) = parse_endpoint(&m.endpoint)
+            let (plain_http, host, repo_prefix) = parse_endpoint(&m.endpoint)
                 .map_err(|e| ImageError::Config(format!("mirror {:?}: {e}", m.endpoint)))?;
             out.push(Endpoint {
                 host,
+                repo_prefix,
                 plain_http,
                 skip_verify: m.skip_verify,
                 ca_file: m.ca_file.clone(),
@@ -224,6 +254,7 @@ fn upstream(registry: &str, cfg: &HostConfig) -> Endpoint {
     };
     Endpoint {
         host: host.to_string(),
+        repo_prefix: String::new(),
         plain_http: cfg.plain_http,
         skip_verify: cfg.skip_verify,
         ca_file: cfg.ca_file.clone(),
@@ -232,8 +263,8 @@ fn upstream(registry: &str, cfg: &HostConfig) -> Endpoint {
     }
 }
 
-/// `http://h:p` → (true, "h:p"); `https://h` → (false, "h").
-fn parse_endpoint(endpoint: &str) -> std::result::Result<(bool, String), String> {
+/// `http://h:p` → (true, "h:p", ""); `https://h/v2/a/b` → (false, "h", "a/b").
+fn parse_endpoint(endpoint: &str) -> std::result::Result<(bool, String, String), String> {
     let (plain, rest) = if let Some(r) = endpoint.strip_prefix("http://") {
         (true, r)
     } else if let Some(r) = endpoint.strip_prefix("https://") {
@@ -241,11 +272,28 @@ fn parse_endpoint(endpoint: &str) -> std::result::Result<(bool, String), String>
     } else {
         return Err("must start with http:// or https://".into());
     };
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') || host.contains('@') {
-        return Err("must be scheme://host[:port] without a path".into());
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() || host.contains('@') || host.contains(['?', '#']) {
+        return Err("must be scheme://host[:port][/v2/<prefix>]".into());
     }
-    Ok((plain, host.to_string()))
+    let path = path.trim_matches('/');
+    let prefix = match path.strip_prefix("v2") {
+        _ if path.is_empty() => "",
+        Some("") => "",
+        Some(p) if p.starts_with('/') => p.trim_start_matches('/'),
+        _ => return Err("a path must be the registry API root, /v2[/<prefix>]".into()),
+    };
+    let valid = |c: &str| {
+        !c.is_empty()
+            && c != "."
+            && c != ".."
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    if !prefix.is_empty() && !prefix.split('/').all(valid) {
+        return Err(format!("bad repository prefix {prefix:?}"));
+    }
+    Ok((plain, host.to_string(), prefix.to_string()))
 }
 
 #[cfg(test)]
@@ -293,5 +341,48 @@ mod tests {
         let bad: RegistryConfig =
             toml::from_str("[hosts.x]\nmirrors = [{ endpoint = \"ftp://x\" }]").unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn mirror_api_path_gives_a_repository_prefix() {
+        let ok = [
+            ("http://127.0.0.1:5000", "127.0.0.1:5000", ""),
+            ("http://127.0.0.1:5000/", "127.0.0.1:5000", ""),
+            ("http://127.0.0.1:5000/v2", "127.0.0.1:5000", ""),
+            ("http://127.0.0.1:5000/v2/", "127.0.0.1:5000", ""),
+            (
+                "http://127.0.0.1:5000/v2/prefix",
+                "127.0.0.1:5000",
+                "prefix",
+            ),
+            (
+                "https://m.example/v2/cache/k8s.io/",
+                "m.example",
+                "cache/k8s.io",
+            ),
+        ];
+        for (endpoint, host, prefix) in ok {
+            let (_, h, p) = parse_endpoint(endpoint).unwrap();
+            assert_eq!((h.as_str(), p.as_str()), (host, prefix), "{endpoint}");
+        }
+        for bad in [
+            "http://h/prefix",
+            "http://h/v2x",
+            "http://h/v2/../x",
+            "http://h/v2/UPPER",
+            "http://h/v2/a//b",
+            "http://u@h/v2",
+            "http:///v2",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        let mut cfg = RegistryConfig::default();
+        cfg.hosts.get_mut("registry.k8s.io").unwrap().mirrors[0].endpoint =
+            "http://127.0.0.1:5000/v2/mirrors/k8s".into();
+        cfg.validate().unwrap();
+        let eps = cfg.endpoints("registry.k8s.io").unwrap();
+        assert_eq!(eps[0].host, "127.0.0.1:5000");
+        assert_eq!(eps[0].repo_prefix, "mirrors/k8s");
+        assert_eq!(cfg.endpoints("gcr.io").unwrap()[0].repo_prefix, "");
     }
 }

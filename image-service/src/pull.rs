@@ -9,7 +9,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tracing::Instrument as _;
 
 use crate::config::AuthConfig;
-use crate::content::Digest;
+use crate::content::{BlobStream, Digest};
 use crate::error::{ImageError, Result};
 use crate::meta::{ImageRecord, LayerRecord};
 use crate::registry::Session;
@@ -54,7 +54,8 @@ impl ImageService {
         let started = Instant::now();
         let _gc = self.inner.gc_lock.read().await;
         let resolved = self.inner.registry.resolve(&reference, auth).await?;
-        tracing::info!(endpoint = %resolved.session.host, manifest = %resolved.manifest_digest, "resolved");
+        let resolve_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(endpoint = %resolved.session.host, manifest = %resolved.manifest_digest, ms = resolve_ms, "resolved");
         for (d, b) in &resolved.documents {
             self.inner.content.write_bytes(d, b)?;
         }
@@ -65,8 +66,8 @@ impl ImageService {
         let session = &resolved.session;
         self.inner
             .content
-            .ensure(&config_digest, config_size, || {
-                session.blob(&config_digest, &m.config.media_type, m.config.size)
+            .ensure(&config_digest, config_size, |offset| {
+                session.blob(&config_digest, &m.config.media_type, config_size, offset)
             })
             .await?;
         let config = manifest::parse_config(
@@ -103,10 +104,13 @@ impl ImageService {
             .iter()
             .map(|l| self.fetch_blob(session, l, &progress))
             .collect();
+        let fetch_started = Instant::now();
         futures::stream::iter(fetches)
             .buffer_unordered(n)
             .try_collect::<Vec<()>>()
             .await?;
+        let fetch_ms = fetch_started.elapsed().as_millis() as u64;
+        let unpack_started = Instant::now();
         let unpacks: Vec<_> = layers
             .iter()
             .map(|l| self.unpack_layer(l, &progress))
@@ -115,6 +119,7 @@ impl ImageService {
             .buffer_unordered(n)
             .try_collect::<Vec<()>>()
             .await?;
+        let unpack_ms = unpack_started.elapsed().as_millis() as u64;
         let (uid, username) =
             manifest::user_of(config.config.and_then(|c| c.user).as_deref().unwrap_or(""));
         let repo = format!("{}/{}", reference.registry(), reference.repository());
@@ -144,6 +149,9 @@ impl ImageService {
             id = %rec.id,
             layers = rec.layers.len(),
             bytes = progress.bytes.load(Ordering::Relaxed),
+            resolve_ms,
+            fetch_ms,
+            unpack_ms,
             ms = started.elapsed().as_millis() as u64,
             "image pulled"
         );
@@ -218,15 +226,18 @@ impl ImageService {
         progress: &Progress,
     ) -> Result<()> {
         let digest = Digest::parse(&l.digest)?;
-        let size = i64::try_from(l.size).unwrap_or(i64::MAX);
+        let d = &digest;
         let fetched = self
             .inner
             .content
-            .ensure(&digest, l.size, || async {
-                let s = session.blob(&digest, &l.media_type, size).await?;
-                Ok(s.inspect_ok(|b| {
-                    progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                }))
+            .ensure(d, l.size, |offset| async move {
+                let s = session.blob(d, &l.media_type, l.size, offset).await?;
+                Ok(BlobStream {
+                    stream: s.stream.inspect_ok(|b| {
+                        progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }),
+                    offset: s.offset,
+                })
             })
             .await?;
         tracing::debug!(layer = %digest, fetched, "blob present");

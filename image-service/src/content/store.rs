@@ -1,15 +1,10 @@
 //! Blobs under `<root>/blobs/sha256/<hex>`, written atomically: a temp file under
-//! `<root>/tmp`, hashed while written, fsynced, checked against its digest, then renamed.
-//! Content whose digest does not match never reaches `blobs/`.
+//! `<root>/tmp`, hashed while written, fsynced, checked against its digest, then renamed
+//! (downloads: see `ingest`). Content whose digest does not match never reaches `blobs/`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use bytes::Bytes;
-use futures::{Stream, StreamExt as _};
-use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt as _;
 
 use super::Digest;
 use crate::error::{ImageError, Result};
@@ -19,21 +14,23 @@ use crate::locks::KeyedLocks;
 pub struct ContentStore {
     blobs: PathBuf,
     tmp: PathBuf,
-    locks: KeyedLocks,
-    fetched: AtomicU64,
+    pub(super) locks: KeyedLocks,
+    pub(super) fetched: AtomicU64,
     tmp_seq: AtomicU64,
 }
 
+/// Partial downloads older than this are dropped on open instead of resumed.
+const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl ContentStore {
-    /// Opens (creating) the store under `root`, dropping leftovers of interrupted writes.
+    /// Opens (creating) the store under `root`, dropping leftovers of interrupted writes
+    /// except recent partial downloads, which later pulls resume.
     pub fn open(root: &Path) -> Result<Self> {
         let blobs = root.join("blobs").join("sha256");
         let tmp = root.join("tmp");
         std::fs::create_dir_all(&blobs).map_err(ImageError::fs("Create blob dir", &blobs))?;
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(ImageError::fs("Clean temp dir", &tmp))?;
-        }
         std::fs::create_dir_all(&tmp).map_err(ImageError::fs("Create temp dir", &tmp))?;
+        clean_tmp(&tmp)?;
         Ok(Self {
             blobs,
             tmp,
@@ -94,86 +91,9 @@ impl ContentStore {
         self.commit(&tmp, digest)
     }
 
-    /// Ensures the blob is present: if it is not, runs `open_stream` and writes what it yields.
-    /// Concurrent callers for one digest share one download (the others wait, then find it).
-    /// `max_size` bounds the blob (its descriptor's size).
-    pub async fn ensure<F, Fut, S>(
-        &self,
-        digest: &Digest,
-        max_size: u64,
-        open_stream: F,
-    ) -> Result<bool>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<S>>,
-        S: Stream<Item = std::io::Result<Bytes>> + Unpin,
-    {
-        if self.contains(digest) {
-            return Ok(false);
-        }
-        let _guard = self.locks.lock(digest.as_str()).await;
-        if self.contains(digest) {
-            return Ok(false);
-        }
-        let stream = open_stream().await?;
-        self.fetched.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp_path(digest);
-        let res = self.write_stream(&tmp, digest, max_size, stream).await;
-        if let Err(e) = res {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        self.commit(&tmp, digest)?;
-        Ok(true)
-    }
-
-    async fn write_stream<S>(
-        &self,
-        tmp: &Path,
-        digest: &Digest,
-        max: u64,
-        mut stream: S,
-    ) -> Result<()>
-    where
-        S: Stream<Item = std::io::Result<Bytes>> + Unpin,
-    {
-        let f = tokio::fs::File::create(tmp)
-            .await
-            .map_err(ImageError::fs("Create temp blob", tmp))?;
-        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| ImageError::FetchBlob {
-                digest: digest.to_string(),
-                source,
-            })?;
-            written += chunk.len() as u64;
-            if written > max {
-                return Err(ImageError::SizeLimit {
-                    what: digest.to_string(),
-                    limit: max,
-                });
-            }
-            hasher.update(&chunk);
-            w.write_all(&chunk)
-                .await
-                .map_err(ImageError::fs("Write temp blob", tmp))?;
-        }
-        w.flush()
-            .await
-            .map_err(ImageError::fs("Write temp blob", tmp))?;
-        let actual = Digest::from_hasher(hasher);
-        if &actual != digest {
-            return Err(ImageError::DigestMismatch {
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        w.into_inner()
-            .sync_all()
-            .await
-            .map_err(ImageError::fs("Sync temp blob", tmp))
+    /// Where a download of `digest` is written (and kept if it breaks, to resume).
+    pub(super) fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.tmp.join(format!("{}.partial", digest.hex()))
     }
 
     fn tmp_path(&self, digest: &Digest) -> PathBuf {
@@ -182,7 +102,7 @@ impl ContentStore {
             .join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
     }
 
-    fn commit(&self, tmp: &Path, digest: &Digest) -> Result<()> {
+    pub(super) fn commit(&self, tmp: &Path, digest: &Digest) -> Result<()> {
         let dst = self.path(digest);
         std::fs::rename(tmp, &dst).map_err(ImageError::fs("Commit blob", &dst))?;
         std::fs::File::open(&self.blobs)
@@ -218,59 +138,28 @@ impl ContentStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stream_of(parts: &[&'static [u8]]) -> impl Stream<Item = std::io::Result<Bytes>> + Unpin {
-        futures::stream::iter(
-            parts
-                .iter()
-                .map(|p| Ok(Bytes::from_static(p)))
-                .collect::<Vec<_>>(),
-        )
+/// Removes everything in the temp dir but partial downloads younger than a day.
+fn clean_tmp(tmp: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(tmp).map_err(ImageError::fs("List temp dir", tmp))?;
+    for e in rd.flatten() {
+        let p = e.path();
+        let keep = p.extension().is_some_and(|x| x == "partial")
+            && e.metadata().is_ok_and(|m| {
+                m.is_file()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age < PARTIAL_MAX_AGE)
+            });
+        if keep {
+            continue;
+        }
+        let res = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        res.map_err(ImageError::fs("Clean temp dir", &p))?;
     }
-
-    #[tokio::test]
-    async fn ingest_verifies_and_skips_present() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
-        let d = Digest::of(b"hello world");
-        let fetched = store
-            .ensure(&d, 100, || async { Ok(stream_of(&[b"hello ", b"world"])) })
-            .await
-            .unwrap();
-        assert!(fetched);
-        assert_eq!(store.read(&d, 100).unwrap(), b"hello world");
-        let again = store
-            .ensure(&d, 100, || async { Ok(stream_of(&[b"zzz"])) })
-            .await
-            .unwrap();
-        assert!(!again);
-        assert_eq!(store.fetched_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn mismatch_and_oversize_store_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
-        let d = Digest::of(b"good");
-        let err = store
-            .ensure(&d, 100, || async { Ok(stream_of(&[b"evil"])) })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
-        let err = store
-            .ensure(&d, 2, || async { Ok(stream_of(&[b"good"])) })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ImageError::SizeLimit { .. }), "{err}");
-        assert!(store.list().unwrap().is_empty());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
-        assert!(store.write_bytes(&d, b"bad").is_err());
-        assert!(!store.contains(&d));
-    }
+    Ok(())
 }

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use oci_client::client::{
-    Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
 };
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
@@ -16,7 +17,7 @@ use oci_client::{Client, Reference};
 use super::auth::registry_auth;
 use super::manifest::{self, ImageManifest, Parsed};
 use crate::config::{AuthConfig, Endpoint, RegistryConfig};
-use crate::content::Digest;
+use crate::content::{BlobStream, Digest};
 use crate::error::{ImageError, Result};
 
 /// Cached clients at most; the cache is dropped whole when full.
@@ -118,7 +119,7 @@ impl Registry {
             match self.resolve_at(ep, reference, auth).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    tracing::warn!(endpoint = %ep.host, error = %e, "endpoint failed");
+                    tracing::warn!(endpoint = %ep.display(), error = %e, "endpoint failed");
                     if matches!(
                         e.code(),
                         crate::ErrorKind::NotFound | crate::ErrorKind::Unauthenticated
@@ -152,7 +153,7 @@ impl Registry {
             Some(c) => match registry_auth(c)? {
                 Some(a) => a,
                 None => RegistryAuth::Bearer(
-                    identity_token_exchange(ep, reference.repository(), c).await?,
+                    identity_token_exchange(ep, &ep.repository(reference.repository()), c).await?,
                 ),
             },
             None => RegistryAuth::Anonymous,
@@ -160,23 +161,16 @@ impl Registry {
         // An exchanged access token expires: such clients are not cached.
         let cache = creds.as_ref().is_none_or(|c| c.identity_token.is_empty());
         let client = self.client(ep, &creds, cache)?;
+        let repo = ep.repository(reference.repository());
         let at = match (reference.tag(), reference.digest()) {
-            (_, Some(d)) => {
-                Reference::with_digest(ep.host.clone(), reference.repository().into(), d.into())
-            }
-            (Some(t), None) => {
-                Reference::with_tag(ep.host.clone(), reference.repository().into(), t.into())
-            }
-            (None, None) => Reference::with_tag(
-                ep.host.clone(),
-                reference.repository().into(),
-                "latest".into(),
-            ),
+            (_, Some(d)) => Reference::with_digest(ep.host.clone(), repo.clone(), d.into()),
+            (Some(t), None) => Reference::with_tag(ep.host.clone(), repo.clone(), t.into()),
+            (None, None) => Reference::with_tag(ep.host.clone(), repo.clone(), "latest".into()),
         };
         let session = Session {
             client,
             at,
-            host: ep.host.clone(),
+            host: ep.display(),
             original: reference.whole(),
         };
         session
@@ -286,23 +280,47 @@ impl Session {
         Ok((actual, bytes))
     }
 
-    /// Opens the byte stream of a blob.
+    /// Opens the byte stream of a blob of `size` bytes from `offset` on, with a range
+    /// request (`Range: bytes=<offset>-`, also for 0: a `206` answer is not re-hashed by
+    /// the client, the content store hashes every byte anyway). A registry that ignores
+    /// the range answers with the whole blob: the stream then starts at 0.
     pub(crate) async fn blob(
         &self,
         digest: &Digest,
         media_type: &str,
-        size: i64,
-    ) -> Result<SizedStream> {
+        size: u64,
+        offset: u64,
+    ) -> Result<BlobStream<BoxStream<'static, std::io::Result<bytes::Bytes>>>> {
         let desc = OciDescriptor {
             media_type: media_type.to_string(),
             digest: digest.to_string(),
-            size,
+            size: i64::try_from(size).unwrap_or(i64::MAX),
             ..OciDescriptor::default()
         };
-        self.client
-            .pull_blob_stream(&self.at, &desc)
+        let resp = self
+            .client
+            .pull_blob_stream_partial(&self.at, &desc, offset, None)
             .await
-            .map_err(|e| self.classify(e))
+            .map_err(|e| self.classify(e))?;
+        match resp {
+            BlobResponse::Full(s) => Ok(BlobStream {
+                stream: s.stream,
+                offset: 0,
+            }),
+            BlobResponse::Partial(s) => match s.content_length {
+                Some(n) if n != size.saturating_sub(offset) => Err(ImageError::FetchBlob {
+                    digest: digest.to_string(),
+                    source: std::io::Error::other(format!(
+                        "asked for {} bytes from {offset}, the registry sends {n}",
+                        size.saturating_sub(offset)
+                    )),
+                }),
+                _ => Ok(BlobStream {
+                    stream: s.stream,
+                    offset,
+                }),
+            },
+        }
     }
 
     /// Maps a client error to hull's kinds: not found, refused, or other.
