@@ -114,7 +114,7 @@ fn stored_blob(env: &Env, digest: &str) -> Vec<u8> {
         .root()
         .join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"));
-    std::fs::read(p).unwrap()
+    std::fs::read(p).expect("stored blob")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
