@@ -5,6 +5,7 @@
 //! TCG otherwise) and `hull` (hull-vmm, hull's own monitor on rust-vmm crates, the default on
 //! hosts with hardware virtualization). The `hull-vmm` binary lives in this crate too.
 
+pub mod hull;
 pub mod hypervisor;
 pub mod qemu;
 pub mod vmm;

@@ -1,0 +1,373 @@
+//! The hull backend: hull-vmm (this crate's own monitor, `vm/src/vmm`) plus `virtiofsd`
+//! for the pod's shared dir. Same process model as the qemu backend: both run detached
+//! from hulld (own session, pid files in the VM's run dir), hull-vmm inside the pod's netns
+//! for its tap, so a restarted hulld can [`Hypervisor::reattach`]. hull-vmm serves the
+//! guest's vsock itself on the hybrid-vsock socket (`CONNECT <port>\n` → `OK <port>\n`),
+//! so no vsock helper is needed.
+//!
+//! Start: validate → virtiofsd (wait for its socket) → write `hull-vmm.json` → hull-vmm
+//! → wait for its control API socket (it binds it once the VM is built and the vCPUs
+//! run). Any failure terminates what was started and removes sockets, pid files and the
+//! config. Stop: SIGTERM (hull-vmm shuts the VM down, exit code 5), SIGKILL after the grace
+//! period, then virtiofsd, then the files; console and logs are kept.
+
+pub mod detect;
+pub mod files;
+// The process helpers are shared with the qemu backend: one file, compiled here too,
+// because `qemu::procs` is private to a module this backend's owner does not edit.
+#[allow(
+    clippy::duplicate_mod,
+    reason = "qemu::procs is private; making it pub(crate) removes this second copy"
+)]
+#[path = "../qemu/procs.rs"]
+mod procs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use files::RunFiles;
+use procs::Proc;
+use tokio::sync::Mutex;
+
+use crate::hypervisor::{
+    AGENT_READY_MARKER, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle,
+};
+use crate::qemu::{argv, find_program};
+
+/// How long hull-vmm gets to build the VM (bind its API socket), and virtiofsd its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// How long virtiofsd gets to exit on SIGTERM at stop.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// How often `wait_agent_ready` reads the console.
+const READY_POLL: Duration = Duration::from_millis(10);
+/// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API), see `ExitReason`.
+const EXIT_API_SHUTDOWN: i32 = 5;
+
+/// Where the backend finds its programs.
+#[derive(Debug, Clone)]
+pub struct HullConfig {
+    pub vmm: PathBuf,
+    pub virtiofsd: PathBuf,
+}
+
+impl Default for HullConfig {
+    /// hull-vmm next to the running program (hulld and hull-vmm are installed together),
+    /// else from PATH; virtiofsd from PATH or the cargo-install dirs.
+    fn default() -> Self {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("hull-vmm")))
+            .filter(|p| p.is_file());
+        Self {
+            vmm: beside.unwrap_or_else(|| find_program("hull-vmm")),
+            virtiofsd: find_program("virtiofsd"),
+        }
+    }
+}
+
+pub struct HullHypervisor {
+    config: HullConfig,
+}
+
+impl HullHypervisor {
+    pub fn new(config: HullConfig) -> Self {
+        Self { config }
+    }
+}
+
+fn invalid(msg: String) -> HypervisorError {
+    HypervisorError::InvalidConfig(msg)
+}
+
+fn must_exist(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(HypervisorError::Missing {
+            what,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Checks everything that can be checked before a process starts; hull-vmm's own
+/// validation of the generated config runs here too, so its errors come back typed.
+fn validate(config: &VmConfig, programs: &HullConfig) -> Result<(), HypervisorError> {
+    let id_ok = !config.id.is_empty()
+        && config.id.len() <= 64
+        && config
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !id_ok {
+        return Err(invalid(format!(
+            "id {:?} must be 1-64 of [A-Za-z0-9_-]",
+            config.id
+        )));
+    }
+    if config.cmdline.contains(['\n', '\0']) {
+        return Err(invalid("kernel cmdline contains a newline or NUL".into()));
+    }
+    must_exist("hull-vmm", &programs.vmm)?;
+    if let Some(dir) = &config.shared_dir {
+        must_exist("shared dir", dir)?;
+        must_exist("virtiofsd (cargo install virtiofsd)", &programs.virtiofsd)?;
+    }
+    if let Some(ns) = &config.netns {
+        must_exist("netns", ns)?;
+    }
+    files::vmm_config(config, &RunFiles::new(&config.run_dir))
+        .validate()
+        .map_err(|e| invalid(error_chain(&e)))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+/// The last lines of a log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Waits until `path` exists while `proc_` lives.
+async fn wait_for_socket(path: &Path, proc_: &Proc, log: &Path) -> Result<(), HypervisorError> {
+    let deadline = Instant::now() + SOCKET_WAIT;
+    while !path.exists() {
+        if !proc_.alive() || Instant::now() >= deadline {
+            let why = match proc_.status().and_then(|s| s.code()) {
+                Some(code) => format!("exited with code {code}"),
+                None if proc_.alive() => "timed out".into(),
+                None => "died".into(),
+            };
+            return Err(HypervisorError::Boot(format!(
+                "{} {why} before creating {}: {}",
+                proc_.what,
+                path.display(),
+                log_tail(log)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn remove_files(files: &RunFiles) {
+    for f in files.transient() {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for HullHypervisor {
+    fn backend(&self) -> Backend {
+        Backend::Hull
+    }
+
+    async fn start(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
+        validate(config, &self.config)?;
+        let span = tracing::info_span!("vm_start", sandbox_id = %config.id);
+        let _enter = span.enter();
+        std::fs::create_dir_all(&config.run_dir).map_err(|source| HypervisorError::Io {
+            what: format!("run dir {}", config.run_dir.display()),
+            source,
+        })?;
+        let files = RunFiles::new(&config.run_dir);
+        remove_files(&files);
+        let _ = std::fs::remove_file(&files.console_log);
+        tracing::info!(
+            vcpus = config.vcpus,
+            memory_mib = config.memory_mib,
+            "starting hull-vmm"
+        );
+        let mut vm = HullVm {
+            files,
+            vmm: None,
+            virtiofsd: None,
+            stopped: Mutex::new(None),
+        };
+        match vm.launch(config, &self.config).await {
+            Ok(()) => Ok(Box::new(vm)),
+            Err(e) => {
+                tracing::warn!(error = %e, "VM start failed; cleaning up");
+                let _ = vm.stop(Duration::from_secs(1)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
+        let files = RunFiles::new(&config.run_dir);
+        if !files.vmm_pid.exists() {
+            return Err(HypervisorError::Missing {
+                what: "hull-vmm pid file",
+                path: files.vmm_pid.clone(),
+            });
+        }
+        let dir = &config.run_dir;
+        let vm = HullVm {
+            vmm: Proc::adopt("hull-vmm", &files.vmm_pid, dir),
+            virtiofsd: Proc::adopt("virtiofsd", &files.virtiofsd_pid, dir),
+            files,
+            stopped: Mutex::new(None),
+        };
+        tracing::info!(sandbox_id = %config.id, running = vm.is_running(), "re-attached to hull-vmm");
+        Ok(Box::new(vm))
+    }
+}
+
+/// A hull-vmm VM and its virtiofsd.
+pub struct HullVm {
+    files: RunFiles,
+    vmm: Option<Proc>,
+    virtiofsd: Option<Proc>,
+    stopped: Mutex<Option<VmExit>>,
+}
+
+impl HullVm {
+    /// hull-vmm's control API socket (status, metrics, shutdown; see `vmm::api`).
+    pub fn api_socket(&self) -> &Path {
+        &self.files.api_socket
+    }
+
+    async fn launch(
+        &mut self,
+        config: &VmConfig,
+        programs: &HullConfig,
+    ) -> Result<(), HypervisorError> {
+        let f = &self.files;
+        if let Some(dir) = &config.shared_dir {
+            let qf = argv::RunFiles::new(&config.run_dir);
+            let fs = Proc::spawn(
+                "virtiofsd",
+                &programs.virtiofsd,
+                &argv::virtiofsd_args(&qf, dir),
+                &f.virtiofsd_log,
+                None,
+                &f.virtiofsd_pid,
+            )?;
+            let fs = self.virtiofsd.insert(fs);
+            wait_for_socket(&f.fs_backend, fs, &f.virtiofsd_log).await?;
+        }
+        let json = serde_json::to_vec_pretty(&files::vmm_config(config, f))
+            .map_err(|e| invalid(format!("encoding the hull-vmm config: {e}")))?;
+        std::fs::write(&f.vmm_config, json).map_err(|source| HypervisorError::Io {
+            what: format!("hull-vmm config {}", f.vmm_config.display()),
+            source,
+        })?;
+        let netns = match &config.netns {
+            Some(path) => {
+                Some(
+                    std::fs::File::open(path).map_err(|source| HypervisorError::Io {
+                        what: format!("netns {}", path.display()),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let args = ["--config".into(), f.vmm_config.clone().into_os_string()];
+        let vmm = Proc::spawn(
+            "hull-vmm",
+            &programs.vmm,
+            &args,
+            &f.vmm_log,
+            netns.as_ref(),
+            &f.vmm_pid,
+        )?;
+        let vmm = self.vmm.insert(vmm);
+        wait_for_socket(&f.api_socket, vmm, &f.vmm_log).await?;
+        tracing::info!(pid = vmm.pid, "hull-vmm running");
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl VmHandle for HullVm {
+    fn pid(&self) -> u32 {
+        self.vmm.as_ref().map(|p| p.pid as u32).unwrap_or(0)
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.files.agent_socket.clone()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.files.console_log.clone()
+    }
+
+    async fn stop(&self, grace: Duration) -> Result<VmExit, HypervisorError> {
+        let mut stopped = self.stopped.lock().await;
+        if let Some(exit) = *stopped {
+            return Ok(exit);
+        }
+        let mut exit = VmExit::Shutdown;
+        if let Some(vmm) = &self.vmm {
+            let was_running = vmm.terminate(grace).await?;
+            if !was_running && let Some(status) = vmm.status() {
+                exit = exit_of(status);
+            }
+        }
+        if let Some(fs) = &self.virtiofsd {
+            fs.terminate(HELPER_GRACE).await?;
+        }
+        remove_files(&self.files);
+        tracing::info!(?exit, "VM stopped");
+        *stopped = Some(exit);
+        Ok(exit)
+    }
+
+    fn is_running(&self) -> bool {
+        self.vmm.as_ref().is_some_and(Proc::alive)
+    }
+
+    async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
+        let marker = AGENT_READY_MARKER.as_bytes();
+        loop {
+            // The console is guest output: only used as a hint of when to connect.
+            let console = std::fs::read(&self.files.console_log).unwrap_or_default();
+            if console.windows(marker.len()).any(|w| w == marker) {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return Err(HypervisorError::Boot(format!(
+                    "hull-vmm exited before the agent was ready: {} | console: {}",
+                    log_tail(&self.files.vmm_log),
+                    log_tail(&self.files.console_log)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(HypervisorError::Boot(format!(
+                    "agent not ready in time: {}",
+                    log_tail(&self.files.console_log)
+                )));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+}
+
+/// How a hull-vmm that exited by itself ended: 0 is a guest shutdown, 5 a shutdown someone
+/// asked for (the API); every other code or a signal is a failure (see `ExitReason`).
+fn exit_of(status: std::process::ExitStatus) -> VmExit {
+    use std::os::unix::process::ExitStatusExt;
+    match status.code() {
+        Some(0) | Some(EXIT_API_SHUTDOWN) => VmExit::Shutdown,
+        code => VmExit::Failed {
+            code,
+            signal: status.signal(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
