@@ -202,8 +202,8 @@ impl NetConfig {
         }
         if let Some(mac) = &self.mac {
             match parse_mac(mac) {
-                // Bit 0 of the first byte set = multicast, not a NIC address.
-                Some(bytes) if bytes[0] & 1 == 0 => {}
+                // Bit 0 of the first byte set = multicast; all zeros is no address either.
+                Some(bytes) if bytes[0] & 1 == 0 && bytes != [0; 6] => {}
                 _ => return Err(ConfigError::Mac(mac.clone())),
             }
         }
@@ -341,6 +341,7 @@ mod tests {
             "0g:00:00:00:00:00",
             "01:00:00:00:00:00",
             "2:00:00:00:00:000",
+            "00:00:00:00:00:00",
         ] {
             assert!(
                 matches!(net("tap0", Some(mac)).validate(), Err(ConfigError::Mac(_))),
