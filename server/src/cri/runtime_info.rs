@@ -34,6 +34,10 @@ impl CriService {
             info.insert("config".to_owned(), json);
             let backends = self.daemon.sandboxes.backends();
             info.insert("vmm".to_owned(), backends.backend_name());
+            info.insert(
+                "vmmReason".to_owned(),
+                crate::sandbox::Backends::vmm_reason(config.vm.vmm),
+            );
             if let Err(why) = &backends.hypervisor {
                 info.insert("vmmUnavailable".to_owned(), why.clone());
             }

@@ -2,11 +2,13 @@
 //! each behind a trait so the RunPodSandbox unwinding is unit-tested with fakes.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hull_agent_api::v1 as pb;
 use hull_agent_api::{AGENT_VSOCK_PORT, AgentClient, ConnectError};
 use hull_network::{PodNetwork, PodNetworkConfig, PodNetworking};
+use hull_vm::hull::detect::{KvmUnusable, kvm_boots_stock_guests};
+use hull_vm::hull::{HullConfig, HullHypervisor};
 use hull_vm::hypervisor::Hypervisor;
 use hull_vm::qemu::{QemuConfig, QemuHypervisor};
 use tonic::transport::Channel;
@@ -78,6 +80,12 @@ impl Backends {
         }
     }
 
+    /// Why hulld runs the pod VMM it runs for `vm.vmm = choice` (the decision
+    /// [`Backends::from_config`] made, for Status).
+    pub fn vmm_reason(choice: VmmChoice) -> String {
+        select_vmm(choice, host_kvm(), HullConfig::default()).1
+    }
+
     /// Name of the chosen backend (`qemu`, `hull`) or `unavailable`, for Status.
     pub fn backend_name(&self) -> String {
         match &self.hypervisor {
@@ -98,16 +106,101 @@ pub fn network_config(config: &Config) -> PodNetworkConfig {
     net
 }
 
-/// `auto`: hull-vmm where KVM boots stock guests and hull-vmm is wired as a backend,
-/// QEMU otherwise (this host's PVM KVM cannot boot stock guests, so QEMU with TCG).
-fn choose_hypervisor(choice: VmmChoice) -> Result<Arc<dyn Hypervisor>, String> {
-    let qemu = || Arc::new(QemuHypervisor::new(QemuConfig::default())) as Arc<dyn Hypervisor>;
-    match choice {
-        VmmChoice::Qemu | VmmChoice::Auto => Ok(qemu()),
-        VmmChoice::Hull => Err(
-            "vm.vmm = \"hull\" but the hull-vmm backend is not available as a pod VMM yet \
-             (it does not implement the Hypervisor trait); use vm.vmm = \"qemu\" or \"auto\""
-                .into(),
+/// The host's KVM check, made once per hulld (it reads /dev/kvm, /sys and /proc).
+fn host_kvm() -> &'static Result<(), KvmUnusable> {
+    static HOST_KVM: OnceLock<Result<(), KvmUnusable>> = OnceLock::new();
+    HOST_KVM.get_or_init(kvm_boots_stock_guests)
+}
+
+/// The pod VMM for `vm.vmm`, and why: `auto` takes hull-vmm where the host's KVM boots
+/// stock guests (VT-x/AMD-V, not PVM; see `hull_vm::hull::detect`) and the hull-vmm binary
+/// is installed, QEMU otherwise (TCG on a host without usable KVM). `hull` on a host that
+/// cannot run it is an error naming the reason, reported by Status and returned by
+/// RunPodSandbox as FailedPrecondition.
+pub fn select_vmm(
+    choice: VmmChoice,
+    host: &Result<(), KvmUnusable>,
+    hull: HullConfig,
+) -> (Result<Arc<dyn Hypervisor>, String>, String) {
+    let qemu = || Ok(Arc::new(QemuHypervisor::new(QemuConfig::default())) as Arc<dyn Hypervisor>);
+    let hull_ready = match host {
+        Err(why) => Err(format!(
+            "this host's KVM cannot boot stock Linux guests: {why}"
+        )),
+        Ok(()) if !hull.vmm.is_file() => Err(format!(
+            "the hull-vmm binary is not installed (looked for {})",
+            hull.vmm.display()
+        )),
+        Ok(()) => Ok(()),
+    };
+    match (choice, hull_ready) {
+        (VmmChoice::Qemu, _) => (qemu(), "vm.vmm = \"qemu\"".into()),
+        (VmmChoice::Hull | VmmChoice::Auto, Ok(())) => (
+            Ok(Arc::new(HullHypervisor::new(hull)) as Arc<dyn Hypervisor>),
+            format!("vm.vmm = {choice:?}: KVM boots stock guests here").to_lowercase(),
         ),
+        (VmmChoice::Auto, Err(why)) => (qemu(), format!("vm.vmm = auto: {why}; using QEMU")),
+        (VmmChoice::Hull, Err(why)) => {
+            let msg = format!(
+                "vm.vmm = \"hull\" but {why}; set vm.vmm = \"auto\" or \"qemu\" to run pods with QEMU"
+            );
+            (Err(msg.clone()), msg)
+        }
+    }
+}
+
+fn choose_hypervisor(choice: VmmChoice) -> Result<Arc<dyn Hypervisor>, String> {
+    let (hypervisor, reason) = select_vmm(choice, host_kvm(), HullConfig::default());
+    match &hypervisor {
+        Ok(h) => tracing::info!(backend = ?h.backend(), %reason, "pod VMM selected"),
+        Err(_) => tracing::error!(%reason, "no pod VMM: RunPodSandbox will fail"),
+    }
+    hypervisor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hull_vm::hypervisor::Backend;
+
+    fn hull_at(path: &std::path::Path) -> HullConfig {
+        HullConfig {
+            vmm: path.to_owned(),
+            virtiofsd: "/x".into(),
+        }
+    }
+
+    fn backend(r: &Result<Arc<dyn Hypervisor>, String>) -> Option<Backend> {
+        r.as_ref().ok().map(|h| h.backend())
+    }
+
+    #[test]
+    fn auto_picks_hull_only_where_kvm_boots_stock_guests() {
+        let exe = std::env::current_exe().expect("exe");
+        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(&exe));
+        assert_eq!(backend(&h), Some(Backend::Hull), "{why}");
+        let (h, why) = select_vmm(VmmChoice::Auto, &Err(KvmUnusable::Pvm), hull_at(&exe));
+        assert_eq!(backend(&h), Some(Backend::Qemu));
+        assert!(why.contains("PVM") && why.contains("QEMU"), "{why}");
+        let missing = std::path::Path::new("/nonexistent/hull-vmm");
+        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(missing));
+        assert_eq!(backend(&h), Some(Backend::Qemu));
+        assert!(why.contains("/nonexistent/hull-vmm"), "{why}");
+    }
+
+    #[test]
+    fn hull_where_it_cannot_run_is_an_error_naming_the_reason() {
+        let exe = std::env::current_exe().expect("exe");
+        let (h, why) = select_vmm(VmmChoice::Hull, &Err(KvmUnusable::Pvm), hull_at(&exe));
+        let err = h.err().expect("must be unavailable");
+        assert_eq!(err, why);
+        assert!(
+            err.contains("vm.vmm = \"hull\"") && err.contains("PVM"),
+            "{err}"
+        );
+        let (h, _) = select_vmm(VmmChoice::Hull, &Ok(()), hull_at(&exe));
+        assert_eq!(backend(&h), Some(Backend::Hull));
+        let (h, _) = select_vmm(VmmChoice::Qemu, &Ok(()), hull_at(&exe));
+        assert_eq!(backend(&h), Some(Backend::Qemu));
     }
 }
