@@ -16,6 +16,7 @@
 mod container;
 mod init;
 mod netcfg;
+mod output;
 mod portforward;
 mod reaper;
 mod sandbox;

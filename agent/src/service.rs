@@ -2,14 +2,14 @@
 //! [`crate::sandbox`], and map errors to status codes. Bad requests get
 //! `InvalidArgument`/`NotFound`/`AlreadyExists`/`FailedPrecondition`, never a crash.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hull_agent_api::v1::{self as pb, agent_server::Agent};
 use hull_agent_api::{AGENT_VSOCK_PORT, AgentServer, VERSION};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -17,7 +17,6 @@ use crate::container::{self, ContainerError, Containers, Output, cgroup};
 use crate::reaper::Reaper;
 use crate::sandbox::{self, SandboxError};
 
-const OUTPUT_CHUNK: usize = 32 * 1024;
 const OOM_POLL: Duration = Duration::from_millis(500);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -54,6 +53,32 @@ fn nanos(t: SystemTime) -> i64 {
 pub struct AgentService {
     containers: Arc<Containers>,
     oom: broadcast::Sender<pb::OomEvent>,
+}
+
+impl AgentService {
+    /// A reader of a process' output hub from `from` (`None`: from the current end).
+    fn output(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stream: i32,
+        from: Option<u64>,
+    ) -> Result<Response<BoxStream<pb::OutputChunk>>, Status> {
+        let which = match pb::OutputStream::try_from(stream) {
+            Ok(pb::OutputStream::Stdout) => Output::Stdout,
+            Ok(pb::OutputStream::Stderr) => Output::Stderr,
+            _ => return Err(Status::invalid_argument("stream must be STDOUT or STDERR")),
+        };
+        let process = self.containers.process(id, exec_id).map_err(status)?;
+        let rx = process.output(which).subscribe(from);
+        let chunks = ReceiverStream::new(rx).map(|(offset, data)| {
+            Ok(pb::OutputChunk {
+                data,
+                offset: Some(offset),
+            })
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
 }
 
 #[tonic::async_trait]
@@ -191,40 +216,41 @@ impl Agent for AgentService {
         req: Request<pb::ReadOutputRequest>,
     ) -> Result<Response<Self::ReadOutputStream>, Status> {
         let r = req.into_inner();
-        let which = match pb::OutputStream::try_from(r.stream) {
-            Ok(pb::OutputStream::Stdout) => Output::Stdout,
-            Ok(pb::OutputStream::Stderr) => Output::Stderr,
-            _ => return Err(Status::invalid_argument("stream must be STDOUT or STDERR")),
-        };
-        let process = self
-            .containers
-            .process(&r.container_id, &r.exec_id)
-            .map_err(status)?;
-        let file = process
-            .take_output(which)
-            .ok_or_else(|| Status::failed_precondition("stream already taken or absent"))?;
-        let (tx, rx) = mpsc::channel(8);
-        // A blocking reader: pipes and pty masters alike; EIO from a pty is its EOF.
-        tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let mut buf = vec![0u8; OUTPUT_CHUNK];
-            loop {
-                match file.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx
-                            .blocking_send(Ok(pb::OutputChunk {
-                                data: buf[..n].to_vec(),
-                            }))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        self.output(&r.container_id, &r.exec_id, r.stream, Some(0))
+    }
+
+    type ReadOutputFromStream = BoxStream<pb::OutputChunk>;
+
+    async fn read_output_from(
+        &self,
+        req: Request<pb::ReadOutputFromRequest>,
+    ) -> Result<Response<Self::ReadOutputFromStream>, Status> {
+        let r = req.into_inner();
+        let from = (!r.from_end).then_some(r.offset);
+        self.output(&r.container_id, &r.exec_id, r.stream, from)
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: Request<pb::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<pb::UpdateContainerResourcesResponse>, Status> {
+        let r = req.into_inner();
+        let c = self.containers.get(&r.container_id).map_err(status)?;
+        if c.init.exit().is_some() {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                r.container_id
+            )));
+        }
+        let resources = r.resources.unwrap_or_default();
+        let span = tracing::info_span!("update_resources", container_id = %r.container_id);
+        let _enter = span.enter();
+        cgroup::update(&c.cgroup, &resources).map_err(|e| match e {
+            cgroup::CgroupError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            other => Status::internal(format!("{other}: {}", source_chain(&other))),
+        })?;
+        tracing::info!("resources updated");
+        Ok(Response::new(pb::UpdateContainerResourcesResponse {}))
     }
 
     async fn write_stdin(

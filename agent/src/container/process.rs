@@ -7,13 +7,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::sync::watch;
 
 use super::helper::{REPORT_FD, START_FD};
 use super::spec::ConsoleSize;
+use crate::output::{self, OutputHub};
 use crate::reaper::{Exit, Reaper};
 
 /// Errors from starting a process.
@@ -33,7 +34,7 @@ pub enum ProcessError {
 
 /// The agent's ends of a process' stdio.
 #[derive(Default)]
-pub struct Stdio3 {
+struct Stdio3 {
     pub stdin: Option<File>,
     pub stdout: Option<File>,
     pub stderr: Option<File>,
@@ -46,6 +47,9 @@ pub struct Process {
     exit: watch::Receiver<Option<Exit>>,
     stdio: Mutex<Stdio3>,
     pty: Option<File>,
+    /// Stdout (the terminal's output with a pty) and stderr, read from the spawn on.
+    stdout: Arc<OutputHub>,
+    stderr: Arc<OutputHub>,
 }
 
 /// A spawned helper whose process is set up but may still wait for its start byte.
@@ -154,15 +158,41 @@ pub fn spawn(
     let pid = read_until_ready(&mut report)?;
     let exit = reaper.watch(pid);
     let pty = ours.pty.take();
+    let label = label(config);
+    let stdout = hub(ours.stdout.take(), format!("{label}/stdout"))?;
+    let stderr = hub(ours.stderr.take(), format!("{label}/stderr"))?;
     Ok(Spawned {
         process: Process {
             pid,
             exit,
             stdio: Mutex::new(ours),
             pty,
+            stdout,
+            stderr,
         },
         report,
     })
+}
+
+/// `<container id>/<init|exec-<id>>` from the helper config path, for log lines.
+fn label(config: &Path) -> String {
+    let part = |p: Option<&Path>| {
+        p.and_then(Path::file_stem)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    format!("{}/{}", part(config.parent()), part(Some(config)))
+}
+
+/// The hub of one output stream, with its reader thread started (an absent stream, stderr
+/// with a terminal, is a hub that already ended).
+fn hub(file: Option<File>, label: String) -> Result<Arc<OutputHub>, ProcessError> {
+    let Some(file) = file else {
+        return Ok(OutputHub::empty(label));
+    };
+    let hub = OutputHub::new(label, output::CAPACITY);
+    output::pump(file, Arc::clone(&hub)).map_err(ProcessError::Spawn)?;
+    Ok(hub)
 }
 
 /// Reads `P <pid>` and `R` (in any order); `E <msg>` or EOF first is an error.
@@ -206,7 +236,7 @@ pub fn read_exec_result(mut report: BufReader<File>) -> Result<(), ProcessError>
     }
 }
 
-/// Which output stream to take.
+/// Which output stream to read.
 #[derive(Debug, Clone, Copy)]
 pub enum Output {
     Stdout,
@@ -227,12 +257,11 @@ impl Process {
         self.stdio.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes an output stream (one reader each); `None` if taken or absent.
-    pub fn take_output(&self, which: Output) -> Option<File> {
-        let mut s = self.stdio();
+    /// An output stream's hub (any number of readers, see [`crate::output`]).
+    pub fn output(&self, which: Output) -> Arc<OutputHub> {
         match which {
-            Output::Stdout => s.stdout.take(),
-            Output::Stderr => s.stderr.take(),
+            Output::Stdout => Arc::clone(&self.stdout),
+            Output::Stderr => Arc::clone(&self.stderr),
         }
     }
 
