@@ -10,8 +10,11 @@ use hull_cri_api as cri;
 use super::images::ContainerImages;
 use super::view;
 use crate::events::{ContainerEventType, Events};
-use crate::logs::{LogConfig, LogError, LogWriter};
-use crate::state::{ContainerRecord, ContainerState, Store, StoreError};
+use crate::logs::resume::{self, Basis, Resume, ResumeError};
+use crate::logs::{CheckpointSink, LogConfig, LogError, LogWriter};
+use crate::state::{
+    ContainerRecord, ContainerState, LogCheckpoint, LogCheckpointRecord, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -23,6 +26,8 @@ pub enum ManagerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
 }
 
 /// How a container's main process ended, as the agent's WaitProcess reports it.
@@ -38,7 +43,8 @@ pub struct ContainerManager {
     store: Store,
     events: Events,
     log_config: LogConfig,
-    logs: Mutex<HashMap<String, LogWriter>>,
+    /// Open log writers and the offsets they started at.
+    logs: Mutex<HashMap<String, (LogWriter, Resume)>>,
     images: OnceLock<Arc<dyn ContainerImages>>,
 }
 
@@ -187,12 +193,27 @@ impl ContainerManager {
         Ok(r)
     }
 
+    /// Replaces the record's Linux resources with `f(old)` (UpdateContainerResources).
+    pub fn update_resources(
+        &self,
+        id: &str,
+        f: impl FnOnce(Option<&cri::LinuxContainerResources>) -> cri::LinuxContainerResources,
+    ) -> Result<ContainerRecord, ManagerError> {
+        self.store
+            .update::<ContainerRecord>(id, |r| {
+                let linux = r.config.linux.get_or_insert_with(Default::default);
+                linux.resources = Some(f(linux.resources.as_ref()));
+            })?
+            .ok_or_else(|| ManagerError::NotFound(id.to_owned()))
+    }
+
     /// Forgets a container (RemoveContainer after the agent side is gone). Idempotent.
     pub async fn forget(&self, id: &str) -> Result<(), ManagerError> {
         let record = self.store.get::<ContainerRecord>(id)?;
         if let Some(w) = self.take_log(id) {
             w.close().await;
         }
+        self.store.delete::<LogCheckpointRecord>(id)?;
         if let Some(r) = record {
             self.store.delete::<ContainerRecord>(id)?;
             self.events.container(
@@ -204,18 +225,75 @@ impl ContainerManager {
         Ok(())
     }
 
-    /// The log writer of `id`, opened on first use at the record's log path.
+    /// The log writer of `id`, opened on first use at the record's log path (both streams
+    /// from offset 0: a container about to start).
     pub fn log_writer(&self, record: &ContainerRecord) -> Result<Option<LogWriter>, ManagerError> {
+        Ok(self
+            .open_log(record, || Ok(Resume::default()))?
+            .map(|(w, _)| w))
+    }
+
+    /// After a hulld restart: the log writer of a running container, opened where its log
+    /// file ends (see [`crate::logs::resume`]), and the offsets to read the agent from.
+    pub fn resume_log_writer(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<Option<(LogWriter, Resume)>, ManagerError> {
+        let path = std::path::Path::new(&record.log_path);
+        self.open_log(record, || {
+            let checkpoint = self
+                .store
+                .get::<LogCheckpointRecord>(&record.id)?
+                .map(|r| r.checkpoint);
+            let (at, basis) = resume::resume(path, checkpoint)?;
+            match basis {
+                Basis::Rotated => tracing::warn!(container = %record.id,
+                    "log rotated without a reopen before the restart: lines since the last checkpoint may repeat"),
+                _ => tracing::info!(container = %record.id, ?basis, stdout = at.stdout,
+                    stderr = at.stderr, "log resumes"),
+            }
+            Ok(at)
+        })
+    }
+
+    /// Opens the writer (or returns the open one and its starting point).
+    fn open_log(
+        &self,
+        record: &ContainerRecord,
+        resume: impl FnOnce() -> Result<Resume, ManagerError>,
+    ) -> Result<Option<(LogWriter, Resume)>, ManagerError> {
         if record.log_path.is_empty() {
             return Ok(None);
         }
         let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(w) = logs.get(&record.id) {
-            return Ok(Some(w.clone()));
+        if let Some((w, at)) = logs.get(&record.id) {
+            return Ok(Some((w.clone(), *at)));
         }
-        let w = LogWriter::open(std::path::Path::new(&record.log_path), self.log_config)?;
-        logs.insert(record.id.clone(), w.clone());
-        Ok(Some(w))
+        let at = resume()?;
+        let w = LogWriter::open_at(
+            std::path::Path::new(&record.log_path),
+            self.log_config,
+            at,
+            Some(self.checkpoint_sink(&record.id)),
+        )?;
+        logs.insert(record.id.clone(), (w.clone(), at));
+        Ok(Some((w, at)))
+    }
+
+    /// Stores a writer's checkpoints (failures are logged: a stale checkpoint only makes a
+    /// restart count more of the log file).
+    fn checkpoint_sink(&self, id: &str) -> CheckpointSink {
+        let store = self.store.clone();
+        let id = id.to_owned();
+        std::sync::Arc::new(move |checkpoint: LogCheckpoint| {
+            let record = LogCheckpointRecord {
+                id: id.clone(),
+                checkpoint,
+            };
+            if let Err(e) = store.put(&record) {
+                tracing::warn!(container = %id, error = %e, "cannot store the log checkpoint");
+            }
+        })
     }
 
     fn take_log(&self, id: &str) -> Option<LogWriter> {
@@ -223,6 +301,7 @@ impl ContainerManager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id)
+            .map(|(w, _)| w)
     }
 
     /// ReopenContainerLog: only a running container has a log to reopen (kubelet's rule).

@@ -1,8 +1,6 @@
 //! After a hulld restart: containers recorded as running are watched again through their
-//! pod's agent (so their exit is recorded), or marked exited when their pod's VM is gone.
-//!
-//! Their output cannot be re-attached yet: the agent hands each output pipe to one reader
-//! only, and drops it when that reader (the old hulld) goes away.
+//! pod's agent (their log writer resumes where the log file ends, and their exit is
+//! recorded), or marked exited when their pod's VM is gone.
 
 use std::sync::Arc;
 
@@ -40,7 +38,7 @@ pub async fn recover(
         };
         match agent {
             Some(agent) => {
-                runtime::rewatch(Arc::clone(containers), agent, r.id.clone());
+                runtime::rewatch(Arc::clone(containers), agent, r.clone());
                 watched += 1;
             }
             None => {

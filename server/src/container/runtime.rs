@@ -27,6 +27,12 @@ pub enum RuntimeError {
     Timeout { id: String, timeout: Duration },
     #[error("Exec command is empty")]
     EmptyCommand,
+    #[error("Cannot open the log of container {id}")]
+    Log {
+        id: String,
+        #[source]
+        source: super::manager::ManagerError,
+    },
 }
 
 fn agent_err(call: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
@@ -78,10 +84,15 @@ pub async fn start(
     Ok(())
 }
 
+/// Copies one output stream into the log, chunk offsets included (the writer skips what it
+/// already has and logs gaps). Waits for the writer rather than dropping: the agent's
+/// bounded buffer absorbs a slow disk.
 async fn pump(mut s: tonic::Streaming<pb::OutputChunk>, writer: Option<LogWriter>, stream: Stream) {
     while let Ok(Some(chunk)) = s.message().await {
-        if let Some(w) = &writer {
-            w.write(stream, chunk.data).await;
+        if let Some(w) = &writer
+            && !w.write_at(stream, chunk.offset, chunk.data).await
+        {
+            break;
         }
     }
     if let Some(w) = &writer {
@@ -89,10 +100,65 @@ async fn pump(mut s: tonic::Streaming<pb::OutputChunk>, writer: Option<LogWriter
     }
 }
 
-/// Watches an already running container again (after a hulld restart): its exit is
-/// recorded; its output is not re-attached.
-pub fn rewatch(manager: Arc<ContainerManager>, agent: AgentClient<Channel>, id: String) {
-    tokio::spawn(watch(manager, agent, id, Vec::new()));
+/// Watches an already running container again (after a hulld restart): its log writer
+/// resumes where the log file ends (no line lost or repeated, see [`crate::logs::resume`])
+/// and its exit is recorded.
+pub fn rewatch(
+    manager: Arc<ContainerManager>,
+    agent: AgentClient<Channel>,
+    record: ContainerRecord,
+) {
+    tokio::spawn(async move {
+        let id = record.id.clone();
+        let pumps = match reattach_output(&manager, agent.clone(), &record).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(container = %id, error = %crate::sandbox::error_chain(&e),
+                    "cannot re-attach the container's log; its exit is still watched");
+                Vec::new()
+            }
+        };
+        watch(manager, agent, id, pumps).await;
+    });
+}
+
+/// Opens the resumed log writer and reads both streams from the agent at its offsets.
+async fn reattach_output(
+    manager: &ContainerManager,
+    mut agent: AgentClient<Channel>,
+    record: &ContainerRecord,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RuntimeError> {
+    let id = &record.id;
+    let Some((writer, at)) = manager
+        .resume_log_writer(record)
+        .map_err(|e| RuntimeError::Log {
+            id: id.clone(),
+            source: e,
+        })?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut pumps = Vec::new();
+    for (stream, kind, offset) in [
+        (Stream::Stdout, pb::OutputStream::Stdout, at.stdout),
+        (Stream::Stderr, pb::OutputStream::Stderr, at.stderr),
+    ] {
+        let req = pb::ReadOutputFromRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+            stream: kind as i32,
+            offset,
+            from_end: false,
+        };
+        let s = agent
+            .read_output_from(req)
+            .await
+            .map_err(agent_err("ReadOutputFrom", id))?
+            .into_inner();
+        pumps.push(tokio::spawn(pump(s, Some(writer.clone()), stream)));
+    }
+    tracing::info!(container = %id, stdout = at.stdout, stderr = at.stderr, "log re-attached");
+    Ok(pumps)
 }
 
 /// Waits for the main process; records the exit once the output is drained.

@@ -7,11 +7,15 @@ use super::CriService;
 use super::runtime::ContainerEventStream;
 use super::status::CriError;
 use crate::container::manager::{ManagerError, ReopenError};
+use crate::state::ContainerState;
+use hull_agent_api::v1 as pb;
 
 #[path = "container_create.rs"]
 mod create;
 #[path = "container_lifecycle.rs"]
 mod lifecycle;
+#[path = "container_update.rs"]
+mod update;
 
 /// The gRPC code of a container manager error.
 pub(super) fn manager_error(e: ManagerError) -> CriError {
@@ -42,14 +46,45 @@ impl CriService {
             .map_err(manager_error)
     }
 
+    /// New cgroup limits for a created or running container: applied by the agent in the
+    /// guest, then merged into the record (so ContainerStatus shows them), field by field
+    /// the way containerd updates the spec (zero/empty fields keep their value).
     pub(crate) async fn do_update_container_resources(
         &self,
-        _req: cri::UpdateContainerResourcesRequest,
+        req: cri::UpdateContainerResourcesRequest,
     ) -> Result<cri::UpdateContainerResourcesResponse, CriError> {
-        Err(CriError::Unimplemented {
-            rpc: "UpdateContainerResources",
-            why: "the guest agent has no call to change a running container's cgroup limits yet",
-        })
+        let containers = &self.daemon.containers;
+        let r = containers.get(&req.container_id).map_err(manager_error)?;
+        if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is {:?}: only a created or running container can be updated",
+                r.id, r.state
+            )));
+        }
+        let Some(linux) = req.linux else {
+            return Ok(cri::UpdateContainerResourcesResponse {});
+        };
+        let mut agent = self.agent_of(&r).await?;
+        let call = pb::UpdateContainerResourcesRequest {
+            container_id: r.id.clone(),
+            resources: Some(update::to_agent(&linux)),
+        };
+        agent
+            .update_container_resources(call)
+            .await
+            .map_err(|e| match e.code() {
+                tonic::Code::NotFound => CriError::NotFound(e.message().to_owned()),
+                tonic::Code::InvalidArgument => CriError::InvalidArgument(e.message().to_owned()),
+                tonic::Code::FailedPrecondition => {
+                    CriError::FailedPrecondition(e.message().to_owned())
+                }
+                _ => CriError::internal("Agent UpdateContainerResources", e),
+            })?;
+        containers
+            .update_resources(&r.id, |old| update::merge(old, &linux))
+            .map_err(manager_error)?;
+        tracing::info!(container_id = %r.id, "container resources updated");
+        Ok(cri::UpdateContainerResourcesResponse {})
     }
 
     pub(crate) async fn do_reopen_container_log(

@@ -20,7 +20,7 @@ fn runtime_error(e: RuntimeError) -> CriError {
     match e {
         RuntimeError::Timeout { .. } => CriError::DeadlineExceeded(e.to_string()),
         RuntimeError::EmptyCommand => CriError::InvalidArgument(e.to_string()),
-        RuntimeError::Agent { .. } => CriError::internal("Container", e),
+        RuntimeError::Agent { .. } | RuntimeError::Log { .. } => CriError::internal("Container", e),
     }
 }
 
@@ -34,7 +34,10 @@ impl CriService {
         })
     }
 
-    async fn agent_of(&self, r: &ContainerRecord) -> Result<AgentClient<Channel>, CriError> {
+    pub(super) async fn agent_of(
+        &self,
+        r: &ContainerRecord,
+    ) -> Result<AgentClient<Channel>, CriError> {
         self.sandbox_of(r)?
             .agent()
             .await
@@ -166,6 +169,14 @@ impl CriService {
     }
 
     async fn stats_of(&self, r: &ContainerRecord) -> Result<cri::ContainerStats, CriError> {
+        Ok(self.container_stats_with_pids(r).await?.0)
+    }
+
+    /// A container's CRI stats and its process count (pids.current).
+    pub(crate) async fn container_stats_with_pids(
+        &self,
+        r: &ContainerRecord,
+    ) -> Result<(cri::ContainerStats, u64), CriError> {
         let mut agent = self.agent_of(r).await?;
         let s = agent
             .container_stats(hull_agent_api::v1::ContainerStatsRequest {
@@ -180,7 +191,7 @@ impl CriService {
             .images()
             .and_then(|i| i.writable_dir(&r.id))
             .map(|d| runtime::dir_usage(&d));
-        Ok(runtime::to_cri_stats(r, &s, writable))
+        Ok((runtime::to_cri_stats(r, &s, writable), s.pids_current))
     }
 
     pub(crate) async fn do_container_stats(

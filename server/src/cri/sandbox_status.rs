@@ -8,7 +8,7 @@ use hull_cri_api as cri;
 use crate::cri::CriService;
 use crate::cri::status::CriError;
 use crate::sandbox::Sandbox;
-use crate::state::{SandboxRecord, SandboxState, now_nanos};
+use crate::state::{ContainerState, SandboxRecord, SandboxState, now_nanos};
 
 fn cri_state(state: SandboxState) -> i32 {
     match state {
@@ -110,14 +110,53 @@ fn vmm_usage(pid: u32) -> Option<(u64, u64)> {
     ))
 }
 
-fn pod_stats(sb: &Sandbox, rec: &SandboxRecord) -> cri::PodSandboxStats {
+/// The host processes of a pod's VM: the VMM and every helper whose pid file is in the
+/// sandbox's run dir (virtiofsd, the vsock backend), without duplicates or hulld itself.
+fn vm_pids(vmm_pid: u32, run_dir: &std::path::Path) -> Vec<u32> {
+    let mut pids = vec![vmm_pid];
+    let files = std::fs::read_dir(run_dir).into_iter().flatten().flatten();
+    for f in files.filter(|f| f.file_name().to_string_lossy().ends_with(".pid")) {
+        let pid = std::fs::read_to_string(f.path())
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid > 1
+            && pid != std::process::id()
+            && !pids.contains(&pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// CPU time and RSS of the whole VM as the host sees it (guest work and VMM overhead).
+fn vm_usage(sb: &Sandbox, rec: &SandboxRecord) -> Option<(u64, u64)> {
+    let vm = sb.vm().filter(|v| v.is_running())?;
+    let usages: Vec<(u64, u64)> = vm_pids(vm.pid(), &rec.resources.run_dir)
+        .into_iter()
+        .filter_map(vmm_usage)
+        .collect();
+    if usages.is_empty() {
+        return None;
+    }
+    Some(usages.iter().fold((0, 0), |(c, m), (uc, um)| {
+        (c.saturating_add(*uc), m.saturating_add(*um))
+    }))
+}
+
+/// A pod's stats: CPU and memory of its VM's host processes (what the pod costs the
+/// node: the containers' work inside the guest plus the VMM, virtiofsd and the guest
+/// kernel), its running containers' own stats from the guest's cgroups, and the number
+/// of their processes.
+fn pod_stats(
+    sb: &Sandbox,
+    rec: &SandboxRecord,
+    containers: Vec<(cri::ContainerStats, u64)>,
+) -> cri::PodSandboxStats {
     let ts = now_nanos();
-    let usage = sb
-        .vm()
-        .filter(|v| v.is_running())
-        .and_then(|v| vmm_usage(v.pid()));
     let value = |v: u64| Some(cri::UInt64Value { value: v });
-    let (cpu, memory) = match usage {
+    let (cpu, memory) = match vm_usage(sb, rec) {
         Some((cpu_ns, rss)) => (
             Some(cri::CpuUsage {
                 timestamp: ts,
@@ -134,6 +173,7 @@ fn pod_stats(sb: &Sandbox, rec: &SandboxRecord) -> cri::PodSandboxStats {
         ),
         None => (None, None),
     };
+    let processes: u64 = containers.iter().map(|(_, p)| p).sum();
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: rec.id.clone(),
@@ -144,7 +184,12 @@ fn pod_stats(sb: &Sandbox, rec: &SandboxRecord) -> cri::PodSandboxStats {
         linux: Some(cri::LinuxPodSandboxStats {
             cpu,
             memory,
-            ..Default::default()
+            network: None,
+            process: Some(cri::ProcessUsage {
+                timestamp: ts,
+                process_count: value(processes),
+            }),
+            containers: containers.into_iter().map(|(c, _)| c).collect(),
         }),
         windows: None,
     }
@@ -218,8 +263,9 @@ impl CriService {
     ) -> Result<cri::PodSandboxStatsResponse, CriError> {
         let sb = self.pod_sandbox_lookup(&req.pod_sandbox_id)?;
         let rec = sb.record();
+        let containers = self.pod_container_stats(&rec.id).await;
         Ok(cri::PodSandboxStatsResponse {
-            stats: Some(pod_stats(&sb, &rec)),
+            stats: Some(pod_stats(&sb, &rec, containers)),
         })
     }
 
@@ -228,17 +274,41 @@ impl CriService {
         req: cri::ListPodSandboxStatsRequest,
     ) -> Result<cri::ListPodSandboxStatsResponse, CriError> {
         let filter = req.filter.unwrap_or_default();
-        let stats = self
-            .daemon
-            .sandboxes
-            .list()
-            .iter()
-            .map(|sb| (sb, sb.record()))
-            .filter(|(_, r)| id_matches(&filter.id, &r.id))
-            .filter(|(_, r)| labels_match(&filter.label_selector, &r.config.labels))
-            .map(|(sb, r)| pod_stats(sb, &r))
-            .collect();
+        let mut stats = Vec::new();
+        for sb in self.daemon.sandboxes.list() {
+            let r = sb.record();
+            if !id_matches(&filter.id, &r.id)
+                || !labels_match(&filter.label_selector, &r.config.labels)
+            {
+                continue;
+            }
+            let containers = self.pod_container_stats(&r.id).await;
+            stats.push(pod_stats(&sb, &r, containers));
+        }
         Ok(cri::ListPodSandboxStatsResponse { stats })
+    }
+
+    /// Stats and process counts of the pod's running containers (one that cannot be read,
+    /// say because it just exited, is left out).
+    async fn pod_container_stats(&self, pod_id: &str) -> Vec<(cri::ContainerStats, u64)> {
+        let records = match self.daemon.containers.list_records() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(pod_id, error = %e, "cannot list the pod's containers");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for r in records
+            .iter()
+            .filter(|r| r.sandbox_id == pod_id && r.state == ContainerState::Running)
+        {
+            match self.container_stats_with_pids(r).await {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::debug!(pod_id, container = %r.id, error = %e, "no stats"),
+            }
+        }
+        out
     }
 }
 
@@ -252,6 +322,19 @@ mod tests {
         assert!(rss > 0);
         let _ = cpu;
         assert!(vmm_usage(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn vm_pids_from_pid_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("virtiofsd.pid"), "4242\n").unwrap();
+        std::fs::write(dir.path().join("qemu.pid"), "100").unwrap();
+        std::fs::write(dir.path().join("self.pid"), std::process::id().to_string()).unwrap();
+        std::fs::write(dir.path().join("junk.pid"), "x").unwrap();
+        std::fs::write(dir.path().join("console.log"), "5").unwrap();
+        let mut pids = vm_pids(100, dir.path());
+        pids.sort_unstable();
+        assert_eq!(pids, [100, 4242]);
     }
 
     #[test]

@@ -112,6 +112,11 @@ impl LineFramer {
         }
     }
 
+    /// Bytes held back as an unterminated tail.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The stream ended: an unterminated tail becomes a `P` line.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {

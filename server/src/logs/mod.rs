@@ -6,8 +6,20 @@
 //! the blocking pool, and a chunk that cannot be queued in time is dropped and counted
 //! (logged with the running total). [`LogWriter::reopen`] is queued behind the data
 //! already accepted, so a reopen (kubelet's log rotation) loses no line.
+//!
+//! **Offsets and restarts.** Chunks from the agent carry their stream offset (bytes since
+//! the process started). The writer tracks, per stream, the offset of the next byte it
+//! expects: an overlap (a resumed read that starts early) is skipped, a jump (bytes the
+//! agent dropped because nobody read them in time) is counted and logged. After each
+//! flush (at most every [`CHECKPOINT_EVERY`], and at open, reopen and close) it hands a
+//! [`LogCheckpoint`] — log inode and length with the offsets of what the file holds — to
+//! a sink (hulld stores it). A restarted hulld computes from it and the log file's tail
+//! where each stream continues ([`resume::resume`]), so no line is lost or repeated.
+//! [`LogWriter::write_at`] applies back-pressure instead of dropping: the agent's bounded
+//! buffer is what absorbs a slow disk, so the container still never blocks.
 
 pub mod format;
+pub mod resume;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,7 +30,15 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::state::LogCheckpoint;
 pub use format::{LineFramer, Stream, rfc3339_nano};
+pub use resume::Resume;
+
+/// How often, at most, a writer with a sink reports a checkpoint while data flows.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
+/// Receives the writer's checkpoints (called on the writer's blocking thread).
+pub type CheckpointSink = Arc<dyn Fn(LogCheckpoint) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -63,6 +83,8 @@ enum Msg {
     Data {
         stream: Stream,
         ts: i64,
+        /// Stream offset of `data[0]`; `None` (an agent without offsets): contiguous.
+        offset: Option<u64>,
         data: Vec<u8>,
     },
     Eof(Stream),
@@ -108,17 +130,40 @@ fn open_log(path: &Path) -> Result<File, LogError> {
 impl LogWriter {
     /// Opens (appending) `path` and starts the writer. Needs a tokio runtime.
     pub fn open(path: &Path, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_at(path, config, Resume::default(), None)
+    }
+
+    /// Opens (appending) `path` with both streams continuing at `resume`; checkpoints go
+    /// to `sink`. Needs a tokio runtime.
+    pub fn open_at(
+        path: &Path,
+        config: LogConfig,
+        resume: Resume,
+        sink: Option<CheckpointSink>,
+    ) -> Result<Self, LogError> {
         let file = open_log(path)?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let path = Arc::new(path.to_owned());
-        let worker_path = Arc::clone(&path);
-        tokio::task::spawn_blocking(move || write_loop(&worker_path, file, rx, config.max_line));
+        let dropped_bytes = Arc::new(AtomicU64::new(0));
+        let worker = Worker {
+            path: Arc::clone(&path),
+            file: Some(file),
+            out: Vec::with_capacity(64 * 1024),
+            streams: [
+                StreamState::new(Stream::Stdout, config.max_line, resume.stdout),
+                StreamState::new(Stream::Stderr, config.max_line, resume.stderr),
+            ],
+            sink,
+            last_checkpoint: None,
+            lost: Arc::clone(&dropped_bytes),
+        };
+        tokio::task::spawn_blocking(move || worker.run(rx));
         Ok(Self {
             path,
             tx,
             max_block: config.max_block,
             dropped_chunks: Arc::new(AtomicU64::new(0)),
-            dropped_bytes: Arc::new(AtomicU64::new(0)),
+            dropped_bytes,
         })
     }
 
@@ -136,6 +181,7 @@ impl LogWriter {
         let msg = Msg::Data {
             stream,
             ts: crate::state::now_nanos(),
+            offset: None,
             data,
         };
         let sent = match self.tx.try_send(msg) {
@@ -159,12 +205,29 @@ impl LogWriter {
         sent
     }
 
+    /// Queues a chunk of `stream` at stream `offset`, stamped now, waiting for room as
+    /// long as it takes (back-pressure to the agent, whose buffer is bounded). Returns
+    /// false once the writer has stopped.
+    pub async fn write_at(&self, stream: Stream, offset: Option<u64>, data: Vec<u8>) -> bool {
+        if data.is_empty() {
+            return true;
+        }
+        let msg = Msg::Data {
+            stream,
+            ts: crate::state::now_nanos(),
+            offset,
+            data,
+        };
+        self.tx.send(msg).await.is_ok()
+    }
+
     /// The stream ended: its unterminated tail is written as a partial line.
     pub async fn end(&self, stream: Stream) {
         let _ = self.tx.send(Msg::Eof(stream)).await;
     }
 
-    /// Chunks and bytes dropped so far because the writer did not keep up.
+    /// Chunks and bytes dropped so far because the writer did not keep up (bytes include
+    /// those the agent dropped, seen as offset jumps).
     pub fn dropped(&self) -> (u64, u64) {
         (
             self.dropped_chunks.load(Ordering::Relaxed),
@@ -190,59 +253,155 @@ impl LogWriter {
     }
 }
 
-fn write_loop(path: &Path, file: File, mut rx: mpsc::Receiver<Msg>, max_line: usize) {
-    let mut file = Some(file);
-    let mut out = Vec::with_capacity(64 * 1024);
-    let mut stdout = LineFramer::new(Stream::Stdout, max_line);
-    let mut stderr = LineFramer::new(Stream::Stderr, max_line);
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            Msg::Data { stream, ts, data } => {
-                let framer = match stream {
-                    Stream::Stdout => &mut stdout,
-                    Stream::Stderr => &mut stderr,
-                };
-                framer.feed(ts, &data, &mut out);
-            }
-            Msg::Eof(Stream::Stdout) => stdout.finish(&mut out),
-            Msg::Eof(Stream::Stderr) => stderr.finish(&mut out),
-            Msg::Reopen(reply) => {
-                flush(path, &mut file, &mut out);
-                let reopened = open_log(path);
-                let _ = reply.send(reopened.map(|f| {
-                    file = Some(f);
-                }));
-                continue;
-            }
-            Msg::Close(reply) => {
-                stdout.finish(&mut out);
-                stderr.finish(&mut out);
-                flush(path, &mut file, &mut out);
-                let _ = reply.send(());
-                return;
-            }
-        }
-        // Batch: write once the queue is drained or the buffer is large.
-        if rx.is_empty() || out.len() >= 64 * 1024 {
-            flush(path, &mut file, &mut out);
-        }
-    }
-    stdout.finish(&mut out);
-    stderr.finish(&mut out);
-    flush(path, &mut file, &mut out);
+/// One stream's framing and position.
+struct StreamState {
+    framer: LineFramer,
+    /// Offset of the next byte expected from the agent.
+    next: u64,
 }
 
-fn flush(path: &Path, file: &mut Option<File>, out: &mut Vec<u8>) {
-    if out.is_empty() {
-        return;
+impl StreamState {
+    fn new(stream: Stream, max_line: usize, next: u64) -> Self {
+        Self {
+            framer: LineFramer::new(stream, max_line),
+            next,
+        }
     }
-    if let Some(f) = file.as_mut()
-        && let Err(e) = f.write_all(out)
-    {
-        tracing::warn!(log = %path.display(), error = %e, bytes = out.len(),
-            "cannot write container log");
+
+    /// Offset up to which the output is in `out` or the file (the framer's unterminated
+    /// tail is not).
+    fn committed(&self) -> u64 {
+        self.next.saturating_sub(self.framer.pending_len() as u64)
     }
-    out.clear();
+}
+
+/// The blocking half of a writer: framing, batching, files and checkpoints.
+struct Worker {
+    path: Arc<PathBuf>,
+    file: Option<File>,
+    out: Vec<u8>,
+    streams: [StreamState; 2],
+    sink: Option<CheckpointSink>,
+    last_checkpoint: Option<std::time::Instant>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        self.checkpoint(true);
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Data {
+                    stream,
+                    ts,
+                    offset,
+                    data,
+                } => self.data(stream, ts, offset, &data),
+                Msg::Eof(stream) => {
+                    let s = &mut self.streams[index(stream)];
+                    s.framer.finish(&mut self.out);
+                }
+                Msg::Reopen(reply) => {
+                    self.flush();
+                    let reopened = open_log(&self.path);
+                    let _ = reply.send(reopened.map(|f| {
+                        self.file = Some(f);
+                    }));
+                    self.checkpoint(true);
+                    continue;
+                }
+                Msg::Close(reply) => {
+                    self.finish();
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+            // Batch: write once the queue is drained or the buffer is large.
+            if rx.is_empty() || self.out.len() >= 64 * 1024 {
+                self.flush();
+                self.checkpoint(false);
+            }
+        }
+        self.finish();
+    }
+
+    fn data(&mut self, stream: Stream, ts: i64, offset: Option<u64>, data: &[u8]) {
+        let s = &mut self.streams[index(stream)];
+        let offset = offset.unwrap_or(s.next);
+        let end = offset + data.len() as u64;
+        if end <= s.next {
+            return; // Already written (a resumed read starting early).
+        }
+        let data = if offset < s.next {
+            &data[usize::try_from(s.next - offset).unwrap_or(data.len())..]
+        } else {
+            if offset > s.next {
+                let lost = offset - s.next;
+                let total = self.lost.fetch_add(lost, Ordering::Relaxed) + lost;
+                tracing::warn!(log = %self.path.display(), stream = stream.as_str(), lost,
+                    total, "container output lost (not read in time): gap in the log");
+                // A line cut by the gap ends as a partial line, and the gap goes into a
+                // checkpoint at once: counting lines back after a restart cannot see it.
+                s.framer.finish(&mut self.out);
+                s.next = offset;
+                self.flush();
+                self.checkpoint(true);
+            }
+            data
+        };
+        let s = &mut self.streams[index(stream)];
+        s.framer.feed(ts, data, &mut self.out);
+        s.next = end;
+    }
+
+    fn finish(&mut self) {
+        for s in &mut self.streams {
+            s.framer.finish(&mut self.out);
+        }
+        self.flush();
+        self.checkpoint(true);
+    }
+
+    fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        if let Some(f) = self.file.as_mut()
+            && let Err(e) = f.write_all(&self.out)
+        {
+            tracing::warn!(log = %self.path.display(), error = %e, bytes = self.out.len(),
+                "cannot write container log");
+        }
+        self.out.clear();
+    }
+
+    /// Reports where the (flushed) file stands, if due or `force`d.
+    fn checkpoint(&mut self, force: bool) {
+        let Some(sink) = &self.sink else { return };
+        let due = self
+            .last_checkpoint
+            .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+        if !(force || due) || !self.out.is_empty() {
+            return;
+        }
+        let Some(meta) = self.file.as_ref().and_then(|f| f.metadata().ok()) else {
+            return;
+        };
+        self.last_checkpoint = Some(std::time::Instant::now());
+        sink(LogCheckpoint {
+            ino: std::os::unix::fs::MetadataExt::ino(&meta),
+            log_len: meta.len(),
+            stdout: self.streams[0].committed(),
+            stderr: self.streams[1].committed(),
+        });
+    }
+}
+
+fn index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
 }
 
 #[cfg(test)]

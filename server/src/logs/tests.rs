@@ -134,3 +134,71 @@ async fn write_after_close_is_counted_as_dropped() {
     assert_eq!(w.dropped(), (1, 5));
     assert!(w.reopen().await.is_err());
 }
+
+#[tokio::test]
+async fn offsets_skip_overlaps_count_gaps_and_resume_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.log");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<LogCheckpoint>::new()));
+    let sink: CheckpointSink = {
+        let seen = Arc::clone(&seen);
+        Arc::new(move |c| seen.lock().expect("lock").push(c))
+    };
+    let w = LogWriter::open_at(&path, LogConfig::default(), Resume::default(), Some(sink))
+        .expect("open");
+    assert!(w.write_at(Stream::Stdout, Some(0), b"a\nb".to_vec()).await);
+    // A resumed read that starts one byte early: "b" is not written twice.
+    assert!(
+        w.write_at(Stream::Stdout, Some(2), b"b\nc\n".to_vec())
+            .await
+    );
+    // The agent dropped bytes 6..10: a gap, counted.
+    assert!(w.write_at(Stream::Stdout, Some(10), b"x\n".to_vec()).await);
+    assert!(w.write_at(Stream::Stderr, Some(0), b"e\n".to_vec()).await);
+    w.close().await;
+    assert_eq!(
+        lines(&path),
+        [
+            "stdout F a",
+            "stdout F b",
+            "stdout F c",
+            "stdout F x",
+            "stderr F e"
+        ]
+    );
+    assert_eq!(w.dropped().1, 4);
+    let last = *seen.lock().expect("lock").last().expect("a checkpoint");
+    assert_eq!((last.stdout, last.stderr), (12, 2));
+    assert_eq!(last.log_len, std::fs::metadata(&path).expect("meta").len());
+
+    // The gap was checkpointed when it was seen. A crash after more lines than that
+    // checkpoint knows, the last one torn: resuming counts the complete ones and cuts the
+    // torn one.
+    let at_gap = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .copied()
+        .find(|c| c.stdout == 10)
+        .expect("a checkpoint at the gap");
+    let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+    f.write_all(b"2023-11-14T22:13:20Z stdout P to")
+        .expect("torn");
+    drop(f);
+    let (at, _) = resume::resume(&path, Some(at_gap)).expect("resume");
+    assert_eq!(
+        at,
+        Resume {
+            stdout: 12,
+            stderr: 2
+        }
+    );
+    let w = LogWriter::open_at(&path, LogConfig::default(), at, None).expect("reopen");
+    assert!(
+        w.write_at(Stream::Stdout, Some(10), b"x\ny\n".to_vec())
+            .await
+    );
+    w.close().await;
+    assert_eq!(lines(&path).len(), 6, "{:?}", lines(&path));
+    assert_eq!(lines(&path)[5], "stdout F y");
+}
