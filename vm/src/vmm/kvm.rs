@@ -86,6 +86,8 @@ pub struct KvmVm {
     fd: VmFd,
     supported_cpuid: CpuId,
     irqchip: bool,
+    /// KVM emulates the LAPIC's TSC-deadline mode (guests only use it if CPUID says so).
+    tsc_deadline: bool,
 }
 
 impl KvmVm {
@@ -104,6 +106,7 @@ impl KvmVm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::SupportedCpuid)?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let fd = kvm.create_vm().map_err(KvmError::CreateVm)?;
         // The TSS address fits usize on the x86_64 hosts hull-vmm builds for.
         let tss = usize::try_from(layout::KVM_TSS_ADDRESS).unwrap_or(usize::MAX);
@@ -121,12 +124,19 @@ impl KvmVm {
             fd,
             supported_cpuid,
             irqchip: options.irqchip,
+            tsc_deadline,
         })
     }
 
     /// The VM file descriptor.
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// Whether vCPUs may advertise the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER with
+    /// the in-kernel LAPIC). KVM_GET_SUPPORTED_CPUID leaves that bit to userspace.
+    pub fn tsc_deadline_timer(&self) -> bool {
+        self.tsc_deadline && self.irqchip
     }
 
     /// Whether the in-kernel irqchip exists.

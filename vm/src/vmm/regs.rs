@@ -231,9 +231,12 @@ pub fn boot_lapic(mut lapic: kvm_lapic_state) -> kvm_lapic_state {
     lapic
 }
 
-/// The CPUID of vCPU `index` of `count`: KVM's supported set plus topology and the
-/// hypervisor bit.
-pub fn vcpu_cpuid(base: &CpuId, index: u32, count: u32) -> CpuId {
+/// The CPUID of vCPU `index` of `count`: KVM's supported set plus topology, the hypervisor
+/// bit and, when KVM emulates it, the TSC-deadline timer. Without that bit Linux runs the
+/// LAPIC timer in one-shot mode, calibrates it against the PIT and, under nested
+/// virtualization, fails the check ("APIC timer disabled due to verification failure") and
+/// falls back to the PIT: seconds of boot and a periodic tick.
+pub fn vcpu_cpuid(base: &CpuId, index: u32, count: u32, tsc_deadline: bool) -> CpuId {
     let mut cpuid = base.clone();
     let apic_id = index & 0xff;
     for e in cpuid.as_mut_slice() {
@@ -241,6 +244,9 @@ pub fn vcpu_cpuid(base: &CpuId, index: u32, count: u32) -> CpuId {
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((count.min(255)) << 16);
                 e.ecx |= 1 << 31; // running under a hypervisor
+                if tsc_deadline {
+                    e.ecx |= 1 << 24; // TSC-deadline LAPIC timer mode
+                }
                 if count > 1 {
                     e.edx |= 1 << 28; // HTT: the count in ebx is valid
                 }
@@ -329,11 +335,14 @@ mod tests {
             },
         ])
         .unwrap();
-        let c = vcpu_cpuid(&base, 3, 4);
+        let c = vcpu_cpuid(&base, 3, 4, false);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & (1 << 31), 0);
+        assert_eq!(e[0].ecx & (1 << 24), 0);
+        let c = vcpu_cpuid(&base, 3, 4, true);
+        assert_ne!(c.as_slice()[0].ecx & (1 << 24), 0, "TSC-deadline bit");
         assert_eq!(e[1].edx, 3);
         assert_eq!(boot_msrs().unwrap().as_slice().len(), 11);
     }

@@ -121,7 +121,12 @@ impl Vcpu {
         entry: BootEntry,
         count: u32,
     ) -> Result<(), VcpuError> {
-        let cpuid = regs::vcpu_cpuid(vm.supported_cpuid(), self.index, count);
+        let cpuid = regs::vcpu_cpuid(
+            vm.supported_cpuid(),
+            self.index,
+            count,
+            vm.tsc_deadline_timer(),
+        );
         self.fd.set_cpuid2(&cpuid).map_err(VcpuError::SetCpuid)?;
         if !matches!(entry, BootEntry::RealMode { .. }) {
             let msrs = regs::boot_msrs()?;
