@@ -18,7 +18,9 @@
 # initramfs, default hulld's), TMPDIR (temp dirs, default /var/tmp and /run for hulld's
 # state dir), CRICTL_CHECK_LOG_DIR
 # (hulld's and the registry's logs, default /var/tmp/hull-crictl-logs/<UTC time>),
-# CRICTL_CHECK_KEEP=1 (keep the temp dirs).
+# CRICTL_CHECK_KEEP=1 (keep the temp dirs), CRICTL_CHECK_AFTER (a shell command run after
+# the checks, before the teardown, with HULL_SOCK and HULL_IMAGE set: e.g.
+# 'container_cri_bench "$HULL_SOCK" "$HULL_IMAGE" 20').
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -190,4 +192,8 @@ check 'pods (empty)' "$ok && [[ -z \$OUT ]]" -- pods -q
 check rmi "$ok" -- rmi "$IMAGE"
 
 echo "crictl check: $PASSED passed, $FAILED failed (hulld log: $LOG_DIR/hulld.log)"
+if [[ -n ${CRICTL_CHECK_AFTER:-} ]]; then
+    log "running CRICTL_CHECK_AFTER against this hulld"
+    HULL_SOCK=$SOCK HULL_IMAGE=$IMAGE bash -c "$CRICTL_CHECK_AFTER" || log "CRICTL_CHECK_AFTER failed"
+fi
 [[ $FAILED -eq 0 ]]
