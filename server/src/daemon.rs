@@ -41,6 +41,8 @@ pub enum DaemonError {
     Serve(#[from] tonic::transport::Error),
     #[error("Cannot open the image service")]
     Images(#[from] hull_image::ImageError),
+    #[error("Cannot start the streaming server")]
+    Streaming(#[from] crate::streaming::StreamingError),
 }
 
 /// What every CRI call shares.
@@ -53,6 +55,8 @@ pub struct Daemon {
     pub sandboxes: Arc<SandboxManager>,
     /// Images: pull, store, rootfs (hull-image), in `<root_dir>/images`.
     pub images: hull_image::ImageService,
+    /// Exec/attach/port-forward URLs and the HTTP server behind them.
+    pub streaming: Arc<crate::streaming::StreamingServer>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -93,7 +97,11 @@ impl Daemon {
             crate::events::Events::new(),
         ));
         containers.set_images(Arc::new(images.clone()));
+        let streaming = Arc::new(crate::streaming::StreamingServer::bind(
+            &config.streaming.address,
+        )?);
         Ok(Self {
+            streaming,
             config,
             containers,
             store,
@@ -144,6 +152,7 @@ pub async fn serve(
     // Before the first call: reattach to running VMs, unwind half-created sandboxes.
     daemon.sandboxes.recover().await;
     crate::container::recover::recover(&daemon.containers, &daemon.sandboxes).await;
+    let streaming = tokio::spawn(Arc::clone(&daemon.streaming).serve());
     let service = CriService::new(Arc::clone(&daemon));
     let runtime = RuntimeServiceServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -171,6 +180,7 @@ pub async fn serve(
             Ok(())
         }
     };
+    streaming.abort();
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket");
     }

@@ -17,4 +17,5 @@ pub mod logs;
 pub mod recover;
 pub mod sandbox;
 pub mod state;
+pub mod streaming;
 pub mod unwind;

@@ -14,8 +14,12 @@ use hull_cri_api as cri;
 use hull_cri_api::server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use hull_agent_api::AgentClient;
+use tonic::transport::Channel;
+
 use super::CriService;
 use super::status::CriError;
+use crate::streaming::{AttachTarget, ExecTarget, PortForwardTarget, Target, Wanted};
 
 type CallResult<T> = Result<Response<T>, Status>;
 
@@ -237,19 +241,19 @@ impl RuntimeService for CriService {
         ))
     }
 
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> CallResult<cri::ExecResponse> {
-        not_yet("Exec", "the streaming server is not built yet")
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> CallResult<cri::ExecResponse> {
+        Ok(Response::new(self.do_exec(req.into_inner()).await?))
     }
 
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> CallResult<cri::AttachResponse> {
-        not_yet("Attach", "the streaming server is not built yet")
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> CallResult<cri::AttachResponse> {
+        Ok(Response::new(self.do_attach(req.into_inner()).await?))
     }
 
     async fn port_forward(
         &self,
-        _req: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> CallResult<cri::PortForwardResponse> {
-        not_yet("PortForward", "the streaming server is not built yet")
+        Ok(Response::new(self.do_port_forward(req.into_inner()).await?))
     }
 
     async fn checkpoint_container(
@@ -271,5 +275,143 @@ impl RuntimeService for CriService {
         _req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> CallResult<cri::ListPodSandboxMetricsResponse> {
         not_yet("ListPodSandboxMetrics", "pod metrics are not exported yet")
+    }
+}
+
+/// The default `PATH` of exec'd processes (the container's own env is added after it).
+const EXEC_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Exec, Attach and PortForward: resolve the target now (so a wrong id fails the CRI
+/// call, not the later HTTP request) and answer with a single-use streaming URL.
+impl CriService {
+    /// A running container and its pod's agent.
+    async fn streaming_target(
+        &self,
+        container_id: &str,
+    ) -> Result<(crate::state::ContainerRecord, AgentClient<Channel>), CriError> {
+        let r = self
+            .daemon
+            .containers
+            .get(container_id)
+            .map_err(super::container::manager_error)?;
+        if r.state != crate::state::ContainerState::Running {
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is not running",
+                r.id
+            )));
+        }
+        let sb = self.daemon.sandboxes.get(&r.sandbox_id).ok_or_else(|| {
+            CriError::NotFound(format!(
+                "pod sandbox {} of container {} is gone",
+                r.sandbox_id, r.id
+            ))
+        })?;
+        let agent = sb
+            .agent()
+            .await
+            .map_err(|e| CriError::FailedPrecondition(crate::sandbox::error_chain(&e)))?;
+        Ok((r, agent))
+    }
+
+    fn streaming_url(&self, target: Target) -> Result<String, CriError> {
+        self.daemon
+            .streaming
+            .url_for(target)
+            .map_err(|e| CriError::internal("Streaming server", e))
+    }
+
+    pub(crate) async fn do_exec(
+        &self,
+        req: cri::ExecRequest,
+    ) -> Result<cri::ExecResponse, CriError> {
+        if req.cmd.is_empty() {
+            return Err(CriError::InvalidArgument("cmd must not be empty".into()));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(CriError::InvalidArgument(
+                "one of stdin, stdout, or stderr must be set".into(),
+            ));
+        }
+        let (r, agent) = self.streaming_target(&req.container_id).await?;
+        let mut env = vec![EXEC_PATH.to_owned()];
+        env.extend(
+            r.config
+                .envs
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value)),
+        );
+        if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        let cwd = if r.config.working_dir.is_empty() {
+            "/".to_owned()
+        } else {
+            r.config.working_dir.clone()
+        };
+        let target = Target::Exec(ExecTarget {
+            agent,
+            container_id: r.id.clone(),
+            cmd: req.cmd,
+            env,
+            cwd,
+            wanted: Wanted::new(req.stdin, req.stdout, req.stderr, req.tty),
+        });
+        let url = self.streaming_url(target)?;
+        tracing::info!(container = %r.id, tty = req.tty, stdin = req.stdin, "Exec");
+        Ok(cri::ExecResponse { url })
+    }
+
+    pub(crate) async fn do_attach(
+        &self,
+        req: cri::AttachRequest,
+    ) -> Result<cri::AttachResponse, CriError> {
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(CriError::InvalidArgument(
+                "one of stdin, stdout, or stderr must be set".into(),
+            ));
+        }
+        let (r, agent) = self.streaming_target(&req.container_id).await?;
+        // The terminal is the container's: a client cannot attach with another mode.
+        let tty = r.config.tty;
+        let target = Target::Attach(AttachTarget {
+            agent,
+            container_id: r.id.clone(),
+            wanted: Wanted::new(req.stdin, req.stdout, req.stderr, tty),
+            stdin_once: r.config.stdin_once,
+        });
+        let url = self.streaming_url(target)?;
+        tracing::info!(container = %r.id, tty, stdin = req.stdin, "Attach");
+        Ok(cri::AttachResponse { url })
+    }
+
+    pub(crate) async fn do_port_forward(
+        &self,
+        req: cri::PortForwardRequest,
+    ) -> Result<cri::PortForwardResponse, CriError> {
+        let sb = self
+            .daemon
+            .sandboxes
+            .get(&req.pod_sandbox_id)
+            .ok_or_else(|| {
+                CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+            })?;
+        if sb.state() != crate::state::SandboxState::Ready {
+            return Err(CriError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                req.pod_sandbox_id
+            )));
+        }
+        let agent = sb
+            .agent()
+            .await
+            .map_err(|e| CriError::FailedPrecondition(crate::sandbox::error_chain(&e)))?;
+        let sandbox_id = sb.record().id.clone();
+        let target = Target::PortForward(PortForwardTarget {
+            agent,
+            sandbox_id: sandbox_id.clone(),
+        });
+        let url = self.streaming_url(target)?;
+        tracing::info!(sandbox = %sandbox_id, ports = ?req.port, "PortForward");
+        Ok(cri::PortForwardResponse { url })
     }
 }
