@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::devices::net::{NetCounters, NetStats};
 use super::exit::{ExitReason, ExitSignal};
 use super::vcpu::VcpuMetrics;
 
@@ -41,6 +42,8 @@ pub struct VmmInfo {
     pub started: Instant,
     pub memory_mib: u64,
     pub vcpus: Vec<Arc<VcpuMetrics>>,
+    /// The virtio-net counters, when the VM has a NIC.
+    pub net: Option<Arc<NetCounters>>,
 }
 
 /// A request.
@@ -76,6 +79,9 @@ pub struct MetricsReply {
     pub guest_ram_rss_kb: u64,
     /// Everything else: the VMM's own overhead.
     pub vmm_rss_kb: u64,
+    /// virtio-net frames, drops and refused descriptor chains (absent without a NIC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetStats>,
 }
 
 /// Sum `Rss:` of the guest-RAM mappings and of everything else in a smaps text.
@@ -106,6 +112,7 @@ pub fn exit_counters(info: &VmmInfo) -> MetricsReply {
         m.mmio_exits += v.mmio_exits.load(Ordering::Relaxed);
         m.unhandled += v.unhandled.load(Ordering::Relaxed);
     }
+    m.net = info.net.as_ref().map(|n| n.snapshot());
     m
 }
 
@@ -209,6 +216,7 @@ mod tests {
             started: Instant::now(),
             memory_mib: 128,
             vcpus: vec![v.clone(), v],
+            net: None,
         })
     }
 
@@ -247,5 +255,19 @@ mod tests {
         assert!(!exit.is_stopping());
         assert_eq!(ask("{\"op\":\"shutdown\"}\n").trim(), r#"{"ok":true}"#);
         assert_eq!(exit.reason(), Some(ExitReason::ApiShutdown));
+    }
+
+    #[test]
+    fn metrics_carry_net_counters_only_with_a_nic() {
+        let without = serde_json::to_string(&exit_counters(&info())).unwrap();
+        assert!(!without.contains("net"), "{without}");
+        let mut with = Arc::try_unwrap(info()).unwrap();
+        with.net = Some(Arc::new(NetCounters::default()));
+        let m = exit_counters(&with);
+        assert_eq!(m.net, Some(NetStats::default()));
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""net":{"rx_frames":0,"#), "{json}");
+        let back: MetricsReply = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
     }
 }

@@ -14,7 +14,7 @@ use super::devices::bus::{Bus, BusError};
 use super::devices::fs::{Fs, FsError};
 use super::devices::i8042::I8042;
 use super::devices::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
-use super::devices::net::{Net, TapError};
+use super::devices::net::{Net, NetCounters, TapError};
 use super::devices::rng::Rng;
 use super::devices::serial::SerialDevice;
 use super::devices::virtio::VirtioDevice;
@@ -89,6 +89,8 @@ pub struct Vmm {
     pub vcpus: Vec<Vcpu>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
+    /// The virtio-net device's counters, when there is one.
+    pub net: Option<Arc<NetCounters>>,
     /// Declared after the vCPUs and buses so it is dropped after them; the VM fd before RAM.
     pub vm: KvmVm,
     pub ram: GuestRam,
@@ -235,8 +237,11 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
         })?;
         devices.push(Box::new(device));
     }
+    let mut net_counters = None;
     if let Some(net) = &config.net {
-        devices.push(Box::new(Net::new(&net.tap, net.mac_bytes())?));
+        let device = Net::new(&net.tap, net.mac_bytes())?;
+        net_counters = Some(device.counters());
+        devices.push(Box::new(device));
     }
     if let Some(fs) = &config.fs {
         devices.push(Box::new(Fs::new(&fs.socket, &fs.tag)?));
@@ -260,6 +265,7 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
         vcpus,
         pio,
         mmio,
+        net: net_counters,
         vm,
         ram,
     })

@@ -112,6 +112,7 @@ impl EventLoop {
             started: std::time::Instant::now(),
             memory_mib: vmm.config.memory_mib,
             vcpus: vmm.vcpus.iter().map(|v| v.metrics()).collect(),
+            net: vmm.net.clone(),
         });
         if let Some(path) = &vmm.config.api_socket {
             let on_start = || seccomp::apply(ThreadKind::Api).map_err(|e| e.to_string());

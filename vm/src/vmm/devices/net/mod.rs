@@ -11,6 +11,7 @@ pub mod tap;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -20,7 +21,7 @@ use super::virtio::{
     spawn_device_thread,
 };
 use crate::vmm::exit::ExitReason;
-pub use queues::{NetError, NetQueues, NetStats};
+pub use queues::{NetCounters, NetError, NetQueues, NetStats};
 pub use tap::{TapError, open_tap};
 
 /// The device has a MAC in its config space.
@@ -38,6 +39,7 @@ const EXIT_TOKEN: u64 = 4;
 #[derive(Debug)]
 pub struct Net {
     mac: Option<[u8; 6]>,
+    counters: Arc<NetCounters>,
     worker: ActivationSender,
 }
 
@@ -54,6 +56,8 @@ impl Net {
     /// A NIC on an already open frame fd (a tap, or a datagram socket in tests).
     pub fn with_tap(tap: File, mac: Option<[u8; 6]>) -> std::io::Result<Self> {
         let mut tap = Some(tap);
+        let counters = Arc::new(NetCounters::default());
+        let thread_counters = counters.clone();
         let worker = spawn_device_thread("net", move |mut a: Activation| {
             let Some(file) = tap.take() else {
                 return;
@@ -64,7 +68,14 @@ impl Net {
                 tap = Some(file);
                 return;
             };
-            let mut q = NetQueues::new(a.mem.clone(), rxq, txq, a.interrupt.clone(), file);
+            let mut q = NetQueues::new(
+                a.mem.clone(),
+                rxq,
+                txq,
+                a.interrupt.clone(),
+                file,
+                thread_counters.clone(),
+            );
             if let Err(err) = run(&mut q, &a) {
                 tracing::error!(error = %err, "virtio-net: device stopped");
                 let reason = match err {
@@ -75,10 +86,19 @@ impl Net {
                 };
                 a.exit.stop(reason);
             }
-            tracing::info!(stats = ?q.stats, "virtio-net: activation ended");
+            tracing::info!(stats = ?q.stats(), "virtio-net: activation ended");
             tap = Some(q.tap);
         })?;
-        Ok(Self { mac, worker })
+        Ok(Self {
+            mac,
+            counters,
+            worker,
+        })
+    }
+
+    /// The device's counters (frames, drops, refused chains), live.
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
     }
 }
 

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -56,8 +57,8 @@ pub enum NetError {
     Interrupt(#[source] std::io::Error),
 }
 
-/// Counters (frames and refused chains).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// A snapshot of the counters (reported by the control API's `metrics`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetStats {
     pub rx_frames: u64,
     pub tx_frames: u64,
@@ -67,6 +68,35 @@ pub struct NetStats {
     pub tx_dropped: u64,
     /// Malformed descriptor chains.
     pub rejected: u64,
+}
+
+/// The live counters, shared between the device thread and the control API.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    rx_frames: AtomicU64,
+    tx_frames: AtomicU64,
+    rx_dropped: AtomicU64,
+    tx_dropped: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl NetCounters {
+    /// The current values.
+    pub fn snapshot(&self) -> NetStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NetStats {
+            rx_frames: get(&self.rx_frames),
+            tx_frames: get(&self.tx_frames),
+            rx_dropped: get(&self.rx_dropped),
+            tx_dropped: get(&self.tx_dropped),
+            rejected: get(&self.rejected),
+        }
+    }
+}
+
+/// Add one; returns the new value.
+fn bump(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// Which way data moves through a chain.
@@ -129,7 +159,7 @@ pub struct NetQueues {
     pub txq: Queue,
     pub interrupt: Arc<VirtioInterrupt>,
     pub tap: File,
-    pub stats: NetStats,
+    pub counters: Arc<NetCounters>,
     /// Bounce buffer: header + one frame.
     buf: Vec<u8>,
 }
@@ -150,6 +180,7 @@ impl NetQueues {
         txq: Queue,
         interrupt: Arc<VirtioInterrupt>,
         tap: File,
+        counters: Arc<NetCounters>,
     ) -> Self {
         Self {
             mem,
@@ -157,14 +188,18 @@ impl NetQueues {
             txq,
             interrupt,
             tap,
-            stats: NetStats::default(),
+            counters,
             buf: vec![0u8; NET_HDR_LEN + MAX_FRAME],
         }
     }
 
+    /// The counters now.
+    pub fn stats(&self) -> NetStats {
+        self.counters.snapshot()
+    }
+
     fn reject(&mut self, queue: &str, err: &ChainError) {
-        self.stats.rejected += 1;
-        if self.stats.rejected <= 10 {
+        if bump(&self.counters.rejected) <= 10 {
             tracing::warn!(queue, error = %err, "virtio-net: refused a descriptor chain");
         }
     }
@@ -212,7 +247,7 @@ impl NetQueues {
             let len = NET_HDR_LEN + n;
             if n < MIN_FRAME || len > capacity {
                 // Too big for this guest buffer (or a runt): drop it, keep the buffer.
-                self.stats.rx_dropped += 1;
+                bump(&self.counters.rx_dropped);
                 self.rxq.go_to_previous_position();
                 continue;
             }
@@ -220,7 +255,7 @@ impl NetQueues {
             self.buf[..NET_HDR_LEN].fill(0);
             self.buf[NET_HDR_LEN - 2] = 1;
             self.scatter(&bufs, len)?;
-            self.stats.rx_frames += 1;
+            bump(&self.counters.rx_frames);
             self.add_used_rx(head, len)?;
             pass.used = true;
         }
@@ -282,10 +317,11 @@ impl NetQueues {
             done += l;
         }
         match (&self.tap).write(&self.buf[NET_HDR_LEN..total]) {
-            Ok(_) => self.stats.tx_frames += 1,
+            Ok(_) => {
+                bump(&self.counters.tx_frames);
+            }
             Err(e) => {
-                self.stats.tx_dropped += 1;
-                if self.stats.tx_dropped <= 10 {
+                if bump(&self.counters.tx_dropped) <= 10 {
                     tracing::warn!(error = %e, "virtio-net: the tap refused a frame");
                 }
             }

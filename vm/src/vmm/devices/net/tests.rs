@@ -39,6 +39,7 @@ fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
         tx.create_queue().unwrap(),
         interrupt,
         tap,
+        Arc::new(NetCounters::default()),
     );
     Rig { rx, tx, q, peer }
 }
@@ -83,7 +84,7 @@ fn rx_scatters_header_and_frame_and_interrupts() {
     r.q.notify(pass.used, false).unwrap();
     assert_eq!(r.q.interrupt.status() & INT_VRING, INT_VRING);
     assert_eq!(r.q.interrupt.irqfd().read().unwrap(), 1);
-    assert_eq!(r.q.stats.rx_frames, 1);
+    assert_eq!(r.q.stats().rx_frames, 1);
 }
 
 #[test]
@@ -122,7 +123,7 @@ fn rx_frame_larger_than_the_buffer_is_dropped_and_the_buffer_kept() {
     r.peer.send(&frame(50, 2)).unwrap();
     add_chain(&r.rx, &[desc(0x8000, 12 + 100, true)], 0);
     r.q.process_rx().unwrap();
-    assert_eq!(r.q.stats.rx_dropped, 1);
+    assert_eq!(r.q.stats().rx_dropped, 1);
     assert_eq!(r.rx.used().idx().load(), 1);
     assert_eq!(used_entry(&r.rx, 0), (0, (NET_HDR_LEN + 50) as u32));
     assert_eq!(read_mem(&mem, 0x8000 + 12, 50), frame(50, 2));
@@ -151,7 +152,7 @@ fn malformed_rx_chains_are_refused_without_writing() {
     // Too short for a header and an Ethernet header.
     add_chain(&r.rx, &[desc(0x8000, 20, true)], 5);
     r.q.process_rx().unwrap();
-    assert_eq!(r.q.stats.rejected, 4);
+    assert_eq!(r.q.stats().rejected, 4);
     for i in 0..4 {
         assert_eq!(used_entry(&r.rx, i).1, 0, "chain {i} returned empty");
     }
@@ -188,7 +189,7 @@ fn tx_strips_the_header_and_writes_the_frame() {
     let n = r.peer.recv(&mut got).unwrap();
     assert_eq!(&got[..n], &f[..]);
     assert_eq!(used_entry(&r.tx, 0), (0, 0));
-    assert_eq!(r.q.stats.tx_frames, 1);
+    assert_eq!(r.q.stats().tx_frames, 1);
 }
 
 fn store(
@@ -234,8 +235,8 @@ fn malformed_tx_chains_send_nothing() {
     store(&r.tx, 7, 0x0, (NET_HDR_LEN + MAX_FRAME + 1) as u32, 0, 0);
     publish(&r.tx, &[0, 1, 2, 3, 4, 6, 7]);
     assert!(r.q.process_tx().unwrap());
-    assert_eq!(r.q.stats.rejected, 7);
-    assert_eq!(r.q.stats.tx_frames, 0);
+    assert_eq!(r.q.stats().rejected, 7);
+    assert_eq!(r.q.stats().tx_frames, 0);
     assert_eq!(r.tx.used().idx().load(), 7, "every chain returned");
     let mut got = [0u8; 256];
     assert_eq!(

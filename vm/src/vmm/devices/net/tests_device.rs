@@ -196,6 +196,7 @@ fn real_tap_answers_arp() {
         tx.create_queue().unwrap(),
         interrupt,
         tap,
+        Arc::new(NetCounters::default()),
     );
     let bufs: Vec<u64> = (0..8).map(|i| 0x8000 + i * 0x800).collect();
     for (i, addr) in (0u16..).zip(&bufs) {
@@ -206,7 +207,7 @@ fn real_tap_answers_arp() {
     mem.write_slice(&req, GuestAddress(0x600c)).unwrap();
     add_chain(&tx, &[desc(0x6000, 12 + req.len() as u32, false)], 0);
     assert!(q.process_tx().unwrap());
-    assert_eq!(q.stats.tx_frames, 1, "the tap took the frame");
+    assert_eq!(q.stats().tx_frames, 1, "the tap took the frame");
     let mut reply = None;
     wait_until("an ARP reply from the namespace's kernel", || {
         q.process_rx().unwrap();
@@ -224,5 +225,5 @@ fn real_tap_answers_arp() {
     let reply = reply.unwrap();
     assert_eq!(&reply[..6], &GUEST_MAC, "unicast to the guest");
     assert_eq!(&reply[32..38], &GUEST_MAC);
-    assert_eq!(q.stats.rejected, 0);
+    assert_eq!(q.stats().rejected, 0);
 }
