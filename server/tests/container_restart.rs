@@ -413,6 +413,9 @@ async fn pod_stats(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str, id: &st
         .map(|v| v.value)
         .expect("process count");
     assert!(procs >= 1, "{procs}");
+    let net = second.network.as_ref().expect("pod network stats");
+    let eth0 = net.default_interface.as_ref().expect("default interface");
+    assert_eq!(eth0.name, "eth0", "{net:?}");
     assert!(cpu(&second) > cpu(&first), "pod CPU moves");
     assert!(ctr_cpu(&second) > ctr_cpu(&first), "container CPU moves");
     assert!(

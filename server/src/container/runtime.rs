@@ -11,7 +11,7 @@ use hull_cri_api as cri;
 use tonic::transport::Channel;
 
 use super::manager::{ContainerManager, Exit};
-use crate::logs::{LogWriter, Stream};
+use crate::logs::{LogWriter, Resume, Stream};
 use crate::state::ContainerRecord;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +27,6 @@ pub enum RuntimeError {
     Timeout { id: String, timeout: Duration },
     #[error("Exec command is empty")]
     EmptyCommand,
-    #[error("Cannot open the log of container {id}")]
-    Log {
-        id: String,
-        #[source]
-        source: super::manager::ManagerError,
-    },
 }
 
 fn agent_err(call: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
@@ -102,63 +96,65 @@ async fn pump(mut s: tonic::Streaming<pb::OutputChunk>, writer: Option<LogWriter
 
 /// Watches an already running container again (after a hulld restart): its log writer
 /// resumes where the log file ends (no line lost or repeated, see [`crate::logs::resume`])
-/// and its exit is recorded.
+/// and its exit is recorded. The writer is opened before this returns, so a
+/// ReopenContainerLog served after recovery finds it.
 pub fn rewatch(
     manager: Arc<ContainerManager>,
     agent: AgentClient<Channel>,
     record: ContainerRecord,
 ) {
+    let id = record.id.clone();
+    let writer = match manager.resume_log_writer(&record) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(container = %id, error = %crate::sandbox::error_chain(&e),
+                "cannot resume the container's log; its exit is still watched");
+            None
+        }
+    };
     tokio::spawn(async move {
-        let id = record.id.clone();
-        let pumps = match reattach_output(&manager, agent.clone(), &record).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(container = %id, error = %crate::sandbox::error_chain(&e),
-                    "cannot re-attach the container's log; its exit is still watched");
-                Vec::new()
-            }
+        let pumps = match writer {
+            Some((writer, at)) => reattach_output(agent.clone(), &id, writer, at).await,
+            None => Vec::new(),
         };
         watch(manager, agent, id, pumps).await;
     });
 }
 
-/// Opens the resumed log writer and reads both streams from the agent at its offsets.
+/// Reads both streams from the agent at the resumed offsets into `writer`.
 async fn reattach_output(
-    manager: &ContainerManager,
     mut agent: AgentClient<Channel>,
-    record: &ContainerRecord,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, RuntimeError> {
-    let id = &record.id;
-    let Some((writer, at)) = manager
-        .resume_log_writer(record)
-        .map_err(|e| RuntimeError::Log {
-            id: id.clone(),
-            source: e,
-        })?
-    else {
-        return Ok(Vec::new());
-    };
+    id: &str,
+    writer: LogWriter,
+    at: Resume,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut pumps = Vec::new();
     for (stream, kind, offset) in [
         (Stream::Stdout, pb::OutputStream::Stdout, at.stdout),
         (Stream::Stderr, pb::OutputStream::Stderr, at.stderr),
     ] {
         let req = pb::ReadOutputFromRequest {
-            container_id: id.clone(),
+            container_id: id.to_owned(),
             exec_id: String::new(),
             stream: kind as i32,
             offset,
             from_end: false,
         };
-        let s = agent
-            .read_output_from(req)
-            .await
-            .map_err(agent_err("ReadOutputFrom", id))?
-            .into_inner();
-        pumps.push(tokio::spawn(pump(s, Some(writer.clone()), stream)));
+        match agent.read_output_from(req).await {
+            Ok(s) => pumps.push(tokio::spawn(pump(
+                s.into_inner(),
+                Some(writer.clone()),
+                stream,
+            ))),
+            Err(e) => {
+                // UNIMPLEMENTED: a guest agent older than ReadOutputFrom.
+                tracing::warn!(container = %id, stream = stream.as_str(), error = %e,
+                    "cannot re-attach the container's output; its exit is still watched");
+            }
+        }
     }
     tracing::info!(container = %id, stdout = at.stdout, stderr = at.stderr, "log re-attached");
-    Ok(pumps)
+    pumps
 }
 
 /// Waits for the main process; records the exit once the output is drained.

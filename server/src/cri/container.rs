@@ -78,6 +78,10 @@ impl CriService {
                 tonic::Code::FailedPrecondition => {
                     CriError::FailedPrecondition(e.message().to_owned())
                 }
+                tonic::Code::Unimplemented => CriError::Unimplemented {
+                    rpc: "UpdateContainerResources",
+                    why: "the pod's guest agent predates UpdateContainerResources (rebuild the guest)",
+                },
                 _ => CriError::internal("Agent UpdateContainerResources", e),
             })?;
         containers

@@ -20,7 +20,7 @@ fn runtime_error(e: RuntimeError) -> CriError {
     match e {
         RuntimeError::Timeout { .. } => CriError::DeadlineExceeded(e.to_string()),
         RuntimeError::EmptyCommand => CriError::InvalidArgument(e.to_string()),
-        RuntimeError::Agent { .. } | RuntimeError::Log { .. } => CriError::internal("Container", e),
+        RuntimeError::Agent { .. } => CriError::internal("Container", e),
     }
 }
 

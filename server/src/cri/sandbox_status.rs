@@ -130,6 +130,45 @@ fn vm_pids(vmm_pid: u32, run_dir: &std::path::Path) -> Vec<u32> {
     pids
 }
 
+/// The pod netns' interfaces as the VMM (which runs in that netns) sees them in
+/// /proc/<pid>/net/dev: `eth0` (the CNI interface) is the default one; `lo` and the VM's
+/// tap (a mirror of eth0's traffic) are left out.
+fn parse_net_dev(text: &str, ts: i64) -> Option<cri::NetworkUsage> {
+    let value = |v: u64| Some(cri::UInt64Value { value: v });
+    let interfaces: Vec<cri::NetworkInterfaceUsage> = text
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let name = name.trim();
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            (name != "lo" && !name.starts_with("tap") && f.len() >= 11).then(|| {
+                cri::NetworkInterfaceUsage {
+                    name: name.to_owned(),
+                    rx_bytes: value(f[0]),
+                    rx_errors: value(f[2]),
+                    tx_bytes: value(f[8]),
+                    tx_errors: value(f[10]),
+                }
+            })
+        })
+        .collect();
+    let default_interface = interfaces
+        .iter()
+        .find(|i| i.name == "eth0")
+        .or_else(|| interfaces.first())
+        .cloned();
+    default_interface.as_ref()?;
+    Some(cri::NetworkUsage {
+        timestamp: ts,
+        default_interface,
+        interfaces,
+    })
+}
+
 /// CPU time and RSS of the whole VM as the host sees it (guest work and VMM overhead).
 fn vm_usage(sb: &Sandbox, rec: &SandboxRecord) -> Option<(u64, u64)> {
     let vm = sb.vm().filter(|v| v.is_running())?;
@@ -174,6 +213,11 @@ fn pod_stats(
         None => (None, None),
     };
     let processes: u64 = containers.iter().map(|(_, p)| p).sum();
+    let network = sb
+        .vm()
+        .filter(|v| v.is_running())
+        .and_then(|v| std::fs::read_to_string(format!("/proc/{}/net/dev", v.pid())).ok())
+        .and_then(|text| parse_net_dev(&text, ts));
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: rec.id.clone(),
@@ -184,7 +228,7 @@ fn pod_stats(
         linux: Some(cri::LinuxPodSandboxStats {
             cpu,
             memory,
-            network: None,
+            network,
             process: Some(cri::ProcessUsage {
                 timestamp: ts,
                 process_count: value(processes),
@@ -322,6 +366,21 @@ mod tests {
         assert!(rss > 0);
         let _ = cpu;
         assert!(vmm_usage(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn network_from_net_dev() {
+        let text = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n    lo:  100 1 0 0 0 0 0 0  100 1 0 0 0 0 0 0\n  eth0: 5000 40 1 0 0 0 0 0 7000 50 2 0 0 0 0 0\n  tap0: 7000 50 0 0 0 0 0 0 5000 40 0 0 0 0 0 0\n";
+        let n = parse_net_dev(text, 7).unwrap();
+        assert_eq!(n.interfaces.len(), 1);
+        let d = n.default_interface.unwrap();
+        assert_eq!(d.name, "eth0");
+        let v = |x: Option<cri::UInt64Value>| x.map(|v| v.value);
+        assert_eq!(
+            (v(d.rx_bytes), v(d.rx_errors), v(d.tx_bytes), v(d.tx_errors)),
+            (Some(5000), Some(1), Some(7000), Some(2))
+        );
+        assert!(parse_net_dev("a\nb\n    lo: 1 2 3 4 5 6 7 8 9 10 11 12\n", 0).is_none());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The CRI log writer: one per container, fed with the container's stdout/stderr chunks
 //! and writing the CRI log format (see [`format`]) to the container's log path.
 //!
-//! The producer (the task reading the agent's output streams) never waits on the disk for
-//! longer than [`LogConfig::max_block`]: chunks go through a bounded queue to a writer on
-//! the blocking pool, and a chunk that cannot be queued in time is dropped and counted
-//! (logged with the running total). [`LogWriter::reopen`] is queued behind the data
+//! Chunks go through a bounded queue to a writer on the blocking pool. With
+//! [`LogWriter::write`] the producer never waits on the disk for longer than
+//! [`LogConfig::max_block`]: a chunk that cannot be queued in time is dropped and counted
+//! (logged with the running total). hulld's pumps use [`LogWriter::write_at`] instead,
+//! see below. [`LogWriter::reopen`] is queued behind the data
 //! already accepted, so a reopen (kubelet's log rotation) loses no line.
 //!
 //! **Offsets and restarts.** Chunks from the agent carry their stream offset (bytes since
