@@ -10,7 +10,7 @@
 # garbage-collects content and snapshots; hull's store is removed), then `sync`, so no
 # run pays for an earlier run's writeback. Runs alternate between the two.
 #
-#   image-service/benches/pull-vs-containerd.sh [-n N] [image ...]
+#   [HULL_BENCH_DIR=/mnt/x] image-service/benches/pull-vs-containerd.sh [-n N] [image ...]
 #
 # Needs root, docker-registry, containerd (apt-get install containerd) and cargo.
 # Default images: big:latest (busybox + /usr/include + /usr/lib/python3.11 as layers)
@@ -24,13 +24,16 @@ IMAGES=("$@")
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-for tool in docker-registry containerd ctr; do
+for tool in docker-registry containerd ctr curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install docker-registry containerd" >&2; exit 1; }
 done
-(cd "$REPO" && cargo build --release -q -p hull-image --examples)
-BIN=$CARGO_TARGET_DIR/release/examples
+# HULL_BENCH_BIN: a dir with pull-bench and build-test-images already built (no cargo).
+BIN=${HULL_BENCH_BIN:-$CARGO_TARGET_DIR/release/examples}
+[[ -n ${HULL_BENCH_BIN:-} ]] || (cd "$REPO" && cargo build --release -q -p hull-image --examples)
 
-WORK=$(mktemp -d /var/tmp/hull-pull-bench.XXXXXX)
+# Everything (registry, both stores) lives under HULL_BENCH_DIR (default /var/tmp), so
+# both sides write to the same file system; point it at another mount to compare there.
+WORK=$(mktemp -d "${HULL_BENCH_DIR:-/var/tmp}/hull-pull-bench.XXXXXX")
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
@@ -103,7 +106,7 @@ done
 pct() { local p=$1; shift; printf '%s\n' "$@" | sort -n | awk -v p="$p" '{a[NR]=$1} END {i=int((NR*p+99)/100); if (i<1) i=1; print a[i]}'; }
 C=$(pct 50 "${ctr_times[@]}"); C90=$(pct 90 "${ctr_times[@]}")
 H=$(pct 50 "${hull_times[@]}"); H90=$(pct 90 "${hull_times[@]}")
-echo "images: ${IMAGES[*]}  runs: $N"
+echo "images: ${IMAGES[*]}  runs: $N  dir: $(df --output=fstype "$WORK" | tail -1) $WORK"
 echo "containerd ms: ${ctr_times[*]}"
 echo "hull       ms: ${hull_times[*]}"
 echo "p50 containerd: ${C} ms   p90: ${C90} ms"
