@@ -1,8 +1,9 @@
 //! virtio-net on the pod's tap device: queue 0 = RX (tap → guest), queue 1 = TX.
 //!
-//! Features: VIRTIO_F_VERSION_1 and, when a MAC is configured, VIRTIO_NET_F_MAC. No
-//! checksum/segmentation offloads and no mergeable RX buffers: every frame fits one RX chain
-//! behind a 12-byte header. One device thread owns the tap and both queues; it watches the
+//! Features: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC when a MAC is configured, VIRTIO_NET_F_MTU
+//! with the tap's MTU (a guest driver told an MTU above 1500 posts big multi-page RX buffers).
+//! No checksum/segmentation offloads and no mergeable RX buffers: every frame fits one RX
+//! chain behind a 12-byte header. One device thread owns the tap and both queues; it watches the
 //! tap only while the guest has RX buffers (backpressure: a guest that stops refilling RX
 //! leaves frames in the tap's queue, where the kernel drops them when it is full).
 
@@ -22,10 +23,17 @@ use super::virtio::{
 };
 use crate::vmm::exit::ExitReason;
 pub use queues::{NetCounters, NetError, NetQueues, NetStats};
-pub use tap::{TapError, open_tap};
+pub use tap::{TapError, interface_mtu, open_tap};
 
+/// The device reports its maximum MTU in the config space.
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// The device has a MAC in its config space.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// MTUs we report: Linux's minimum, up to what fits [`queues::MAX_FRAME`] with an Ethernet
+/// and a VLAN header.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=(queues::MAX_FRAME as u32 - 18);
+/// `struct virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu (le16).
+const CONFIG_LEN: usize = 12;
 /// Queue size of RX and TX.
 pub const QUEUE_SIZE: u16 = 256;
 
@@ -39,22 +47,29 @@ const EXIT_TOKEN: u64 = 4;
 #[derive(Debug)]
 pub struct Net {
     mac: Option<[u8; 6]>,
+    mtu: Option<u16>,
     counters: Arc<NetCounters>,
     worker: ActivationSender,
 }
 
 impl Net {
-    /// A NIC on tap `tap_name` in the current netns.
+    /// A NIC on tap `tap_name` in the current netns; the guest is told the tap's MTU.
     pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, TapError> {
         let tap = open_tap(tap_name)?;
-        Self::with_tap(tap, mac).map_err(|source| TapError::Attach {
+        let mtu = interface_mtu(tap_name)?;
+        tracing::info!(tap = tap_name, mtu, "virtio-net: attached to the tap");
+        Self::with_tap(tap, mac, Some(mtu)).map_err(|source| TapError::Attach {
             name: tap_name.to_string(),
             source,
         })
     }
 
-    /// A NIC on an already open frame fd (a tap, or a datagram socket in tests).
-    pub fn with_tap(tap: File, mac: Option<[u8; 6]>) -> std::io::Result<Self> {
+    /// A NIC on an already open frame fd (a tap, or a datagram socket in tests). An `mtu`
+    /// outside [`MTU_RANGE`] is not reported.
+    pub fn with_tap(tap: File, mac: Option<[u8; 6]>, mtu: Option<u32>) -> std::io::Result<Self> {
+        let mtu = mtu
+            .filter(|m| MTU_RANGE.contains(m))
+            .and_then(|m| u16::try_from(m).ok());
         let mut tap = Some(tap);
         let counters = Arc::new(NetCounters::default());
         let thread_counters = counters.clone();
@@ -91,6 +106,7 @@ impl Net {
         })?;
         Ok(Self {
             mac,
+            mtu,
             counters,
             worker,
         })
@@ -190,13 +206,19 @@ impl VirtioDevice for Net {
         } else {
             0
         };
-        VIRTIO_F_VERSION_1 | mac
+        let mtu = if self.mtu.is_some() {
+            VIRTIO_NET_F_MTU
+        } else {
+            0
+        };
+        VIRTIO_F_VERSION_1 | mac | mtu
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_net_config: mac[6] (only with VIRTIO_NET_F_MAC), then fields for
-        // features we do not offer.
-        let config = self.mac.unwrap_or_default();
+        // Fields of features we do not offer (status, max_virtqueue_pairs) read as zero.
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&self.mac.unwrap_or_default());
+        config[10..].copy_from_slice(&self.mtu.unwrap_or_default().to_le_bytes());
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         match start
             .checked_add(data.len())

@@ -17,6 +17,14 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
+/// `struct ifreq` as `SIOCGIFMTU` fills it: the name, the MTU, padding to 40 bytes.
+#[repr(C)]
+struct IfReqMtu {
+    name: [u8; libc::IFNAMSIZ],
+    mtu: libc::c_int,
+    _pad: [u8; 20],
+}
+
 /// Errors from opening the tap.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
@@ -24,6 +32,12 @@ pub enum TapError {
     Name(String),
     #[error("No interface {0} in this network namespace")]
     Missing(String, #[source] nix::Error),
+    #[error("Failed to read the MTU of {name}")]
+    Mtu {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Failed to open /dev/net/tun")]
     OpenTun(#[source] std::io::Error),
     #[error("Failed to attach to tap {name} (TUNSETIFF)")]
@@ -72,6 +86,39 @@ pub fn open_tap(name: &str) -> Result<File, TapError> {
     Ok(file)
 }
 
+/// The MTU of interface `name` in the current network namespace (`SIOCGIFMTU`).
+pub fn interface_mtu(name: &str) -> Result<u32, TapError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(TapError::Name(name.to_string()));
+    }
+    let fail = |source| TapError::Mtu {
+        name: name.to_string(),
+        source,
+    };
+    let sock = std::os::unix::net::UnixDatagram::unbound().map_err(fail)?;
+    let mut req = IfReqMtu {
+        name: [0; libc::IFNAMSIZ],
+        mtu: 0,
+        _pad: [0; 20],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `sock` is an open socket; SIOCGIFMTU reads the NUL-terminated name from and
+    // writes the MTU into one `struct ifreq`, and `req` is a live 40-byte `repr(C)` value of
+    // that layout.
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFMTU,
+            &mut req as *mut IfReqMtu,
+        )
+    };
+    if rc < 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    u32::try_from(req.mtu).map_err(|_| fail(std::io::Error::from(std::io::ErrorKind::InvalidData)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +126,7 @@ mod tests {
     #[test]
     fn ifreq_is_the_kernel_size() {
         assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
+        assert_eq!(std::mem::size_of::<IfReqMtu>(), 40);
     }
 
     #[test]
@@ -86,6 +134,15 @@ mod tests {
         for name in ["", "0123456789abcdef", "a\0b"] {
             assert!(matches!(open_tap(name), Err(TapError::Name(_))), "{name:?}");
         }
+    }
+
+    #[test]
+    fn loopback_mtu() {
+        assert_eq!(interface_mtu("lo").unwrap(), 65536);
+        assert!(matches!(
+            interface_mtu("hullnoif0"),
+            Err(TapError::Mtu { .. })
+        ));
     }
 
     #[test]

@@ -168,6 +168,31 @@ fn malformed_rx_chains_are_refused_without_writing() {
 }
 
 #[test]
+fn rx_jumbo_frame_spans_a_big_packet_chain() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x4_0000)]).unwrap();
+    let mut r = rig(&mem);
+    let f = frame(9014, 0x77);
+    r.peer.send(&f).unwrap();
+    // Linux's "big packets" layout: the header alone, then page-sized buffers.
+    add_chain(
+        &r.rx,
+        &[
+            desc(0x1_0000, 12, true),
+            desc(0x1_1000, 4096, true),
+            desc(0x1_2000, 4096, true),
+            desc(0x1_3000, 4096, true),
+        ],
+        0,
+    );
+    r.q.process_rx().unwrap();
+    assert_eq!(used_entry(&r.rx, 0), (0, (NET_HDR_LEN + 9014) as u32));
+    let mut got = read_mem(&mem, 0x1_1000, 4096);
+    got.extend(read_mem(&mem, 0x1_2000, 4096));
+    got.extend(read_mem(&mem, 0x1_3000, 9014 - 8192));
+    assert_eq!(got, f);
+}
+
+#[test]
 fn tx_strips_the_header_and_writes_the_frame() {
     let mem = test_memory();
     let mut r = rig(&mem);
@@ -293,19 +318,27 @@ fn bogus_avail_index_is_a_protocol_error() {
 fn config_space_has_the_mac_and_features_follow_it() {
     let (a, _b) = UnixDatagram::pair().unwrap();
     let tap = File::from(std::os::fd::OwnedFd::from(a));
-    let net = Net::with_tap(tap, Some([2, 0, 0, 0, 0, 9])).unwrap();
+    let net = Net::with_tap(tap, Some([2, 0, 0, 0, 0, 9]), Some(9000)).unwrap();
     assert_eq!(net.device_type(), device_type::NET);
-    assert_eq!(net.device_features(), VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
+    assert_eq!(
+        net.device_features(),
+        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU
+    );
     let mut mac = [0u8; 6];
     net.read_config(0, &mut mac);
     assert_eq!(mac, [2, 0, 0, 0, 0, 9]);
+    let mut mtu = [0u8; 2];
+    net.read_config(10, &mut mtu);
+    assert_eq!(u16::from_le_bytes(mtu), 9000);
     let mut tail = [0xffu8; 4];
-    net.read_config(4, &mut tail);
+    net.read_config(10, &mut tail);
     assert_eq!(tail, [0; 4], "reads past the config space read zeros");
-    let (a, _b) = UnixDatagram::pair().unwrap();
-    let tap = File::from(std::os::fd::OwnedFd::from(a));
-    let net = Net::with_tap(tap, None).unwrap();
-    assert_eq!(net.device_features(), VIRTIO_F_VERSION_1);
+    for mtu in [None, Some(67), Some(65536)] {
+        let (a, _b) = UnixDatagram::pair().unwrap();
+        let tap = File::from(std::os::fd::OwnedFd::from(a));
+        let net = Net::with_tap(tap, None, mtu).unwrap();
+        assert_eq!(net.device_features(), VIRTIO_F_VERSION_1, "{mtu:?}");
+    }
 }
 
 #[path = "tests_device.rs"]
