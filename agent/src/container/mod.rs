@@ -88,6 +88,9 @@ pub struct Container {
     state_dir: PathBuf,
     /// The container's seccomp profile, applied to its execs too.
     seccomp: Option<seccomp::Seccomp>,
+    /// The container's process: execs run with its user, capabilities and the rest unless
+    /// the exec request says otherwise (see [`spec::exec_process`]).
+    process: ProcessSpec,
 }
 
 /// One container as [`Containers::list`] reports it.
@@ -195,6 +198,7 @@ impl Containers {
         let cgroup_path = cgroup::create(id, resources)?;
         let state_dir = Path::new(STATE_DIR).join(id);
         let seccomp = spec.seccomp().cloned();
+        let process = spec.process.clone().unwrap_or_default();
         let result = self
             .spawn_init(id, spec, rootfs, &cgroup_path, &state_dir)
             .await;
@@ -210,6 +214,7 @@ impl Containers {
                 execs: Mutex::new(HashMap::new()),
                 state_dir,
                 seccomp,
+                process,
             }),
             Err(e) => {
                 let _ = cgroup::destroy(&cgroup_path).await;
@@ -286,10 +291,8 @@ impl Containers {
         process_json: &[u8],
     ) -> Result<u32, ContainerError> {
         validate::id("exec_id", exec_id)?;
-        let process: ProcessSpec =
-            serde_json::from_slice(process_json).map_err(spec::SpecError::Parse)?;
-        process.validate()?;
         let c = self.get(id)?;
+        let process = spec::exec_process(&c.process, process_json)?;
         if lock(&c.pending).is_some() || c.init.exit().is_some() {
             return Err(ContainerError::FailedPrecondition(format!(
                 "container {id} is not running"

@@ -69,6 +69,16 @@ pub fn setup(rootfs: &Path, spec: &Spec) -> Result<()> {
         None::<&str>,
     )
     .map_err(|e| format!("bind rootfs {}: {e}", rootfs.display()))?;
+    // The share is mounted nosuid in the guest and a bind inherits that: set-user-ID
+    // programs of the image (no_new_privs=false) need it cleared on the container's root.
+    mount(
+        None::<&str>,
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| format!("remount rootfs {} suid: {e}", rootfs.display()))?;
     let mounts = if spec.mounts.is_empty() {
         default_mounts()
     } else {
@@ -95,7 +105,28 @@ pub fn setup(rootfs: &Path, spec: &Spec) -> Result<()> {
             readonly(p)?;
         }
     }
+    if spec.readonly_root() {
+        // Last, so that every mount point above could still be created in the rootfs.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+            .map_err(|e| format!("remount the root read-only: {e}"))?;
+    }
     Ok(())
+}
+
+/// The propagation an OCI mount option asks for, if any.
+fn propagation(options: &[String]) -> Option<MsFlags> {
+    options.iter().rev().find_map(|o| {
+        Some(match o.as_str() {
+            "private" => MsFlags::MS_PRIVATE,
+            "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            "slave" => MsFlags::MS_SLAVE,
+            "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            "shared" => MsFlags::MS_SHARED,
+            "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+            _ => return None,
+        })
+    })
 }
 
 /// Splits OCI mount options into flags and the data string.
@@ -147,6 +178,11 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<()> {
         ) {
             mount(None::<&str>, &dest, None::<&str>, remount, None::<&str>)
                 .map_err(|e| format!("remount {}: {e}", m.destination))?;
+        }
+        // Within the guest only: the host side of a volume is set up by hulld.
+        if let Some(p) = propagation(&m.options) {
+            mount(None::<&str>, &dest, None::<&str>, p, None::<&str>)
+                .map_err(|e| format!("propagation of {}: {e}", m.destination))?;
         }
         return Ok(());
     }
@@ -273,5 +309,11 @@ mod tests {
         assert!(bind);
         assert!(flags.contains(MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
         assert_eq!(data, vec!["mode=755", "size=1k"]);
+        assert_eq!(propagation(&opts), None);
+        let opts = ["rbind".to_owned(), "rslave".to_owned(), "ro".to_owned()];
+        assert_eq!(
+            propagation(&opts),
+            Some(MsFlags::MS_SLAVE | MsFlags::MS_REC)
+        );
     }
 }

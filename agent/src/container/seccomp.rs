@@ -119,11 +119,20 @@ fn program(
 }
 
 /// Compiles a profile into the filters to install (see the module doc).
+///
+/// When the kernel runs several filters, the most restrictive action wins and, among equal
+/// actions, the most recently installed filter's data (the errno) wins. So the default
+/// filter, installed last, lets through every syscall some other rule matches (with that
+/// rule's conditions): an `errnoRet: 38` rule then gives ENOSYS, not the default's errno.
 pub fn compile(profile: &Seccomp) -> Result<Vec<BpfProgram>, String> {
     let default = action(&profile.default_action, profile.default_errno_ret)?;
     let mut groups: Vec<(SeccompAction, Group)> = Vec::new();
+    let mut not_default = Group::new();
     for rule in &profile.syscalls {
         let act = action(&rule.action, rule.errno_ret)?;
+        if act == default {
+            continue;
+        }
         let at = match groups.iter().position(|(a, _)| *a == act) {
             Some(i) => i,
             None => {
@@ -132,21 +141,16 @@ pub fn compile(profile: &Seccomp) -> Result<Vec<BpfProgram>, String> {
             }
         };
         add_rule(&mut groups[at].1, rule)?;
+        add_rule(&mut not_default, rule)?;
     }
-    let mut allowed = Group::new();
     let mut programs = Vec::new();
     for (act, group) in groups {
-        if act == default {
-            continue;
-        }
-        if act == SeccompAction::Allow {
-            allowed = group;
-        } else {
+        if act != SeccompAction::Allow {
             programs.push(program(group, SeccompAction::Allow, act)?);
         }
     }
     if default != SeccompAction::Allow {
-        programs.push(program(allowed, default, SeccompAction::Allow)?);
+        programs.push(program(not_default, default, SeccompAction::Allow)?);
     }
     Ok(programs)
 }
@@ -185,6 +189,60 @@ mod tests {
             {"names":["ptrace"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
         );
         assert_eq!(compile(&allow_list).expect("compile").len(), 2);
+    }
+
+    /// Runs `f` in a forked child with the filters installed; returns its exit code.
+    fn in_child(filters: &[BpfProgram], f: fn() -> i32) -> i32 {
+        // SAFETY: the child only calls async-signal-safe code (prctl, seccomp, raw
+        // syscalls, _exit) before exiting.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let code = nix::sys::prctl::set_no_new_privs()
+                    .ok()
+                    .and_then(|()| install(filters).ok())
+                    .map_or(100, |()| f());
+                // SAFETY: _exit never returns and skips the parent's atexit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).expect("wait") {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("child: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errno_rules_and_the_default_stack_as_written() {
+        // An allow-list with EPERM by default and ENOSYS for clone3 (the default profile's
+        // shape): clone3 must give ENOSYS, unlisted calls EPERM, listed ones run.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":1,"syscalls":[
+            {"names":["exit","exit_group","getpid","prctl","seccomp"],"action":"SCMP_ACT_ALLOW"},
+            {"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}"#,
+        );
+        let filters = compile(&p).expect("compile");
+        let code = in_child(&filters, || {
+            let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            // SAFETY: raw syscalls with invalid/null arguments; they only return errors.
+            let clone3 = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
+            let e1 = errno();
+            // SAFETY: as above; unshare(0) changes nothing even when allowed.
+            let unshare = unsafe { libc::syscall(libc::SYS_unshare, 0usize) };
+            let e2 = errno();
+            // SAFETY: getpid has no arguments.
+            let pid = unsafe { libc::syscall(libc::SYS_getpid) };
+            match (clone3, e1, unshare, e2, pid > 0) {
+                (-1, libc::ENOSYS, -1, libc::EPERM, true) => 0,
+                (-1, libc::EPERM, ..) => 1,
+                _ => 2,
+            }
+        });
+        assert_eq!(
+            code, 0,
+            "1: clone3 got the default's EPERM; 2: other mismatch"
+        );
     }
 
     #[test]

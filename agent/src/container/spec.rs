@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct Spec {
     pub process: Option<Process>,
+    pub root: Option<Root>,
     pub hostname: Option<String>,
     #[serde(default)]
     pub mounts: Vec<Mount>,
@@ -36,6 +37,13 @@ pub struct Process {
     pub no_new_privileges: bool,
     /// None keeps every capability (uid 0 in the guest); see [`super::caps`].
     pub capabilities: Option<super::caps::Capabilities>,
+}
+
+/// OCI `root`: the path comes from the CreateContainer request; only `readonly` is read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Root {
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 fn root_dir() -> String {
@@ -211,6 +219,10 @@ impl Spec {
         Ok(spec)
     }
 
+    pub fn readonly_root(&self) -> bool {
+        self.root.as_ref().is_some_and(|r| r.readonly)
+    }
+
     pub fn seccomp(&self) -> Option<&super::seccomp::Seccomp> {
         self.linux.as_ref().and_then(|l| l.seccomp.as_ref())
     }
@@ -223,6 +235,44 @@ impl Spec {
                 .any(|n| n.kind == kind && n.path.is_none())
         })
     }
+}
+
+/// An exec's process: the container's own process (user, groups, capabilities,
+/// no_new_privileges, rlimits, env, cwd) with the fields the exec request sets replacing
+/// it, as containerd builds an exec spec from the container's. `env` entries are merged by
+/// name (the exec's win); `args` must be given.
+///
+/// hulld sends a JSON OCI `process` object; any field it leaves out is the container's.
+pub fn exec_process(base: &Process, exec_json: &[u8]) -> Result<Process, SpecError> {
+    let overlay: serde_json::Value = serde_json::from_slice(exec_json)?;
+    let serde_json::Value::Object(overlay) = overlay else {
+        return Err(SpecError::NoProcess);
+    };
+    if !overlay.contains_key("args") {
+        return Err(SpecError::NoArgs);
+    }
+    let mut merged = serde_json::to_value(base)?;
+    let base_env = base.env.clone();
+    if let serde_json::Value::Object(fields) = &mut merged {
+        for (key, value) in overlay {
+            fields.insert(key, value);
+        }
+    }
+    let mut process: Process = serde_json::from_value(merged)?;
+    let mut env = base_env;
+    for e in std::mem::take(&mut process.env) {
+        let key = e.split('=').next().unwrap_or_default().to_owned();
+        match env
+            .iter_mut()
+            .find(|b| b.split('=').next() == Some(key.as_str()))
+        {
+            Some(slot) => *slot = e,
+            None => env.push(e),
+        }
+    }
+    process.env = env;
+    process.validate()?;
+    Ok(process)
 }
 
 /// Maps an OCI rlimit name (`RLIMIT_NOFILE`) to the libc resource.
@@ -263,6 +313,35 @@ mod tests {
         assert!(spec.wants_namespace("pid"));
         assert!(!spec.wants_namespace("network"));
         assert_eq!(spec.mounts.len(), 1);
+    }
+
+    #[test]
+    fn execs_inherit_the_container_process() {
+        let json = br#"{"process":{"user":{"uid":1001,"gid":1002,"additionalGids":[5]},
+            "args":["sleep","9"],"env":["PATH=/c","A=1"],"cwd":"/work","noNewPrivileges":true,
+            "capabilities":{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}},
+            "root":{"path":"x","readonly":true}}"#;
+        let spec = Spec::parse(json).expect("valid");
+        assert!(spec.readonly_root());
+        let base = spec.process.expect("process");
+        let exec = br#"{"args":["id","-u"],"env":["PATH=/e","B=2"]}"#;
+        let p = exec_process(&base, exec).expect("exec");
+        assert_eq!(p.args, ["id", "-u"]);
+        assert_eq!((p.user.uid, p.user.gid), (1001, 1002));
+        assert_eq!(p.user.additional_gids, [5]);
+        assert_eq!(p.env, ["PATH=/e", "A=1", "B=2"]);
+        assert_eq!(p.cwd, "/work");
+        assert!(p.no_new_privileges);
+        let caps = p.capabilities.expect("caps");
+        assert_eq!(caps.bounding, ["CAP_KILL"]);
+        let p = exec_process(&base, br#"{"args":["x"],"cwd":"/","user":{"uid":0}}"#).expect("exec");
+        assert_eq!((p.cwd.as_str(), p.user.uid, p.user.gid), ("/", 0, 0));
+        assert!(
+            exec_process(&base, br#"{"env":["A=2"]}"#).is_err(),
+            "args are required"
+        );
+        assert!(exec_process(&base, br#"{"args":[]}"#).is_err());
+        assert!(exec_process(&base, b"[]").is_err());
     }
 
     #[test]
