@@ -89,6 +89,8 @@ pub fn prepare(
             container_path: format!("/etc/{file}"),
             source: format!("{guest_shared_dir}/{container_id}/etc/{file}"),
             readonly,
+            recursive_readonly: false,
+            host_submounts: false,
             propagation: cri::MountPropagation::PropagationPrivate,
         });
         Ok(())

@@ -78,6 +78,10 @@ pub struct GuestMount {
     pub container_path: String,
     pub source: String,
     pub readonly: bool,
+    /// Read-only all the way down (the host side is, see `volumes`).
+    pub recursive_readonly: bool,
+    /// The host source has mounts below it, which the guest sees as virtio-fs submounts.
+    pub host_submounts: bool,
     pub propagation: cri::MountPropagation,
 }
 
@@ -109,6 +113,10 @@ pub enum SpecError {
     Seccomp { path: String, why: String },
     #[error("{0} is not an absolute container path")]
     BadPath(String),
+    #[error("run_as_group is set without run_as_user or run_as_username")]
+    GroupWithoutUser,
+    #[error("Mount {0}: {1}")]
+    BadMount(String, &'static str),
 }
 
 /// containerd's default capability set (`oci.DefaultCapabilities`).
@@ -166,13 +174,15 @@ pub fn build(input: &SpecInput<'_>) -> Result<oci::Spec, SpecError> {
         .as_ref()
         .and_then(|l| l.security_context.clone())
         .unwrap_or_default();
+    let caps = capabilities(&sc)?;
+    let seccomp = seccomp::profile(&sc, &caps.bounding)?;
     let mut process = oci::Process {
         terminal: c.tty,
         user: resolve_user(input, &sc)?,
         args: process_args(c, input.image)?,
         env: merge_env(&input.image.env, &c.envs, input.hostname),
         cwd: working_dir(c, input.image),
-        capabilities: Some(capabilities(&sc)?),
+        capabilities: Some(caps),
         no_new_privileges: sc.no_new_privs,
         oom_score_adj: None,
     };
@@ -184,7 +194,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<oci::Spec, SpecError> {
         namespaces: namespaces(&sc),
         resources: resources.map(self::resources),
         sysctl: input.pod_sysctls.clone(),
-        seccomp: seccomp(&sc)?,
+        seccomp,
         ..Default::default()
     };
     if !sc.privileged {
@@ -292,6 +302,9 @@ fn resolve_user(
     sc: &cri::LinuxContainerSecurityContext,
 ) -> Result<oci::User, SpecError> {
     let rootfs = input.host_rootfs;
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(SpecError::GroupWithoutUser);
+    }
     let mut u = if let Some(uid) = &sc.run_as_user {
         let id = u32::try_from(uid.value).map_err(|_| SpecError::BadUid(uid.value))?;
         user::resolve(rootfs, &id.to_string())?
@@ -433,34 +446,6 @@ pub fn resources(r: &cri::LinuxContainerResources) -> oci::Resources {
     }
 }
 
-fn seccomp(
-    sc: &cri::LinuxContainerSecurityContext,
-) -> Result<Option<serde_json::Value>, SpecError> {
-    use cri::security_profile::ProfileType;
-    let Some(p) = &sc.seccomp else {
-        return Ok(None);
-    };
-    if sc.privileged || p.profile_type != ProfileType::Localhost as i32 {
-        // RuntimeDefault/Unconfined: recorded in the annotations by the caller; the guest
-        // kernel is the boundary.
-        return Ok(None);
-    }
-    let err = |why: String| SpecError::Seccomp {
-        path: p.localhost_ref.clone(),
-        why,
-    };
-    let path = p
-        .localhost_ref
-        .strip_prefix("localhost/")
-        .unwrap_or(&p.localhost_ref);
-    if !path.starts_with('/') {
-        return Err(err("not an absolute path".into()));
-    }
-    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
-    Ok(Some(value))
-}
-
 /// The container's mounts: the standard ones, then the CRI mounts (which win at the same
 /// destination), sorted parent-first. A read-only rootfs is a read-only bind of `/` first.
 fn mounts(
@@ -532,16 +517,21 @@ fn mounts(
             cri::MountPropagation::PropagationHostToContainer => "rslave",
             cri::MountPropagation::PropagationBidirectional => "rshared",
         };
-        let rw = if gm.readonly { "ro" } else { "rw" };
+        // A guest submount takes the flags of the mount it appears under, so a read-only
+        // bind in the guest would be recursive. Non-recursive read-only over submounts is
+        // left to the host side, which is read-only at the top only.
+        let guest_ro = gm.readonly && (gm.recursive_readonly || !gm.host_submounts);
+        let rw = if guest_ro { "ro" } else { "rw" };
         out.push(m(dest, "bind", &gm.source, &["rbind", propagation, rw]));
     }
-    // Parents before children (containerd sorts by path depth).
+    // Parents before children (containerd sorts by path depth). A read-only rootfs is
+    // `root.readonly`: the agent remounts the root read-only after every mount.
     out.sort_by_key(|o| o.destination.split('/').filter(|c| !c.is_empty()).count());
-    if sc.readonly_rootfs {
-        out.insert(0, m("/", "bind", input.guest_rootfs, &["rbind", "ro"]));
-    }
     Ok(out)
 }
+
+#[path = "seccomp.rs"]
+pub mod seccomp;
 
 #[cfg(test)]
 #[path = "spec_tests.rs"]

@@ -169,6 +169,25 @@ fn users_groups_and_working_dir_from_cri() {
         &[],
     );
     assert_eq!(err.err(), Some(SpecError::BadUid(-1)));
+    // containerd's rule: a group needs a user (by id or by name).
+    let group_only = build_with(
+        &sc(|s| s.run_as_group = Some(cri::Int64Value { value: 1002 })),
+        &[],
+    );
+    assert_eq!(group_only.err(), Some(SpecError::GroupWithoutUser));
+    let spec = build_with(
+        &sc(|s| {
+            s.run_as_username = "www".into();
+            s.run_as_group = Some(cri::Int64Value { value: 1002 });
+        }),
+        &[],
+    )
+    .expect("username and group");
+    let u = &spec.process.user;
+    assert_eq!(
+        (u.uid, u.gid, u.additional_gids.clone()),
+        (33, 1002, vec![50])
+    );
 }
 
 #[test]
@@ -211,7 +230,7 @@ fn capabilities_add_drop_privileged() {
 }
 
 #[test]
-fn privileged_unmasks_and_readonly_rootfs_binds_root_ro() {
+fn privileged_unmasks_and_readonly_rootfs_is_root_readonly() {
     let spec = build_with(&sc(|s| s.privileged = true), &[]).expect("spec");
     assert!(spec.linux.masked_paths.is_empty() && spec.linux.readonly_paths.is_empty());
     let sys = spec
@@ -234,9 +253,11 @@ fn privileged_unmasks_and_readonly_rootfs_binds_root_ro() {
     )
     .expect("spec");
     assert!(spec.root.readonly && spec.process.no_new_privileges);
-    assert_eq!(spec.mounts[0].destination, "/");
-    assert_eq!(spec.mounts[0].options, strings(&["rbind", "ro"]));
-    assert_eq!(spec.mounts[0].source, "/run/hull/shared/c1/rootfs");
+    assert_eq!(spec.root.path, "/run/hull/shared/c1/rootfs");
+    assert!(
+        spec.mounts.iter().all(|m| m.destination != "/"),
+        "the agent remounts the root read-only after the mounts"
+    );
     assert_eq!(spec.linux.masked_paths, strings(&["/proc/x"]));
     assert!(spec.linux.namespaces.iter().any(|n| n.kind == "pid"));
 }
@@ -248,19 +269,41 @@ fn cri_mounts_override_and_sort() {
             container_path: "/data/sub".into(),
             source: "/run/hull/shared/c1/mounts/1".into(),
             readonly: false,
+            recursive_readonly: false,
+            host_submounts: false,
             propagation: cri::MountPropagation::PropagationPrivate,
         },
         GuestMount {
             container_path: "/data".into(),
             source: "/run/hull/shared/c1/mounts/0".into(),
             readonly: true,
+            recursive_readonly: false,
+            host_submounts: false,
             propagation: cri::MountPropagation::PropagationHostToContainer,
         },
         GuestMount {
             container_path: "/dev/shm".into(),
             source: "/run/hull/shared/sandbox/shm".into(),
             readonly: false,
+            recursive_readonly: false,
+            host_submounts: false,
             propagation: cri::MountPropagation::PropagationBidirectional,
+        },
+        GuestMount {
+            container_path: "/nrro".into(),
+            source: "/run/hull/shared/c1/mounts/2".into(),
+            readonly: true,
+            recursive_readonly: false,
+            host_submounts: true,
+            propagation: cri::MountPropagation::PropagationPrivate,
+        },
+        GuestMount {
+            container_path: "/rro".into(),
+            source: "/run/hull/shared/c1/mounts/3".into(),
+            readonly: true,
+            recursive_readonly: true,
+            host_submounts: true,
+            propagation: cri::MountPropagation::PropagationPrivate,
         },
     ];
     let spec = build_with(&cri::ContainerConfig::default(), &mounts).expect("spec");
@@ -273,6 +316,16 @@ fn cri_mounts_override_and_sort() {
     assert_eq!(
         spec.mounts[pos("/data")].options,
         strings(&["rbind", "rslave", "ro"])
+    );
+    // Read-only over host submounts: non-recursive is the host's job (a guest read-only
+    // bind would cover the submounts too), recursive is both sides'.
+    assert_eq!(
+        spec.mounts[pos("/nrro")].options,
+        strings(&["rbind", "rprivate", "rw"])
+    );
+    assert_eq!(
+        spec.mounts[pos("/rro")].options,
+        strings(&["rbind", "rprivate", "ro"])
     );
     let bad = [GuestMount {
         container_path: "rel".into(),
@@ -338,7 +391,73 @@ fn seccomp_localhost_profile_is_loaded() {
         &[],
     )
     .expect("spec");
-    assert!(spec.linux.seccomp.is_none());
+    let default = spec.linux.seccomp.expect("RuntimeDefault is a profile");
+    assert_eq!(default["defaultAction"], "SCMP_ACT_ERRNO");
+    let unconfined = |p: Option<cri::SecurityProfile>, privileged: bool| {
+        build_with(
+            &sc(move |s| {
+                s.seccomp = p;
+                s.privileged = privileged;
+            }),
+            &[],
+        )
+        .expect("spec")
+        .linux
+        .seccomp
+        .is_none()
+    };
+    let runtime_default = cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    };
+    assert!(unconfined(None, false), "no profile is unconfined");
+    assert!(unconfined(
+        Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+            localhost_ref: String::new(),
+        }),
+        false
+    ));
+    assert!(
+        unconfined(Some(runtime_default), true),
+        "privileged ignores it"
+    );
+    std::fs::write(&profile, r#"{"syscalls":[]}"#).expect("write");
+    let not_a_profile = build_with(&local(profile.display().to_string()), &[]);
+    assert!(matches!(not_a_profile, Err(SpecError::Seccomp { .. })));
+}
+
+#[test]
+fn runtime_default_follows_the_capabilities() {
+    let with_caps = |add: &[&str]| {
+        let add = strings(add);
+        build_with(
+            &sc(move |s| {
+                s.seccomp = Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                });
+                s.capabilities = Some(cri::Capability {
+                    add_capabilities: add,
+                    ..Default::default()
+                });
+            }),
+            &[],
+        )
+        .expect("spec")
+        .linux
+        .seccomp
+        .expect("profile")
+        .to_string()
+    };
+    assert!(!with_caps(&[]).contains("\"unshare\""));
+    assert!(with_caps(&["SYS_ADMIN"]).contains("\"unshare\""));
+    #[allow(deprecated)]
+    let legacy = sc(|s| s.seccomp_profile_path = "runtime/default".into());
+    assert_eq!(
+        seccomp::seccomp_choice(&legacy.linux.expect("linux").security_context.expect("sc")),
+        seccomp::SeccompChoice::RuntimeDefault
+    );
 }
 
 #[test]

@@ -17,6 +17,15 @@ use super::spec::GuestMount;
 pub enum VolumeError {
     #[error("Mount {index}: host path {path:?} must be absolute")]
     NotAbsolute { index: usize, path: String },
+    #[error("Mount {index}: recursive_read_only needs readonly and private propagation")]
+    RecursiveReadOnly { index: usize },
+    #[error("Mount {index}: cannot make {target} recursively read-only")]
+    MakeRecursiveReadOnly {
+        index: usize,
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("Mount {index}: cannot resolve host path {path}")]
     Resolve {
         index: usize,
@@ -62,6 +71,8 @@ pub fn prepare(
                 container_path: m.container_path.clone(),
                 source: format!("{guest_shared_dir}/{container_id}/mounts/{index}"),
                 readonly: m.readonly,
+                recursive_readonly: m.recursive_read_only,
+                host_submounts: has_submounts(&dir.join(index.to_string())),
                 propagation: cri::MountPropagation::try_from(m.propagation)
                     .unwrap_or(cri::MountPropagation::PropagationPrivate),
             }),
@@ -80,6 +91,10 @@ fn bind_one(dir: &Path, index: usize, m: &cri::Mount) -> Result<(), VolumeError>
             index,
             path: m.host_path.clone(),
         });
+    }
+    let private = m.propagation == cri::MountPropagation::PropagationPrivate as i32;
+    if m.recursive_read_only && !(m.readonly && private) {
+        return Err(VolumeError::RecursiveReadOnly { index });
     }
     let host = Path::new(&m.host_path);
     if !host.exists() {
@@ -144,7 +159,89 @@ fn bind_one(dir: &Path, index: usize, m: &cri::Mount) -> Result<(), VolumeError>
         let _ = umount2(&target, MntFlags::MNT_DETACH);
         return Err(bind_err(e));
     }
+    if m.recursive_read_only
+        && let Err(source) = make_recursive_readonly(&target)
+    {
+        let _ = umount2(&target, MntFlags::MNT_DETACH);
+        return Err(VolumeError::MakeRecursiveReadOnly {
+            index,
+            target,
+            source,
+        });
+    }
     Ok(())
+}
+
+/// Makes every mount below `target` read-only too (the top already is), keeping each one's
+/// other flags as /proc/self/mountinfo lists them.
+fn make_recursive_readonly(target: &Path) -> Result<(), nix::Error> {
+    for (point, options) in submounts(target) {
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        for o in options.split(',') {
+            flags |= match o {
+                "nosuid" => MsFlags::MS_NOSUID,
+                "nodev" => MsFlags::MS_NODEV,
+                "noexec" => MsFlags::MS_NOEXEC,
+                "noatime" => MsFlags::MS_NOATIME,
+                "nodiratime" => MsFlags::MS_NODIRATIME,
+                "relatime" => MsFlags::MS_RELATIME,
+                "strictatime" => MsFlags::MS_STRICTATIME,
+                _ => MsFlags::empty(),
+            };
+        }
+        mount(
+            None::<&str>,
+            Path::new(&point),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
+/// The mount points strictly below `target`, with their per-mount options.
+fn submounts(target: &Path) -> Vec<(String, String)> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let prefix = format!("{}/", target.display());
+    info.lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ').skip(4);
+            let point = unescape_mountinfo(fields.next()?);
+            let options = fields.next()?.to_owned();
+            point.starts_with(&prefix).then_some((point, options))
+        })
+        .collect()
+}
+
+/// Whether a mount point lies strictly below `target` (from /proc/self/mountinfo, whose
+/// paths escape space, tab, newline and backslash as octal).
+pub fn has_submounts(target: &Path) -> bool {
+    !submounts(target).is_empty()
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts and removes every mount point of the container. Idempotent; errors are
@@ -237,6 +334,54 @@ mod tests {
             data.join("from-guest").exists(),
             "release never touches the sources"
         );
+    }
+
+    #[test]
+    fn read_only_recursive_or_not_with_a_submount() {
+        assert!(
+            is_root(),
+            "this test mounts a tmpfs: run it as root (CI does)"
+        );
+        let host = tempfile::tempdir().expect("tempdir");
+        let shared = tempfile::tempdir().expect("tempdir");
+        let sub = host.path().join("tmp fs");
+        std::fs::create_dir(&sub).expect("mkdir");
+        mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("tmpfs");
+        let mut rro = cri_mount(host.path(), "/rro", true);
+        rro.recursive_read_only = true;
+        let mounts = [cri_mount(host.path(), "/ro", true), rro];
+        let got = prepare(shared.path(), "/g", "c3", &mounts);
+        let m = mounts_dir(shared.path(), "c3");
+        let writes = |n: &str| {
+            (
+                std::fs::write(m.join(n).join("top"), "x").is_ok(),
+                std::fs::write(m.join(n).join("tmp fs/inner"), "x").is_ok(),
+            )
+        };
+        let (ro, rro) = (writes("0"), writes("1"));
+        release(shared.path(), "c3");
+        let _ = umount2(&sub, MntFlags::MNT_DETACH);
+        let got = got.expect("prepare");
+        assert!(got[0].host_submounts && got[1].recursive_readonly);
+        assert_eq!(
+            ro,
+            (false, true),
+            "non-recursive: only the top is read-only"
+        );
+        assert_eq!(rro, (false, false), "recursive: the submount too");
+        let mut bad = cri_mount(host.path(), "/x", false);
+        bad.recursive_read_only = true;
+        let err = prepare(shared.path(), "/g", "c4", &[bad]).expect_err("rro without ro");
+        assert!(matches!(err, VolumeError::RecursiveReadOnly { index: 0 }));
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert!(!has_submounts(Path::new("/nonexistent-hull")));
     }
 
     #[test]
