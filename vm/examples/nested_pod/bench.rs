@@ -1,0 +1,258 @@
+//! `nested_pod bench`: boot-to-agent-ready of hull-vmm and QEMU microvm on the same guest,
+//! in the same (nested) test host, measured the same way; and what each VMM costs in host
+//! memory outside guest RAM (from /proc/<pid>/smaps).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::{AGENT_READY_MARKER, Opts, api};
+
+/// Kernel arguments both VMMs get on top of their own (hull-vmm adds `console=ttyS0
+/// reboot=k panic=1 pci=off ...`, the backend `loglevel=4 8250.nr_uarts=1`).
+const CMDLINE: &str = "loglevel=4 8250.nr_uarts=1";
+const MEMORY_MIB: u64 = 256;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One boot.
+struct Sample {
+    ready: Duration,
+    mem: MemSplit,
+    metrics: Option<serde_json::Value>,
+}
+
+/// Memory of a VMM process in KiB, split into guest RAM and everything else.
+#[derive(Debug, Default, Clone, Copy)]
+struct MemSplit {
+    guest_rss: u64,
+    /// Resident outside guest RAM (shared library pages included).
+    other_rss: u64,
+    /// Private_Clean + Private_Dirty outside guest RAM: what this VMM alone costs.
+    other_private: u64,
+}
+
+/// Sums smaps, treating a mapping as guest RAM if `is_guest(header, size_kib)`.
+fn smaps_split(pid: u32, is_guest: impl Fn(&str, u64) -> bool) -> anyhow::Result<MemSplit> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut split = MemSplit::default();
+    let (mut header, mut guest) = (String::new(), false);
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(key), Some(val)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if !key.ends_with(':') {
+            header = line.to_owned();
+            continue;
+        }
+        let kib: u64 = val.parse().unwrap_or(0);
+        match key {
+            "Size:" => guest = is_guest(&header, kib),
+            "Rss:" if guest => split.guest_rss += kib,
+            "Rss:" => split.other_rss += kib,
+            "Private_Clean:" | "Private_Dirty:" if !guest => split.other_private += kib,
+            _ => {}
+        }
+    }
+    Ok(split)
+}
+
+/// Waits for the agent's ready line on `console`; the time since `t0`.
+fn wait_ready(
+    console: &Path,
+    child: &mut Child,
+    t0: Instant,
+    log: &Path,
+) -> anyhow::Result<Duration> {
+    let marker = AGENT_READY_MARKER.as_bytes();
+    loop {
+        let text = std::fs::read(console).unwrap_or_default();
+        if text.windows(marker.len()).any(|w| w == marker) {
+            return Ok(t0.elapsed());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("VMM exited ({status}) before the agent was ready:\n{log}");
+        }
+        if t0.elapsed() > BOOT_TIMEOUT {
+            bail!("agent not ready after {BOOT_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let t0 = Instant::now();
+    while matches!(child.try_wait(), Ok(None)) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// [`CMDLINE`] plus `--cmdline-extra` (e.g. `loglevel=7` to see the kernel's timestamps).
+fn cmdline(opts: &Opts) -> String {
+    match opts.get("--cmdline-extra") {
+        Some(extra) => format!("{CMDLINE} {extra}"),
+        None => CMDLINE.to_owned(),
+    }
+}
+
+fn hull_boot(opts: &Opts, dir: &Path, i: usize) -> anyhow::Result<Sample> {
+    let f = |name: &str| dir.join(format!("hull-{i}-{name}"));
+    let (console, api_sock, log) = (f("console.log"), f("api.sock"), f("vmm.log"));
+    let mut cmd = Command::new(opts.path("--hull-vmm")?);
+    cmd.arg("--kernel").arg(opts.path("--kernel")?);
+    cmd.arg("--initramfs").arg(opts.path("--initramfs")?);
+    cmd.args([
+        "--memory-mib",
+        &MEMORY_MIB.to_string(),
+        "--vcpus",
+        "1",
+        "--cmdline",
+        &cmdline(opts),
+    ]);
+    cmd.arg("--console-log")
+        .arg(&console)
+        .arg("--api-socket")
+        .arg(&api_sock);
+    cmd.args(["--vsock-cid", "3", "--vsock-uds"])
+        .arg(f("agent.vsock"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log)?);
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().context("spawn hull-vmm")?;
+    let ready = wait_ready(&console, &mut child, t0, &log);
+    let sample = ready.and_then(|ready| {
+        let mem = smaps_split(child.id(), |h, _| h.contains("hull-guest-ram"))?;
+        let metrics = api(&api_sock, "metrics").ok();
+        Ok(Sample {
+            ready,
+            mem,
+            metrics,
+        })
+    });
+    stop(child);
+    sample
+}
+
+fn qemu_boot(opts: &Opts, qemu: &Path, dir: &Path, i: usize) -> anyhow::Result<Sample> {
+    let console = dir.join(format!("qemu-{i}-console.log"));
+    let log = dir.join(format!("qemu-{i}.log"));
+    let mut serial = std::ffi::OsString::from("file:");
+    serial.push(&console);
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-L",
+        "/usr/share/qemu",
+        "-M",
+        "microvm,accel=kvm,acpi=off,rtc=off",
+        "-cpu",
+        "host",
+    ]);
+    cmd.args([
+        "-smp",
+        "1",
+        "-m",
+        &format!("{MEMORY_MIB}M"),
+        "-nodefaults",
+        "-no-user-config",
+    ]);
+    cmd.args(["-nographic", "-no-reboot", "-serial"])
+        .arg(serial);
+    cmd.arg("-kernel").arg(opts.path("--kernel")?);
+    cmd.arg("-initrd").arg(opts.path("--initramfs")?);
+    cmd.args([
+        "-append",
+        &format!("console=ttyS0 reboot=t panic=-1 {}", cmdline(opts)),
+    ]);
+    cmd.args(["-device", "vhost-vsock-device,guest-cid=3"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log)?);
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().context("spawn qemu")?;
+    let ready = wait_ready(&console, &mut child, t0, &log);
+    let guest_kib = MEMORY_MIB * 1024;
+    let sample = ready.and_then(|ready| {
+        let mem = smaps_split(child.id(), |_, size| size == guest_kib)?;
+        Ok(Sample {
+            ready,
+            mem,
+            metrics: None,
+        })
+    });
+    stop(child);
+    sample
+}
+
+fn p50<T: Copy + Ord>(mut v: Vec<T>) -> T {
+    v.sort();
+    v[(v.len() - 1) / 2]
+}
+
+fn report(name: &str, samples: &[Sample]) -> Duration {
+    for (i, s) in samples.iter().enumerate() {
+        println!(
+            "NESTED-BENCH {name} run {i}: ready {:.1} ms, guest RAM rss {} KiB, other rss {} KiB, other private {} KiB{}",
+            s.ready.as_secs_f64() * 1e3,
+            s.mem.guest_rss,
+            s.mem.other_rss,
+            s.mem.other_private,
+            s.metrics
+                .as_ref()
+                .map(|m| format!(", metrics {m}"))
+                .unwrap_or_default()
+        );
+    }
+    let ready = p50(samples.iter().map(|s| s.ready).collect());
+    let private = p50(samples.iter().map(|s| s.mem.other_private).collect());
+    let rss = p50(samples.iter().map(|s| s.mem.other_rss).collect());
+    println!(
+        "NESTED-BENCH-P50 {name}: boot-to-agent-ready {:.1} ms, memory outside guest RAM: private {private} KiB ({:.2} MiB), rss {rss} KiB",
+        ready.as_secs_f64() * 1e3,
+        private as f64 / 1024.0
+    );
+    ready
+}
+
+/// Prints the guest console of a boot (kernel timestamps show where boot time goes).
+fn show_console(name: &str, path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    println!("NESTED-BENCH console of the first {name} boot:\n{text}");
+}
+
+pub fn bench(opts: &Opts) -> anyhow::Result<()> {
+    let dir = opts.path("--dir")?;
+    std::fs::create_dir_all(&dir)?;
+    let runs: usize = opts.get("--runs").unwrap_or("5").parse()?;
+    let qemu: Option<PathBuf> = opts.get("--qemu").map(PathBuf::from);
+    let mut hull = Vec::new();
+    let mut qemus = Vec::new();
+    // Interleaved, so a slow phase of the (shared, emulated) test host hits both alike.
+    for i in 0..runs.max(1) {
+        hull.push(hull_boot(opts, &dir, i).with_context(|| format!("hull-vmm boot {i}"))?);
+        if let Some(q) = &qemu {
+            qemus.push(qemu_boot(opts, q, &dir, i).with_context(|| format!("qemu boot {i}"))?);
+        }
+    }
+    show_console("hull-vmm", &dir.join("hull-0-console.log"));
+    let h = report("hull-vmm", &hull);
+    if !qemus.is_empty() {
+        show_console("qemu", &dir.join("qemu-0-console.log"));
+        let q = report("qemu-microvm", &qemus);
+        println!(
+            "NESTED-BENCH-RATIO hull-vmm/qemu boot-to-agent-ready p50: {:.2} (goal <= 0.5)",
+            h.as_secs_f64() / q.as_secs_f64()
+        );
+    }
+    Ok(())
+}
