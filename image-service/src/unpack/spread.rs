@@ -25,22 +25,30 @@ pub(crate) fn mark_topdir(dir: &Path) {
     }
 }
 
-#[allow(unsafe_code)]
 fn set_flag(dir: &Path, flag: libc::c_long) -> std::io::Result<()> {
     let f = std::fs::File::open(dir)?;
-    let fd = f.as_raw_fd();
-    let mut flags: libc::c_long = 0;
-    // SAFETY: `fd` is an open descriptor owned by `f` for the whole call, and
-    // FS_IOC_GETFLAGS writes one `long` into `flags`, which lives on this stack frame.
-    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let flags = get_flags(&f)?;
     if flags & flag != 0 {
         return Ok(());
     }
-    flags |= flag;
-    // SAFETY: as above; FS_IOC_SETFLAGS only reads the `long` `flags` points to.
-    if unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags) } < 0 {
+    set_flags(&f, flags | flag)
+}
+
+#[allow(unsafe_code)]
+fn get_flags(f: &std::fs::File) -> std::io::Result<libc::c_long> {
+    let mut flags: libc::c_long = 0;
+    // SAFETY: the descriptor is open (owned by `f`) for the whole call, and
+    // FS_IOC_GETFLAGS writes one `long` into `flags`, which lives on this stack frame.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(flags)
+}
+
+#[allow(unsafe_code)]
+fn set_flags(f: &std::fs::File, flags: libc::c_long) -> std::io::Result<()> {
+    // SAFETY: as in `get_flags`; FS_IOC_SETFLAGS only reads the `long` behind the pointer.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -51,10 +59,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marking_is_best_effort_and_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        mark_topdir(dir.path());
-        mark_topdir(dir.path());
+    fn layer_store_root_is_a_topdir_on_ext4() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = super::super::LayerStore::open(dir.path()).unwrap();
+        let on_ext4 = nix::sys::statfs::statfs(store.root())
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::EXT4_SUPER_MAGIC);
+        let f = std::fs::File::open(store.root()).unwrap();
+        if on_ext4 {
+            assert_ne!(get_flags(&f).unwrap() & FS_TOPDIR_FL, 0, "TOPDIR not set");
+        }
+        // Idempotent, and best effort where it cannot be set.
+        mark_topdir(store.root());
         mark_topdir(&dir.path().join("missing"));
+        if on_ext4 {
+            assert_ne!(get_flags(&f).unwrap() & FS_TOPDIR_FL, 0);
+        }
     }
 }
