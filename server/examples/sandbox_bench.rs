@@ -144,6 +144,18 @@ async fn main() -> anyhow::Result<()> {
             samples.insert(own.into(), rest);
         }
     }
+    // The host-side steps alone (no guest code runs in them): netns, CNI, tap+tc, VMM spawn.
+    let host: Vec<f64> = (0..runs)
+        .map(|i| {
+            ["netns", "cni", "tap_tc", "vm_start"]
+                .iter()
+                .filter_map(|p| samples.get(&format!("hulld: {p}"))?.get(i))
+                .sum()
+        })
+        .collect();
+    if samples.contains_key("hulld: vm_start") {
+        samples.insert("hulld: host side (netns..vm_start)".into(), host);
+    }
     println!("{label}: {runs} sequential RunPodSandbox (+Stop+Remove), milliseconds");
     println!("{:<38} {:>9} {:>9}", "phase", "p50", "p90");
     let mut phases = serde_json::Map::new();
