@@ -8,8 +8,9 @@
 # storage, pushes test/images/build.sh's busybox to it, builds hulld (or uses $HULLD),
 # starts it with its own root/state dirs and socket and a CNI bridge inside a throw-away
 # netns (nothing on the host network), then runs: version, pull, images, runp, pods,
-# inspectp, create, start, ps, inspect, exec -s (output and exit code), logs, stats,
-# statsp, stop, rm, run (pod + container configs), rm -f, stopp, rmp, rmi. Everything it
+# inspectp, create, start, ps, inspect, exec -s (output, exit code, timeout), exec
+# (streaming), logs, stats, statsp, stop, rm, run (pod + container configs), rm -f, stopp
+# (a container still running in the pod ends EXITED), rmp, rmi. Everything it
 # started or created is removed on exit, failure or Ctrl-C.
 #
 # Exit code: 0 when every check passed, or when crictl is not installed; 1 when a check
@@ -144,6 +145,7 @@ pod_config pod2 "$WORK/pod2.json"
 # shellcheck disable=SC2016 # the container's shell expands it
 container_config c1 "$WORK/c1.json" 'echo hello-from-c1; i=0; while true; do i=$((i+1)); sleep 1; done'
 container_config c2 "$WORK/c2.json" 'echo hello-from-c2; sleep 3600'
+container_config c3 "$WORK/c3.json" 'sleep 3600'
 
 check version "$ok && grep -q 'RuntimeName:  *hull' <<<\"\$OUT\"" -- version
 check pull "$ok" -- pull "$IMAGE"
@@ -164,6 +166,10 @@ if [[ -n $POD1 ]]; then
         check inspect "$ok && jq -e '.status.state == \"CONTAINER_RUNNING\" and .status.image.image != \"\"' <<<\"\$OUT\" >/dev/null" -- inspect "$C1"
         check 'exec -s' "$ok && [[ \$OUT == 'hi from exec' ]]" -- exec -s "$C1" echo hi from exec
         check 'exec -s (exit code)' "[[ \$RC -ne 0 ]] && grep -q 'exited with 3' \"\$WORK/stderr\"" -- exec -s "$C1" sh -c 'exit 3'
+        # shellcheck disable=SC2034 # read by the condition
+        T0=$SECONDS
+        check 'exec -s (timeout)' "[[ \$RC -ne 0 && \$((SECONDS - T0)) -lt 20 ]]" -- exec -s --timeout 2 "$C1" sleep 60
+        check 'exec (streaming)' "$ok && [[ \$OUT == streamed* ]]" -- exec "$C1" echo streamed
         check logs "$ok && [[ \$OUT == hello-from-c1* ]]" -- logs "$C1"
         check stats "$ok && grep -q '${C1:0:13}' <<<\"\$OUT\"" -- stats "$C1"
         check 'stats -o json' "$ok && jq -e '.stats[0].memory.workingSetBytes.value | tonumber > 0' <<<\"\$OUT\" >/dev/null" -- stats -o json "$C1"
@@ -173,6 +179,10 @@ if [[ -n $POD1 ]]; then
         check rm "$ok" -- rm "$C1"
         check 'ps -a (removed)' "$ok && ! grep -q '${C1:0:13}' <<<\"\$OUT\"" -- ps -a
     fi
+    # A container left running: StopPodSandbox (the guest shuts down) must leave it EXITED.
+    check 'create+start c3' "$ok && [[ \$OUT =~ ^[0-9a-f]{32,64}$ ]]" -- create "$POD1" "$WORK/c3.json" "$WORK/pod1.json"
+    C3=$OUT
+    [[ $RC -eq 0 ]] && timeout 60 "${CR[@]}" start "$C3" >/dev/null 2>&1
 fi
 check run "$ok && [[ \$OUT =~ [0-9a-f]{32,64}$ ]]" -- run "$WORK/c2.json" "$WORK/pod2.json"
 C2=$(grep -oE '[0-9a-f]{32,64}$' <<<"$OUT" | tail -n1)
@@ -186,6 +196,8 @@ PODS=()
 if [[ ${#PODS[@]} -gt 0 ]]; then
     check stopp "$ok" -- stopp "${PODS[@]}"
     check 'pods (notready)' "$ok && ! grep -q ' Ready ' <<<\"\$OUT\" && grep -q NotReady <<<\"\$OUT\"" -- pods
+    [[ -n ${C3:-} ]] &&
+        check 'ps -a (pod stopped)' "$ok && grep -q '${C3:0:13}.*Exited' <<<\"\$OUT\"" -- ps -a
     check rmp "$ok" -- rmp "${PODS[@]}"
 fi
 check 'pods (empty)' "$ok && [[ -z \$OUT ]]" -- pods -q
