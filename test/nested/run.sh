@@ -27,7 +27,7 @@
 #        TMPDIR: where the test host initramfs is built (~300 MB while it runs)
 #
 # Needs (Debian packages): qemu-system-x86, busybox-static, cpio, gzip, xz-utils, zstd,
-# iproute2, bc, file, apt (for `apt-get download linux-image-amd64`, reachable mirror); and
+# iproute2, bc, apt (for `apt-get download linux-image-amd64`, reachable mirror); and
 # virtiofsd (packaging/guest/install-tools.sh) unless --no-fs.
 set -euo pipefail
 
@@ -67,12 +67,15 @@ for f in vmlinux initramfs.img; do
     [ -f "$GUEST_DIR/$f" ] || die "guest $f missing in $GUEST_DIR (build it with packaging/guest/build.sh)"
 done
 need qemu-system-x86_64 qemu-system-x86
-need cpio cpio; need gzip gzip; need xz xz-utils; need zstd zstd; need bc bc; need file file
+need cpio cpio; need gzip gzip; need xz xz-utils; need zstd zstd; need bc bc
 need apt-get apt; need dpkg-deb dpkg
 IPROUTE=$(command -v ip || true)
-[ -n "$IPROUTE" ] && ! file -L "$IPROUTE" | grep -q busybox || die "ip (iproute2) not found: install iproute2"
+[ -n "$IPROUTE" ] && [ "$(basename "$(readlink -f "$IPROUTE")")" != busybox ] ||
+    die "ip (iproute2) not found: install iproute2"
 BUSYBOX=/bin/busybox
-file -L "$BUSYBOX" 2>/dev/null | grep -q "statically linked" || die "$BUSYBOX is not static: install busybox-static"
+BUSYBOX_LDD=$(LC_ALL=C ldd "$BUSYBOX" 2>&1 || true)
+[ -x "$BUSYBOX" ] && [[ "$BUSYBOX_LDD" == *"not a dynamic"* ]] ||
+    die "$BUSYBOX is missing or not static: install busybox-static"
 VIRTIOFSD=""
 if [[ "$POD_OPTS" == *--fs* ]]; then
     for d in $(echo "$PATH" | tr : ' ') /usr/local/cargo-tools/bin /usr/libexec /root/.cargo/bin; do

@@ -9,7 +9,7 @@
 //! Needs: the guest built (packaging/guest/build.sh, $HULL_GUEST_DIR or /var/lib/hull/guest),
 //! the `nested_pod` example built next to this test (`cargo test --workspace` builds it;
 //! alone: `cargo build -p hull-vm --example nested_pod`), qemu-system-x86, busybox-static,
-//! iproute2, cpio, xz-utils, zstd, bc, file, virtiofsd, and a reachable Debian mirror for
+//! iproute2, cpio, xz-utils, zstd, bc, virtiofsd, and a reachable Debian mirror for
 //! `apt-get download linux-image-amd64` (cached in /var/cache/hull-nested). A missing
 //! prerequisite fails the test with the harness's message. Takes about 2-4 minutes.
 
@@ -43,6 +43,9 @@ fn hull_backend_runs_a_pod_in_a_nested_test_host_and_benchmarks_against_qemu() {
         .arg("--pod-client")
         .arg(&client)
         .args(["--timeout", "240", "--runs", "3", "--compare-qemu"])
+        // Instruction-counted time in the test host: the boot numbers do not depend on the
+        // load of the machine running CI, and neither do the harness's timeouts.
+        .args(["--icount", "0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

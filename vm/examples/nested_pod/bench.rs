@@ -26,16 +26,16 @@ struct Sample {
 
 /// Memory of a VMM process in KiB, split into guest RAM and everything else.
 #[derive(Debug, Default, Clone, Copy)]
-struct MemSplit {
-    guest_rss: u64,
+pub struct MemSplit {
+    pub guest_rss: u64,
     /// Resident outside guest RAM (shared library pages included).
-    other_rss: u64,
+    pub other_rss: u64,
     /// Private_Clean + Private_Dirty outside guest RAM: what this VMM alone costs.
-    other_private: u64,
+    pub other_private: u64,
 }
 
 /// Sums smaps, treating a mapping as guest RAM if `is_guest(header, size_kib)`.
-fn smaps_split(pid: u32, is_guest: impl Fn(&str, u64) -> bool) -> anyhow::Result<MemSplit> {
+pub fn smaps_split(pid: u32, is_guest: impl Fn(&str, u64) -> bool) -> anyhow::Result<MemSplit> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
     let mut split = MemSplit::default();
     let (mut header, mut guest) = (String::new(), false);

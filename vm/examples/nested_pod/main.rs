@@ -153,6 +153,13 @@ async fn drive_pod(vm: &dyn VmHandle, cfg: &VmConfig, t0: Instant) -> anyhow::Re
         health.uptime_seconds
     );
     print_metrics(&RunFiles::new(&cfg.run_dir).api_socket);
+    match bench::smaps_split(vm.pid(), |h, _| h.contains("hull-guest-ram")) {
+        Ok(m) => println!(
+            "NESTED-POD hull-vmm memory outside guest RAM: private {} KiB, rss {} KiB (guest RAM rss {} KiB)",
+            m.other_private, m.other_rss, m.guest_rss
+        ),
+        Err(e) => println!("NESTED-POD smaps unreadable: {e:#}"),
+    }
     if cfg.net.is_some() {
         setup_network(&mut client).await?;
     }
