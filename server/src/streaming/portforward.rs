@@ -81,7 +81,9 @@ pub async fn run(t: PortForwardTarget, mut events: mpsc::Receiver<Event>, sender
                 by_stream.insert(id, rid.clone());
                 let port = header(&headers, "port").and_then(|p| p.parse::<u16>().ok());
                 pair.port = pair.port.or(port);
-                if let (Some(data), Some(error), Some(rx)) = (pair.data, pair.error, pair.rx.take())
+                // Both streams of the request are there: start relaying.
+                if let (Some(data), Some(error)) = (pair.data, pair.error)
+                    && let Some(rx) = pair.rx.take()
                 {
                     pair.task = Some(tokio::spawn(forward(
                         t.clone(),
