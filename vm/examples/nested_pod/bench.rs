@@ -30,8 +30,12 @@ pub struct MemSplit {
     pub guest_rss: u64,
     /// Resident outside guest RAM (shared library pages included).
     pub other_rss: u64,
-    /// Private_Clean + Private_Dirty outside guest RAM: what this VMM alone costs.
+    /// Private_Clean + Private_Dirty outside guest RAM: what this VMM alone costs while it
+    /// is the only one running (its program text counts as private then).
     pub other_private: u64,
+    /// Private_Dirty outside guest RAM: what each further VM costs (heap, stacks, data;
+    /// the program text is shared between VMMs).
+    pub other_dirty: u64,
 }
 
 /// Sums smaps, treating a mapping as guest RAM if `is_guest(header, size_kib)`.
@@ -53,7 +57,11 @@ pub fn smaps_split(pid: u32, is_guest: impl Fn(&str, u64) -> bool) -> anyhow::Re
             "Size:" => guest = is_guest(&header, kib),
             "Rss:" if guest => split.guest_rss += kib,
             "Rss:" => split.other_rss += kib,
-            "Private_Clean:" | "Private_Dirty:" if !guest => split.other_private += kib,
+            "Private_Clean:" if !guest => split.other_private += kib,
+            "Private_Dirty:" if !guest => {
+                split.other_private += kib;
+                split.other_dirty += kib;
+            }
             _ => {}
         }
     }
@@ -202,11 +210,12 @@ fn p50<T: Copy + Ord>(mut v: Vec<T>) -> T {
 fn report(name: &str, samples: &[Sample]) -> Duration {
     for (i, s) in samples.iter().enumerate() {
         println!(
-            "NESTED-BENCH {name} run {i}: ready {:.1} ms, guest RAM rss {} KiB, other rss {} KiB, other private {} KiB{}",
+            "NESTED-BENCH {name} run {i}: ready {:.1} ms, guest RAM rss {} KiB, other rss {} KiB, other private {} KiB (dirty {} KiB){}",
             s.ready.as_secs_f64() * 1e3,
             s.mem.guest_rss,
             s.mem.other_rss,
             s.mem.other_private,
+            s.mem.other_dirty,
             s.metrics
                 .as_ref()
                 .map(|m| format!(", metrics {m}"))
@@ -215,11 +224,13 @@ fn report(name: &str, samples: &[Sample]) -> Duration {
     }
     let ready = p50(samples.iter().map(|s| s.ready).collect());
     let private = p50(samples.iter().map(|s| s.mem.other_private).collect());
+    let dirty = p50(samples.iter().map(|s| s.mem.other_dirty).collect());
     let rss = p50(samples.iter().map(|s| s.mem.other_rss).collect());
     println!(
-        "NESTED-BENCH-P50 {name}: boot-to-agent-ready {:.1} ms, memory outside guest RAM: private {private} KiB ({:.2} MiB), rss {rss} KiB",
+        "NESTED-BENCH-P50 {name}: boot-to-agent-ready {:.1} ms, memory outside guest RAM: private {private} KiB ({:.2} MiB; dirty {dirty} KiB, {:.2} MiB), rss {rss} KiB",
         ready.as_secs_f64() * 1e3,
-        private as f64 / 1024.0
+        private as f64 / 1024.0,
+        dirty as f64 / 1024.0
     );
     ready
 }

@@ -155,8 +155,8 @@ async fn drive_pod(vm: &dyn VmHandle, cfg: &VmConfig, t0: Instant) -> anyhow::Re
     print_metrics(&RunFiles::new(&cfg.run_dir).api_socket);
     match bench::smaps_split(vm.pid(), |h, _| h.contains("hull-guest-ram")) {
         Ok(m) => println!(
-            "NESTED-POD hull-vmm memory outside guest RAM: private {} KiB, rss {} KiB (guest RAM rss {} KiB)",
-            m.other_private, m.other_rss, m.guest_rss
+            "NESTED-POD hull-vmm memory outside guest RAM: private {} KiB (dirty {} KiB), rss {} KiB (guest RAM rss {} KiB)",
+            m.other_private, m.other_dirty, m.other_rss, m.guest_rss
         ),
         Err(e) => println!("NESTED-POD smaps unreadable: {e:#}"),
     }
