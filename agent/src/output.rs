@@ -135,7 +135,17 @@ impl OutputHub {
         }
         // from - start < data.len() <= capacity: fits in usize.
         let skip = usize::try_from(from - r.start).unwrap_or(usize::MAX);
-        let data: Vec<u8> = r.data.range(skip..).take(max).copied().collect();
+        let (a, b) = r.data.as_slices();
+        let want = max.min(r.data.len() - skip);
+        let mut data = Vec::with_capacity(want);
+        if skip < a.len() {
+            let take = want.min(a.len() - skip);
+            data.extend_from_slice(&a[skip..skip + take]);
+            data.extend_from_slice(&b[..want - take]);
+        } else {
+            let skip = skip - a.len();
+            data.extend_from_slice(&b[skip..skip + want]);
+        }
         Fetch::Data { offset: from, data }
     }
 
@@ -225,6 +235,15 @@ mod tests {
             }
         );
         assert_eq!(hub.end(), 10);
+        // Reads across the ring's wrap point, in small pieces.
+        let mut got = Vec::new();
+        let mut at = 2;
+        while let Fetch::Data { offset, data } = hub.read(at, 3) {
+            assert_eq!(offset, at);
+            at += data.len() as u64;
+            got.extend(data);
+        }
+        assert_eq!(got, b"cdefghij");
         hub.close();
         assert_eq!(hub.read(10, 100), Fetch::Eof);
         assert!(matches!(hub.read(9, 100), Fetch::Data { offset: 9, .. }));

@@ -125,3 +125,59 @@ fn exit_reasons() {
     assert_eq!(e(1, false), "Error");
     assert_eq!(e(137, true), "OOMKilled");
 }
+
+#[tokio::test]
+async fn a_new_manager_resumes_the_log_where_the_old_one_stopped() {
+    let (dir, store) = store();
+    let log = dir.path().join("logs/c.log");
+    let old = ContainerManager::new(store.clone(), Events::new());
+    let mut r = record("c1", log.display().to_string());
+    old.add(&r).expect("add");
+    r = old.mark_started("c1", 1).expect("start");
+    let w = old.log_writer(&r).expect("log").expect("writer");
+    let out = crate::logs::Stream::Stdout;
+    assert!(w.write_at(out, Some(0), b"one\ntw".to_vec()).await);
+    assert!(
+        w.write_at(crate::logs::Stream::Stderr, Some(0), b"e\n".to_vec())
+            .await
+    );
+    // Let the writer flush, as a running hulld would before it is killed; the
+    // unterminated "tw" is still in its framer. The old writer is left as is (a killed
+    // hulld closes nothing) until the end of the test.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let killed = (w, old);
+
+    let new = ContainerManager::new(store.clone(), Events::new());
+    let (w, at) = new.resume_log_writer(&r).expect("resume").expect("writer");
+    assert_eq!(
+        (at.stdout, at.stderr),
+        (4, 2),
+        "everything up to the torn tail"
+    );
+    // The agent replays from there: "tw" again, then more.
+    assert!(w.write_at(out, Some(4), b"two\nthree\n".to_vec()).await);
+    w.close().await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once(' ').expect("ts").1)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "stdout F one",
+            "stderr F e",
+            "stdout F two",
+            "stdout F three"
+        ]
+    );
+    new.forget("c1").await.expect("forget");
+    assert!(
+        store
+            .get::<LogCheckpointRecord>("c1")
+            .expect("get")
+            .is_none(),
+        "the checkpoint goes with the container"
+    );
+    drop(killed);
+}
