@@ -108,7 +108,11 @@ base_layer() {
     # System V tables instead, which hold the same ids.
     printf '%s\n' '#!/bin/sh' 'case "$1" in -q) t=msg ;; -s) t=sem ;; *) t=shm ;; esac' \
         'exec cat "/proc/sysvipc/$t"' >"$r/bin/ipcs"
-    chmod 755 "$r/bin/ipcs"
+    # Nor pgrep (the execSync-timeout spec runs `pgrep sleep`): pids whose name matches.
+    printf '%s\n' '#!/bin/sh' 'f=1' 'for d in /proc/[0-9]*; do' \
+        '    read -r n <"$d/comm" 2>/dev/null || continue' \
+        '    case $n in *$1*) echo "${d#/proc/}"; f=0 ;; esac' 'done' 'exit $f' >"$r/bin/pgrep"
+    chmod 755 "$r/bin/ipcs" "$r/bin/pgrep"
     cat >"$r/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/bin/false
