@@ -298,6 +298,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_writer_never_blocks_without_readers() {
+        // 8 MiB into a 1 MiB hub nobody reads: the writer finishes (the pump drains the
+        // pipe), the oldest 7 MiB are dropped and counted, the newest MiB is kept.
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let hub = OutputHub::new("slow".into(), 1 << 20);
+        pump(File::from(r), Arc::clone(&hub)).expect("pump");
+        let writer = std::thread::spawn(move || {
+            let mut w = File::from(w);
+            let block = vec![b'x'; 64 * 1024];
+            for _ in 0..128 {
+                std::io::Write::write_all(&mut w, &block).expect("write");
+            }
+        });
+        writer.join().expect("the writer finished");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hub.end() < 8 << 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pump stuck at {}",
+                hub.end()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(hub.dropped(), 7 << 20);
+        assert!(matches!(hub.read(0, CHUNK), Fetch::Data { offset, .. } if offset == 7 << 20));
+    }
+
     #[tokio::test]
     async fn pump_reads_a_pipe_to_eof() {
         let (r, w) = nix::unistd::pipe().expect("pipe");
