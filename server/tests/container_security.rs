@@ -1,7 +1,7 @@
 //! A container's security context, end to end through CRI in one real pod VM: dropped
 //! capabilities (one, and ALL) as the process sees them in /proc/self/status, a read-only
-//! rootfs, the RuntimeDefault seccomp profile blocking a call an unconfined container may
-//! make, run_as_username with the image's /etc/passwd and /etc/group, no_new_privs with a
+//! rootfs, masked paths, the RuntimeDefault seccomp profile blocking a call an unconfined
+//! container may make, run_as_username with the image's /etc/passwd and /etc/group, no_new_privs with a
 //! set-user-ID program, and RunAsGroup without a user refused.
 
 mod common;
@@ -338,6 +338,7 @@ async fn checks(pod: &mut Pod<'_>, logs: &std::path::Path) {
             &sleep,
             cri::LinuxContainerSecurityContext {
                 readonly_rootfs: true,
+                masked_paths: vec!["/etc/group".into(), "/home".into()],
                 ..default()
             },
         ))
@@ -347,6 +348,12 @@ async fn checks(pod: &mut Pod<'_>, logs: &std::path::Path) {
     assert!(err.contains("Read-only file system"), "{err}");
     let (code, _, err) = pod.exec(&ro, &["touch", "/dev/shm/x"]).await;
     assert_eq!(code, 0, "{err}");
+    // Masked paths: a file reads as /dev/null, a dir as an empty read-only tmpfs.
+    let (code, out, err) = pod.exec(&ro, &["cat", "/etc/group", "/etc/passwd"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("root:x:0:0:"), "only passwd is left: {out}");
+    let (_, out, _) = pod.exec(&ro, &["sh", "-c", "echo /home/*"]).await;
+    assert_eq!(out, "/home/*\n", "/home (holding app/) is an empty tmpfs");
 
     // run_as_username from /etc/passwd, its groups from /etc/group, plus supplementals.
     let named = pod
