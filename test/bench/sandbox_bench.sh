@@ -51,7 +51,7 @@ HSTATE="$(mktemp -d /run/sbb.XXXX)"
 NS="hullbench-$$"
 NET="hullbench-$$"
 C="$WORK/c"
-HULLD_PID="" CONTAINERD_PID=""
+HULLD_PID="" CONTAINERD_PID="" BENCH_PID=""
 CGROUPS_BEFORE="$(ls -d /sys/fs/cgroup/*/k8s.io 2>/dev/null || true)"
 NETNS_BEFORE="$(ip netns list | awk '{print $1}' | sort)"
 
@@ -86,6 +86,7 @@ cleanup() {
     local rc=$? p n
     set +e
     trap - EXIT INT TERM
+    stop_pid "$BENCH_PID"
     if [[ -n $CONTAINERD_PID ]] && kill -0 "$CONTAINERD_PID" 2>/dev/null; then
         drain_pods "$C/containerd.sock"
     fi
@@ -147,6 +148,17 @@ cat >"$WORK/cni/10-bench.conflist" <<JSON
 }
 JSON
 
+# Runs the bench client in the background and waits, so INT/TERM reach our traps at once
+# (bash runs traps only after a foreground command returns).
+run_bench() {
+    local rc=0
+    "$@" &
+    BENCH_PID=$!
+    wait "$BENCH_PID" || rc=$?
+    BENCH_PID=""
+    return "$rc"
+}
+
 wait_socket() {
     for _ in $(seq 300); do
         [[ -S "$1" ]] && return 0
@@ -182,7 +194,7 @@ if [[ -z "${SKIP_HULL:-}" ]]; then
         die "hulld did not start: $(tail -5 "$WORK/hulld.log")"
     log "hulld: $RUNS pods"
     accel=$(grep -qwE 'vmx|svm' /proc/cpuinfo && echo KVM || echo TCG)
-    SANDBOX_BENCH_JSON="$WORK/hull.json" "$BENCH" "$HSTATE/hull.sock" "$RUNS" \
+    run_bench env SANDBOX_BENCH_JSON="$WORK/hull.json" "$BENCH" "$HSTATE/hull.sock" "$RUNS" \
         "hulld (QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), $accel)"
     stop_pid "$HULLD_PID"
     HULLD_PID=""
@@ -253,7 +265,7 @@ TOML
         die "containerd did not start: $(tail -5 "$WORK/containerd.log")"
     ctr -a "$C/containerd.sock" -n k8s.io image import "$WORK/pause.tar" >/dev/null
     log "containerd: $RUNS pods"
-    SANDBOX_BENCH_JSON="$WORK/containerd.json" "$BENCH" "$C/containerd.sock" "$RUNS" \
+    run_bench env SANDBOX_BENCH_JSON="$WORK/containerd.json" "$BENCH" "$C/containerd.sock" "$RUNS" \
         "containerd $(containerd --version | awk '{print $3}') + runc $(runc --version | head -1 | awk '{print $3}')" ||
         die "containerd side failed; containerd log: $(tail -5 "$WORK/containerd.log")"
 fi
