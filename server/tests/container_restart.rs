@@ -418,10 +418,8 @@ async fn pod_stats(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str, id: &st
     assert_eq!(eth0.name, "eth0", "{net:?}");
     assert!(cpu(&second) > cpu(&first), "pod CPU moves");
     assert!(ctr_cpu(&second) > ctr_cpu(&first), "container CPU moves");
-    assert!(
-        cpu(&second) >= ctr_cpu(&second),
-        "the VM's CPU covers the container's"
-    );
+    // No ordering between the two: the guest's cgroup clock and the host's accounting of
+    // the VMM's threads differ (an emulated or overcommitted vCPU).
     eprintln!(
         "pod stats: VM cpu {} ns, VM rss {pod_mem} B, container cpu {} ns, ws {ws} B, {procs} processes",
         cpu(&second),
