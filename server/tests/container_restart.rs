@@ -291,6 +291,23 @@ async fn checks(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(st.exit_code, 42, "the TERM trap's code: {st:?}");
+    // The update survived the restart in the record; an exited container refuses another.
+    let r = st.resources.as_ref().and_then(|r| r.linux.as_ref());
+    assert_eq!(r.map(|r| r.memory_limit_in_bytes), Some(96 << 20), "{st:?}");
+    let refused = rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                cpu_quota: 20_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|e| e.code()),
+        Err(tonic::Code::FailedPrecondition)
+    );
     assert!(st.finished_at > st.started_at, "{st:?}");
     // Give the log writer the stream ends, then check every line.
     tokio::time::sleep(Duration::from_secs(1)).await;
