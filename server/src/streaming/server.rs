@@ -147,7 +147,8 @@ async fn remote_command(
         }
         let base64 = chosen == "base64.channel.k8s.io";
         let version = Version::from_name(&chosen).unwrap_or(Version(1));
-        let sender = WsSender::start(w, base64, version);
+        tracing::info!(protocol = %chosen, "exec/attach over WebSocket");
+        let sender = WsSender::start(w, base64);
         let session = ws::ws_session(r, sender, version, wanted).await;
         return cmd.run(session).await;
     }
@@ -179,6 +180,7 @@ async fn remote_command(
         return;
     }
     let version = Version::from_name(&chosen).unwrap_or(Version(1));
+    tracing::info!(protocol = %chosen, "exec/attach over SPDY");
     let (events, sender) = spdy::conn::start(r, w);
     match remotecommand::spdy_session(events, sender.clone(), version, wanted).await {
         Ok(session) => cmd.run(session).await,
@@ -213,6 +215,7 @@ async fn port_forward(
         if http::switch(&mut w, "websocket", &extra).await.is_err() {
             return;
         }
+        tracing::info!("port-forward: SPDY over WebSocket");
         let (tr, tw) = ws::tunnel(r, w);
         let (events, sender) = spdy::conn::start(tr, tw);
         return portforward::run(t, events, sender).await;

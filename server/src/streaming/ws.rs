@@ -145,24 +145,14 @@ enum Out {
 pub struct WsSender {
     tx: mpsc::Sender<Out>,
     base64: bool,
-    /// v5: the client learns that a channel ended from a close message.
-    version: Version,
 }
 
 impl WsSender {
     /// Starts the writer task on the write half.
-    pub fn start<W: AsyncWrite + Unpin + Send + 'static>(
-        write: W,
-        base64: bool,
-        version: Version,
-    ) -> Self {
+    pub fn start<W: AsyncWrite + Unpin + Send + 'static>(write: W, base64: bool) -> Self {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(write_loop(write, rx));
-        Self {
-            tx,
-            base64,
-            version,
-        }
+        Self { tx, base64 }
     }
 
     pub async fn channel(&self, chan: u8, data: &[u8]) {
@@ -183,11 +173,9 @@ impl WsSender {
         let _ = self.tx.send(Out::Frame(opcode, data)).await;
     }
 
-    pub async fn close_channel(&self, chan: u8) {
-        if self.version.0 >= 5 && !self.base64 {
-            let _ = self.tx.send(Out::Frame(OP_BINARY, vec![255, chan])).await;
-        }
-    }
+    /// Channels end with the connection: v5's close signal (255) goes from the client
+    /// to the server only (client-go discards it as an unknown stream).
+    pub async fn close_channel(&self, _chan: u8) {}
 
     /// Sends a close frame after everything queued and ends the connection.
     pub async fn finish(&self) {
@@ -312,7 +300,7 @@ where
 {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut from_inner, mut to_inner) = tokio::io::split(theirs);
-    let sender = WsSender::start(write, false, Version(1));
+    let sender = WsSender::start(write, false);
     let pong = sender.clone();
     tokio::spawn(async move {
         loop {
