@@ -19,6 +19,8 @@ pub mod remotecommand;
 pub mod server;
 pub mod spdy;
 pub mod tokens;
+#[cfg(test)]
+mod unit_tests;
 pub mod ws;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
