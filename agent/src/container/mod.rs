@@ -71,6 +71,33 @@ pub enum ContainerError {
     },
     #[error("Blocking task failed: {0}")]
     Join(String),
+    #[error("Failed to set the hugepage limit {path}")]
+    Hugepages {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes `hugetlb.<size>.max` for each limit. A page size the guest kernel has no hugetlb
+/// file for is skipped: kubelet sends a limit (usually 0) for every size the node has, and
+/// a guest without hugetlb has no huge pages to limit.
+fn apply_hugepage_limits(
+    cgroup: &Path,
+    limits: &[spec::HugepageLimit],
+) -> Result<(), ContainerError> {
+    for l in limits {
+        let valid =
+            !l.page_size.is_empty() && l.page_size.bytes().all(|b| b.is_ascii_alphanumeric());
+        let path = cgroup.join(format!("hugetlb.{}.max", l.page_size));
+        if !valid || !path.exists() {
+            tracing::debug!(page_size = %l.page_size, "no hugetlb limit file: skipped");
+            continue;
+        }
+        std::fs::write(&path, l.limit.to_string())
+            .map_err(|source| ContainerError::Hugepages { path, source })?;
+    }
+    Ok(())
 }
 
 /// The start pipe and report of a created, not yet started container.
@@ -196,6 +223,12 @@ impl Containers {
     ) -> Result<Container, ContainerError> {
         let resources = spec.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_path = cgroup::create(id, resources)?;
+        if let Some(r) = resources
+            && let Err(e) = apply_hugepage_limits(&cgroup_path, &r.hugepage_limits)
+        {
+            let _ = cgroup::destroy(&cgroup_path).await;
+            return Err(e);
+        }
         let state_dir = Path::new(STATE_DIR).join(id);
         let seccomp = spec.seccomp().cloned();
         let process = spec.process.clone().unwrap_or_default();
@@ -433,5 +466,29 @@ impl Containers {
         for c in self.ids() {
             let _ = self.remove(&c.id, true).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugepage_limits_where_the_kernel_has_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("hugetlb.2MB.max"), "max").expect("file");
+        let limit = |size: &str, limit| spec::HugepageLimit {
+            page_size: size.into(),
+            limit,
+        };
+        let limits = [limit("2MB", 4 << 20), limit("1GB", 0), limit("../x", 1)];
+        apply_hugepage_limits(dir.path(), &limits).expect("apply");
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).ok();
+        assert_eq!(read("hugetlb.2MB.max").as_deref(), Some("4194304"));
+        assert_eq!(
+            read("hugetlb.1GB.max"),
+            None,
+            "absent size skipped, not created"
+        );
     }
 }

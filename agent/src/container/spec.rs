@@ -112,6 +112,16 @@ pub struct Resources {
     pub memory: Option<Memory>,
     pub cpu: Option<Cpu>,
     pub pids: Option<Pids>,
+    #[serde(default, rename = "hugepageLimits")]
+    pub hugepage_limits: Vec<HugepageLimit>,
+}
+
+/// OCI `linux.resources.hugepageLimits[]`: `pageSize` as in the cgroup files (`2MB`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HugepageLimit {
+    pub page_size: String,
+    pub limit: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
