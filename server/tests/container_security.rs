@@ -356,17 +356,27 @@ async fn checks(pod: &mut Pod<'_>, logs: &std::path::Path) {
     assert_eq!(out, "/home/*\n", "/home (holding app/) is an empty tmpfs");
 
     // run_as_username from /etc/passwd, its groups from /etc/group, plus supplementals.
-    let named = pod
-        .run(container(
-            "by-name",
-            &sleep,
-            cri::LinuxContainerSecurityContext {
-                run_as_username: "app".into(),
-                supplemental_groups: vec![1234],
-                ..default()
-            },
-        ))
-        .await;
+    // It also carries the hugepage limits kubelet sends for every size the node has: the
+    // guest kernel has no hugetlb, so there is nothing to limit and the container runs.
+    let mut by_name = container(
+        "by-name",
+        &sleep,
+        cri::LinuxContainerSecurityContext {
+            run_as_username: "app".into(),
+            supplemental_groups: vec![1234],
+            ..default()
+        },
+    );
+    if let Some(linux) = by_name.linux.as_mut() {
+        linux.resources = Some(cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
+            ..Default::default()
+        });
+    }
+    let named = pod.run(by_name).await;
     let (_, out, err) = pod.exec(&named, &["id"]).await;
     assert!(
         out.starts_with("uid=1000(app) gid=1000(app)"),
