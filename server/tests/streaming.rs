@@ -178,10 +178,11 @@ async fn exec_and_port_forward_in_a_real_pod() {
 }
 
 /// Attach needs an agent whose output streams have several readers (the log writer and
-/// the attach): the output hub of 21db71a, in the guest's initramfs.
+/// the attach: the output hub of 21db71a), and execs that inherit the container's
+/// process (19c3483), in the guest's initramfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a guest built with the agent's output hub (21db71a); run with --ignored"]
-async fn attach_to_a_shell_in_a_real_pod() {
+#[ignore = "needs a guest with the agent of 21db71a and 19c3483 (output hub, exec as the container's process); run with --ignored"]
+async fn attach_and_exec_as_the_container_in_a_real_pod() {
     with_pod("attach", |mut rt, pod, config, logs| async move {
         attach_checks(&mut rt, &pod, &config, &logs).await;
     })
@@ -239,6 +240,31 @@ async fn attach_checks(
     assert_eq!(status(&got, error)["status"], "Success");
     let log = std::fs::read_to_string(logs.join("shell.log")).unwrap_or_default();
     assert!(log.contains("stdout F hello-attach"), "CRI log: {log:?}");
+
+    // An exec runs as the container's process: its env and working dir.
+    let mut config = container("envd", &["sleep", "3600"], false);
+    config.envs = vec![cri::KeyValue {
+        key: "FOO".into(),
+        value: "from-the-container".into(),
+    }];
+    config.working_dir = "/tmp".into();
+    let id = run(rt, pod, pod_config, config).await;
+    let url = exec_url(rt, &id, &["sh", "-c", "echo \"$FOO:$(pwd)\""], false).await;
+    let up = streaming_client::spdy(&url, &["v4.channel.k8s.io"]).await;
+    let mut c = SpdyClient::new(up.conn.expect("upgraded"));
+    let error = c.open(&[("streamType", "error")]).await;
+    let stdin = c.open(&[("streamType", "stdin")]).await;
+    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let stderr = c.open(&[("streamType", "stderr")]).await;
+    c.data(stdin, &[], true).await;
+    let mut got = Received::default();
+    c.collect(&[stdout, stderr, error], LIMIT, &mut got).await;
+    let text = printable(&got);
+    assert_eq!(
+        text.get(&stdout).map(String::as_str),
+        Some("from-the-container:/tmp\n"),
+        "{text:?}"
+    );
 }
 
 async fn checks(

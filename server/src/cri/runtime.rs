@@ -278,9 +278,6 @@ impl RuntimeService for CriService {
     }
 }
 
-/// The default `PATH` of exec'd processes (the container's own env is added after it).
-const EXEC_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// Exec, Attach and PortForward: resolve the target now (so a wrong id fails the CRI
 /// call, not the later HTTP request) and answer with a single-use streaming URL.
 impl CriService {
@@ -333,27 +330,16 @@ impl CriService {
             ));
         }
         let (r, agent) = self.streaming_target(&req.container_id).await?;
-        let mut env = vec![EXEC_PATH.to_owned()];
-        env.extend(
-            r.config
-                .envs
-                .iter()
-                .map(|kv| format!("{}={}", kv.key, kv.value)),
-        );
-        if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
-            env.push("TERM=xterm".into());
+        // A terminal gets a TERM unless the container sets one (as Docker does).
+        let mut env = Vec::new();
+        if req.tty && !r.config.envs.iter().any(|kv| kv.key == "TERM") {
+            env.push("TERM=xterm".to_owned());
         }
-        let cwd = if r.config.working_dir.is_empty() {
-            "/".to_owned()
-        } else {
-            r.config.working_dir.clone()
-        };
         let target = Target::Exec(ExecTarget {
             agent,
             container_id: r.id.clone(),
             cmd: req.cmd,
             env,
-            cwd,
             wanted: Wanted::new(req.stdin, req.stdout, req.stderr, req.tty),
         });
         let url = self.streaming_url(target)?;

@@ -23,9 +23,8 @@ pub struct ExecTarget {
     pub agent: AgentClient<Channel>,
     pub container_id: String,
     pub cmd: Vec<String>,
-    /// `KEY=value` pairs for the process.
+    /// `KEY=value` pairs added to the container's environment.
     pub env: Vec<String>,
-    pub cwd: String,
     pub wanted: Wanted,
 }
 
@@ -53,9 +52,12 @@ fn exec_id() -> String {
 pub async fn run_exec(t: ExecTarget, mut s: Session) {
     let exec_id = exec_id();
     let mut agent = t.agent.clone();
-    let process = serde_json::json!({
-        "args": t.cmd, "cwd": t.cwd, "env": t.env, "terminal": t.wanted.tty,
-    });
+    // The agent runs an exec as the container's process (user, groups, capabilities,
+    // env, cwd) with these fields replaced, as containerd builds an exec spec.
+    let mut process = serde_json::json!({"args": t.cmd, "terminal": t.wanted.tty});
+    if !t.env.is_empty() {
+        process["env"] = serde_json::json!(t.env);
+    }
     let req = pb::ExecProcessRequest {
         container_id: t.container_id.clone(),
         exec_id: exec_id.clone(),
