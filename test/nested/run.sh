@@ -20,7 +20,9 @@
 #   --icount SHIFT: run the test host with QEMU's instruction counting (-icount
 #     shift=SHIFT,sleep=off): its clock then advances 2^SHIFT ns per instruction and jumps over
 #     idle time, so the benchmark counts work done and does not depend on the load of this
-#     machine (wall-clock numbers on a shared 2-core host vary 3x from run to run)
+#     machine (wall-clock numbers on a shared 2-core host vary 3x from run to run). Caveat:
+#     a nested boot now and then stalls under -icount (seen with QEMU and hull-vmm), so
+#     the cargo test runs without it; the benchmark reports failed QEMU boots and goes on
 #   --shmem-thp MODE: the test host's transparent_hugepage/shmem_enabled (guest RAM is a memfd)
 #   env: HULL_NESTED_CACHE (default /var/cache/hull-nested): the downloaded kernel package
 #        HULL_NESTED_LOG (default /tmp/hull-nested-last.log): the whole test-host output
