@@ -208,6 +208,12 @@ async fn checks(
 
     // A long-running one: ExecSync, then StopContainer ends it.
     let mut config = container("sleeper", image, &["sleep", "1000"]);
+    // ExecSync runs as the container's process: its working dir and env.
+    config.working_dir = "/data".into();
+    config.envs.push(cri::KeyValue {
+        key: "SLEEPER".into(),
+        value: "yes".into(),
+    });
     config.mounts.push(cri::Mount {
         container_path: "/data".into(),
         host_path: host_vol.display().to_string(),
@@ -231,7 +237,11 @@ async fn checks(
     let out = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: sleeper.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "hostname; exit 7".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "hostname; pwd; echo $SLEEPER; exit 7".into(),
+            ],
             timeout: 30,
         })
         .await
@@ -241,7 +251,7 @@ async fn checks(
     // No hostname in the pod config: the pod's name is the guest's hostname.
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "cri-path\n",
+        "cri-path\n/data\nyes\n",
         "{out:?}"
     );
 

@@ -250,10 +250,9 @@ pub async fn exec_sync(
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let exec_id = format!("sync-{:x}-{n}", crate::state::now_nanos());
-    let process = serde_json::json!({
-        "args": cmd, "cwd": "/",
-        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-    });
+    // Only the command: the agent runs it as the container's own process (user, groups,
+    // capabilities, env, working dir), as containerd builds an exec from the container.
+    let process = serde_json::json!({ "args": cmd });
     let req = pb::ExecProcessRequest {
         container_id: id.to_owned(),
         exec_id: exec_id.clone(),
