@@ -13,20 +13,12 @@
 
 pub mod detect;
 pub mod files;
-// The process helpers are shared with the qemu backend: one file, compiled here too,
-// because `qemu::procs` is private to a module this backend's owner does not edit.
-#[allow(
-    clippy::duplicate_mod,
-    reason = "qemu::procs is private; making it pub(crate) removes this second copy"
-)]
-#[path = "../qemu/procs.rs"]
-mod procs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::qemu::procs::Proc;
 use files::RunFiles;
-use procs::Proc;
 use tokio::sync::Mutex;
 
 use crate::hypervisor::{

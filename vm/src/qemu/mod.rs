@@ -10,7 +10,8 @@
 //! period), then the helpers, then the files; console and helper logs are kept.
 
 pub mod argv;
-mod procs;
+/// Spawned and adopted helper processes, shared with the hull backend.
+pub(crate) mod procs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
