@@ -181,7 +181,6 @@ async fn exec_and_port_forward_in_a_real_pod() {
 /// the attach: the output hub of 21db71a), and execs that inherit the container's
 /// process (19c3483), in the guest's initramfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a guest with the agent of 21db71a and 19c3483 (output hub, exec as the container's process); run with --ignored"]
 async fn attach_and_exec_as_the_container_in_a_real_pod() {
     with_pod("attach", |mut rt, pod, config, logs| async move {
         attach_checks(&mut rt, &pod, &config, &logs).await;
