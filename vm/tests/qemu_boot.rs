@@ -328,7 +328,10 @@ async fn failed_start_cleans_up_helpers() {
     };
     assert!(matches!(err, HypervisorError::Boot(_)), "{err}");
     let text = err.to_string();
-    assert!(text.contains("QEMU exited"), "{text}");
+    assert!(
+        text.contains("qemu exited before its agent was ready"),
+        "{text}"
+    );
     assert!(
         text.contains("linux kernel") || text.contains("kernel"),
         "{text}"

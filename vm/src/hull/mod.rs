@@ -17,21 +17,15 @@ pub mod files;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::qemu::procs::Proc;
+use crate::qemu::procs::{Proc, open_netns, wait_agent_marker, wait_for_socket};
 use files::RunFiles;
 use tokio::sync::Mutex;
 
-use crate::hypervisor::{
-    AGENT_READY_MARKER, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle,
-};
+use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::qemu::{argv, find_program};
 
-/// How long hull-vmm gets to build the VM (bind its API socket), and virtiofsd its socket.
-const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How long virtiofsd gets to exit on SIGTERM at stop.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
-/// How often `wait_agent_ready` reads the console.
-const READY_POLL: Duration = Duration::from_millis(10);
 /// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API), see `ExitReason`.
 const EXIT_API_SHUTDOWN: i32 = 5;
 
@@ -122,35 +116,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         cur = e.source();
     }
     s
-}
-
-/// The last lines of a log, for error messages.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
-/// Waits until `path` exists while `proc_` lives.
-async fn wait_for_socket(path: &Path, proc_: &Proc, log: &Path) -> Result<(), HypervisorError> {
-    let deadline = Instant::now() + SOCKET_WAIT;
-    while !path.exists() {
-        if !proc_.alive() || Instant::now() >= deadline {
-            let why = match proc_.status().and_then(|s| s.code()) {
-                Some(code) => format!("exited with code {code}"),
-                None if proc_.alive() => "timed out".into(),
-                None => "died".into(),
-            };
-            return Err(HypervisorError::Boot(format!(
-                "{} {why} before creating {}: {}",
-                proc_.what,
-                path.display(),
-                log_tail(log)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
 }
 
 fn remove_files(files: &RunFiles) {
@@ -256,17 +221,7 @@ impl HullVm {
             what: format!("hull-vmm config {}", f.vmm_config.display()),
             source,
         })?;
-        let netns = match &config.netns {
-            Some(path) => {
-                Some(
-                    std::fs::File::open(path).map_err(|source| HypervisorError::Io {
-                        what: format!("netns {}", path.display()),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
+        let netns = open_netns(config.netns.as_deref())?;
         let args = ["--config".into(), f.vmm_config.clone().into_os_string()];
         let vmm = Proc::spawn(
             "hull-vmm",
@@ -304,8 +259,10 @@ impl VmHandle for HullVm {
         }
         let mut exit = VmExit::Shutdown;
         if let Some(vmm) = &self.vmm {
-            let was_running = vmm.terminate(grace).await?;
-            if !was_running && let Some(status) = vmm.status() {
+            vmm.terminate(grace).await?;
+            // Exit code 5 after our SIGTERM is a requested shutdown; a hull-vmm that had
+            // to be SIGKILLed (or died by itself) is not a clean one.
+            if let Some(status) = vmm.status() {
                 exit = exit_of(status);
             }
         }
@@ -323,28 +280,8 @@ impl VmHandle for HullVm {
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
-        let marker = AGENT_READY_MARKER.as_bytes();
-        loop {
-            // The console is guest output: only used as a hint of when to connect.
-            let console = std::fs::read(&self.files.console_log).unwrap_or_default();
-            if console.windows(marker.len()).any(|w| w == marker) {
-                return Ok(());
-            }
-            if !self.is_running() {
-                return Err(HypervisorError::Boot(format!(
-                    "hull-vmm exited before the agent was ready: {} | console: {}",
-                    log_tail(&self.files.vmm_log),
-                    log_tail(&self.files.console_log)
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(HypervisorError::Boot(format!(
-                    "agent not ready in time: {}",
-                    log_tail(&self.files.console_log)
-                )));
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
+        let f = &self.files;
+        wait_agent_marker(&f.console_log, self.vmm.as_ref(), &f.vmm_log, deadline).await
     }
 }
 

@@ -17,17 +17,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use argv::{Accel, RunFiles};
-use procs::Proc;
+use procs::{Proc, open_netns, wait_agent_marker, wait_for_socket};
 use tokio::sync::Mutex;
 
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 
-/// How long helpers get to create their vhost-user sockets.
-const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How long helpers get to exit on SIGTERM at stop.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
-/// How often `wait_agent_ready` reads the console.
-const READY_POLL: Duration = Duration::from_millis(20);
 
 /// Where the backend finds its programs, and how it accelerates.
 #[derive(Debug, Clone)]
@@ -161,29 +157,6 @@ fn validate(config: &VmConfig, programs: &QemuConfig) -> Result<(), HypervisorEr
     Ok(())
 }
 
-async fn wait_for_socket(path: &Path, helper: &Proc, log: &Path) -> Result<(), HypervisorError> {
-    let deadline = Instant::now() + SOCKET_WAIT;
-    while !path.exists() {
-        if !helper.alive() || Instant::now() >= deadline {
-            return Err(HypervisorError::Boot(format!(
-                "{} did not create {}: {}",
-                helper.what,
-                path.display(),
-                log_tail(log)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
-
-/// The last lines of a log, for error messages.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
 fn remove_files(files: &RunFiles) {
     for f in files.transient() {
         let _ = std::fs::remove_file(f);
@@ -291,17 +264,7 @@ impl QemuVm {
             wait_for_socket(&f.fs_backend, fs, &f.virtiofsd_log).await?;
         }
         wait_for_socket(&f.vsock_backend, vsock, &f.vsock_log).await?;
-        let netns = match &config.netns {
-            Some(path) => {
-                Some(
-                    std::fs::File::open(path).map_err(|source| HypervisorError::Io {
-                        what: format!("netns {}", path.display()),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
+        let netns = open_netns(config.netns.as_deref())?;
         let qemu_log = f.qemu_log.clone();
         let qemu = Proc::spawn(
             "qemu",
@@ -368,27 +331,7 @@ impl VmHandle for QemuVm {
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
-        loop {
-            // The console is guest output: only used as a hint of when to connect.
-            let console = std::fs::read(&self.files.console_log).unwrap_or_default();
-            let marker = crate::hypervisor::AGENT_READY_MARKER.as_bytes();
-            if console.windows(marker.len()).any(|w| w == marker) {
-                return Ok(());
-            }
-            if !self.is_running() {
-                return Err(HypervisorError::Boot(format!(
-                    "QEMU exited before its agent was ready: qemu: {}; console: {}",
-                    log_tail(&self.files.qemu_log),
-                    log_tail(&self.files.console_log)
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(HypervisorError::Boot(format!(
-                    "agent not ready in time: {}",
-                    log_tail(&self.files.console_log)
-                )));
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
+        let f = &self.files;
+        wait_agent_marker(&f.console_log, self.qemu.as_ref(), &f.qemu_log, deadline).await
     }
 }

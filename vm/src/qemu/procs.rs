@@ -205,6 +205,84 @@ impl Proc {
     }
 }
 
+/// How long a VMM or helper gets to create its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// How often the console is read for the agent's ready marker.
+const READY_POLL: Duration = Duration::from_millis(10);
+
+/// The last lines of a log, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Waits until `proc_` has created `path`; its death or a timeout is a `Boot` error with
+/// the end of its log.
+pub async fn wait_for_socket(path: &Path, proc_: &Proc, log: &Path) -> Result<(), HypervisorError> {
+    let deadline = Instant::now() + SOCKET_WAIT;
+    while !path.exists() {
+        if !proc_.alive() || Instant::now() >= deadline {
+            let why = match proc_.status().and_then(|s| s.code()) {
+                Some(code) => format!("exited with code {code}"),
+                None if proc_.alive() => "timed out".into(),
+                None => "died".into(),
+            };
+            return Err(HypervisorError::Boot(format!(
+                "{} {why} before creating {}: {}",
+                proc_.what,
+                path.display(),
+                log_tail(log)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Opens the pod's network namespace for a VMM to be started in.
+pub fn open_netns(path: Option<&Path>) -> Result<Option<File>, HypervisorError> {
+    path.map(|path| {
+        File::open(path).map_err(|source| HypervisorError::Io {
+            what: format!("netns {}", path.display()),
+            source,
+        })
+    })
+    .transpose()
+}
+
+/// Waits for the agent's ready marker on the guest console while the VMM runs. The
+/// console is guest output: only a hint of when to connect, never trusted for more.
+pub async fn wait_agent_marker(
+    console: &Path,
+    vmm: Option<&Proc>,
+    vmm_log: &Path,
+    deadline: std::time::Instant,
+) -> Result<(), HypervisorError> {
+    let marker = crate::hypervisor::AGENT_READY_MARKER.as_bytes();
+    loop {
+        let text = std::fs::read(console).unwrap_or_default();
+        if text.windows(marker.len()).any(|w| w == marker) {
+            return Ok(());
+        }
+        if !vmm.is_some_and(Proc::alive) {
+            let what = vmm.map_or("the VMM", |p| p.what);
+            return Err(HypervisorError::Boot(format!(
+                "{what} exited before its agent was ready: {what}: {}; console: {}",
+                log_tail(vmm_log),
+                log_tail(console)
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(HypervisorError::Boot(format!(
+                "agent not ready in time: {}",
+                log_tail(console)
+            )));
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
 impl Drop for Proc {
     /// Reap our own child if it already exited (never kills: VMs outlive their handle).
     fn drop(&mut self) {
