@@ -120,7 +120,8 @@ async fn each_run_step_failing_leaves_nothing() {
     )
     .await;
 
-    // The VM does not start: the kernel is garbage.
+    // The VM does not start: the kernel is garbage. QEMU refuses it after its spawn, so
+    // the wait for the agent reports QEMU's own message.
     let garbage = env.extra_bin.path().join("garbage-kernel");
     std::fs::write(&garbage, vec![0x5au8; 1 << 16]).unwrap();
     let ok = env.conflist(&[]);
@@ -130,7 +131,7 @@ async fn each_run_step_failing_leaves_nothing() {
         &ok,
         &vm,
         tonic::Code::Internal,
-        "Failed to start the VM",
+        "The VM exited before its agent answered: VM did not come up: qemu exited before its agent was ready: qemu: ",
     )
     .await;
 

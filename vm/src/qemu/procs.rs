@@ -268,7 +268,7 @@ pub async fn wait_agent_marker(
         if !vmm.is_some_and(Proc::alive) {
             let what = vmm.map_or("the VMM", |p| p.what);
             return Err(HypervisorError::Boot(format!(
-                "{what} exited before its agent was ready: {what}: {}; console: {}",
+                "{what} exited before its agent was ready: {}; console: {}",
                 log_tail(vmm_log),
                 log_tail(console)
             )));
