@@ -5,57 +5,23 @@
 //! pod's teardown.
 
 mod common;
+mod cri_common;
 #[path = "../../image-service/tests/support/registry.rs"]
 #[allow(dead_code)]
 mod registry;
 mod sandbox_common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cri_common::{container as config_of, create_start, exec_sh as exec, wait_exited};
 use hull_cri_api as cri;
 use hull_cri_api::client::RuntimeServiceClient;
 use sandbox_common::PodEnv;
 use tonic::transport::Channel;
 
+/// A container of `image` running `args`, logging to `<name>/0.log`.
 fn container(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        ..Default::default()
-    }
-}
-
-async fn wait_exited(
-    rt: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-    limit: Duration,
-) -> cri::ContainerStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        let st = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .expect("container status")
-            .into_inner()
-            .status
-            .expect("status");
-        if st.state == cri::ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "{id} did not exit: {st:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    config_of(name, image, args, &format!("{name}/0.log"))
 }
 
 /// The CRI log lines without their timestamps: `stream P|F content`.
@@ -74,26 +40,13 @@ async fn pull_run_create_start_log_exec_stop_remove() {
     let h = reg.host();
     common::push_test_images(&h);
     let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    let mut config = std::fs::read_to_string(&hulld.config_path).unwrap();
-    config.push_str(&format!(
-        "[registry.hosts.\"registry.k8s.io\"]\nmirrors = [{{ endpoint = \"http://{h}\" }}]\nupstream = false\n"
-    ));
-    std::fs::write(&hulld.config_path, config).unwrap();
+    cri_common::mirror_registry_k8s_io(&hulld, &h);
     hulld.start();
     let mut images = hulld.images().await;
     let mut rt = hulld.runtime().await;
 
     let image = "registry.k8s.io/busybox:latest";
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    cri_common::pull(&mut images, image).await;
 
     let logs = tempfile::tempdir().unwrap();
     let pod_config = cri::PodSandboxConfig {
@@ -113,15 +66,7 @@ async fn pull_run_create_start_log_exec_stop_remove() {
     };
     let host_vol = tempfile::tempdir().unwrap();
     std::fs::write(host_vol.path().join("from-host"), "written on the host\n").unwrap();
-    let pod_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = cri_common::run_pod(&mut rt, &pod_config).await;
 
     // Run the checks in a task so that a failed one still tears the pod down below.
     let checks = {
@@ -181,21 +126,7 @@ async fn checks(
         image,
         &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
     );
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    let id = create_start(rt, pod_id, pod_config, config).await;
     let st = wait_exited(rt, &id, Duration::from_secs(60)).await;
     assert_eq!(st.exit_code, 3, "{st:?}");
     assert!(
@@ -219,21 +150,7 @@ async fn checks(
         host_path: host_vol.display().to_string(),
         ..Default::default()
     });
-    let sleeper = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect("create sleeper")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: sleeper.clone(),
-    })
-    .await
-    .expect("start sleeper");
+    let sleeper = create_start(rt, pod_id, pod_config, config).await;
     let out = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: sleeper.clone(),
@@ -310,19 +227,4 @@ async fn checks(
     })
     .await
     .expect("create left");
-}
-
-/// ExecSync `sh -c script`, which must exit 0; its stdout.
-async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> String {
-    let out = rt
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 30,
-        })
-        .await
-        .expect("exec sync")
-        .into_inner();
-    assert_eq!(out.exit_code, 0, "{script}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

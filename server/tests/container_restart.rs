@@ -12,6 +12,7 @@
 //! - StopContainer: EXITED with the exit code of its TERM trap; the pod is torn down.
 
 mod common;
+mod cri_common;
 #[path = "../../image-service/tests/support/registry.rs"]
 #[allow(dead_code)]
 mod registry;
@@ -20,6 +21,7 @@ mod sandbox_common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cri_common::{create_start, exec_sh as exec, status};
 use hull_cri_api as cri;
 use hull_cri_api::client::RuntimeServiceClient;
 use sandbox_common::PodEnv;
@@ -68,32 +70,6 @@ fn assert_consecutive(lines: &[(String, u64)], stream: &str, step: u64) -> u64 {
     ns.last().copied().unwrap_or(0)
 }
 
-async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("container status")
-    .into_inner()
-    .status
-    .expect("status")
-}
-
-async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> String {
-    let out = rt
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 60,
-        })
-        .await
-        .expect("exec sync")
-        .into_inner();
-    assert_eq!(out.exit_code, 0, "{script}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Waits until the log holds a `line n` with n >= `at_least`.
 async fn wait_log(path: &Path, at_least: u64, limit: Duration) -> u64 {
     let deadline = Instant::now() + limit;
@@ -123,44 +99,14 @@ async fn running_container_survives_hulld_sigkill_with_exact_logs() {
     let h = reg.host();
     common::push_test_images(&h);
     let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    let mut config = std::fs::read_to_string(&hulld.config_path).unwrap();
-    config.push_str(&format!(
-        "[registry.hosts.\"registry.k8s.io\"]\nmirrors = [{{ endpoint = \"http://{h}\" }}]\nupstream = false\n"
-    ));
-    std::fs::write(&hulld.config_path, config).unwrap();
+    cri_common::mirror_registry_k8s_io(&hulld, &h);
     hulld.start();
     let mut images = hulld.images().await;
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    cri_common::pull(&mut images, IMAGE).await;
     let logs = tempfile::tempdir().unwrap();
-    let pod_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "restart".into(),
-            namespace: "hulltest".into(),
-            uid: "uid-restart".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.path().display().to_string(),
-        ..Default::default()
-    };
+    let pod_config = cri_common::pod_config("restart", logs.path());
     let mut rt = hulld.runtime().await;
-    let pod_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = cri_common::run_pod(&mut rt, &pod_config).await;
 
     // The checks run in a task so that a failed one still tears the pod down below.
     let checks = {
@@ -214,34 +160,8 @@ async fn checks(
     pod_config: cri::PodSandboxConfig,
     log: std::path::PathBuf,
 ) {
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "counter".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), COUNTER.into()],
-        log_path: "counter/0.log".into(),
-        ..Default::default()
-    };
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    let config = cri_common::container("counter", IMAGE, &["sh", "-c", COUNTER], "counter/0.log");
+    let id = create_start(&mut rt, &pod_id, &pod_config, config).await;
     wait_log(&log, 5, Duration::from_secs(60)).await;
 
     update_resources(&mut rt, &id).await;

@@ -5,12 +5,13 @@
 //! set-user-ID program, and RunAsGroup without a user refused.
 
 mod common;
+mod cri_common;
 #[path = "../../image-service/tests/support/registry.rs"]
 #[allow(dead_code)]
 mod registry;
 mod sandbox_common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_cri_api as cri;
 use hull_cri_api::client::RuntimeServiceClient;
@@ -63,21 +64,11 @@ fn container(
     sc: cri::LinuxContainerSecurityContext,
 ) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
         linux: Some(cri::LinuxContainerConfig {
             resources: None,
             security_context: Some(sc),
         }),
-        ..Default::default()
+        ..cri_common::container(name, IMAGE, args, &format!("{name}.log"))
     }
 }
 
@@ -148,25 +139,7 @@ impl Pod<'_> {
     }
 
     async fn wait_exited(&mut self, id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let st = self
-                .rt
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id.into(),
-                    verbose: false,
-                })
-                .await
-                .expect("status")
-                .into_inner()
-                .status
-                .expect("status");
-            if st.state == cri::ContainerState::ContainerExited as i32 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{id} did not exit: {st:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        cri_common::wait_exited(&mut self.rt, id, Duration::from_secs(60)).await;
     }
 }
 
@@ -194,44 +167,14 @@ async fn security_context_in_the_guest() {
     let h = reg.host();
     push_image(&h);
     let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    let mut config = std::fs::read_to_string(&hulld.config_path).expect("config");
-    config.push_str(&format!(
-        "[registry.hosts.\"registry.k8s.io\"]\nmirrors = [{{ endpoint = \"http://{h}\" }}]\nupstream = false\n"
-    ));
-    std::fs::write(&hulld.config_path, config).expect("config");
+    cri_common::mirror_registry_k8s_io(&hulld, &h);
     hulld.start();
     let mut images = hulld.images().await;
     let mut rt = hulld.runtime().await;
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    cri_common::pull(&mut images, IMAGE).await;
     let logs = tempfile::tempdir().expect("tempdir");
-    let pod_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "secctx".into(),
-            namespace: "hulltest".into(),
-            uid: "uid-secctx".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.path().display().to_string(),
-        ..Default::default()
-    };
-    let pod_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_config = cri_common::pod_config("secctx", logs.path());
+    let pod_id = cri_common::run_pod(&mut rt, &pod_config).await;
     // The checks run in a task so that a failed one still tears the pod down.
     let checks = {
         let rt = rt.clone();

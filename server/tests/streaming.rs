@@ -5,6 +5,7 @@
 //! protocol the server does not speak.
 
 mod common;
+mod cri_common;
 #[path = "../../image-service/tests/support/registry.rs"]
 #[allow(dead_code)]
 mod registry;
@@ -13,6 +14,7 @@ mod streaming_client;
 
 use std::time::Duration;
 
+use cri_common::create_start as run;
 use hull_cri_api as cri;
 use hull_cri_api::client::RuntimeServiceClient;
 use sandbox_common::PodEnv;
@@ -24,44 +26,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn container(name: &str, args: &[&str], stdin: bool) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
         stdin,
         stdin_once: stdin,
-        ..Default::default()
+        ..cri_common::container(name, IMAGE, args, &format!("{name}.log"))
     }
-}
-
-async fn run(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    pod_config: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
-    id
 }
 
 async fn exec_url(
@@ -107,45 +75,17 @@ where
     let h = reg.host();
     common::push_test_images(&h);
     let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    let mut config = std::fs::read_to_string(&hulld.config_path).expect("read config");
-    config.push_str(&format!(
-        "[registry.hosts.\"registry.k8s.io\"]\nmirrors = [{{ endpoint = \"http://{h}\" }}]\nupstream = false\n"
-    ));
-    std::fs::write(&hulld.config_path, config).expect("write config");
+    cri_common::mirror_registry_k8s_io(&hulld, &h);
     hulld.start();
     let mut images = hulld.images().await;
     let mut rt = hulld.runtime().await;
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    cri_common::pull(&mut images, IMAGE).await;
     let logs = tempfile::tempdir().expect("log dir");
     let pod_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            namespace: "hulltest".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
         hostname: "streampod".into(),
-        log_directory: logs.path().display().to_string(),
-        ..Default::default()
+        ..cri_common::pod_config(name, logs.path())
     };
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = cri_common::run_pod(&mut rt, &pod_config).await;
     // The checks run in a task so that a failed one still tears the pod down below.
     let checks = tokio::spawn(checks(
         rt.clone(),
