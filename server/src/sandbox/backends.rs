@@ -9,7 +9,7 @@ use hull_agent_api::{AGENT_VSOCK_PORT, AgentClient, ConnectError};
 use hull_network::{PodNetwork, PodNetworkConfig, PodNetworking};
 use hull_vm::hull::detect::{KvmUnusable, kvm_boots_stock_guests};
 use hull_vm::hull::{HullConfig, HullHypervisor};
-use hull_vm::hypervisor::Hypervisor;
+use hull_vm::hypervisor::{Backend, Hypervisor};
 use hull_vm::qemu::{QemuConfig, QemuHypervisor};
 use tonic::transport::Channel;
 
@@ -86,6 +86,19 @@ impl Backends {
         select_vmm(choice, host_kvm(), HullConfig::default()).1
     }
 
+    /// The backend that started a sandbox's VM, to re-attach to it and stop it: the
+    /// configured one when it is the same, else a fresh one of the recorded kind (no host
+    /// check: adopting pid files and stopping needs none), so changing `vm.vmm` does not
+    /// lose the pods already running.
+    pub fn hypervisor_for(&self, recorded: Option<Backend>) -> Option<Arc<dyn Hypervisor>> {
+        match (&self.hypervisor, recorded) {
+            (Ok(h), Some(b)) if h.backend() != b => Some(backend_of(b)),
+            (Ok(h), _) => Some(Arc::clone(h)),
+            (Err(_), Some(b)) => Some(backend_of(b)),
+            (Err(_), None) => None,
+        }
+    }
+
     /// Name of the chosen backend (`qemu`, `hull`) or `unavailable`, for Status.
     pub fn backend_name(&self) -> String {
         match &self.hypervisor {
@@ -149,6 +162,14 @@ pub fn select_vmm(
     }
 }
 
+/// A backend of kind `b` with its default programs.
+fn backend_of(b: Backend) -> Arc<dyn Hypervisor> {
+    match b {
+        Backend::Qemu => Arc::new(QemuHypervisor::new(QemuConfig::default())),
+        Backend::Hull => Arc::new(HullHypervisor::new(HullConfig::default())),
+    }
+}
+
 fn choose_hypervisor(choice: VmmChoice) -> Result<Arc<dyn Hypervisor>, String> {
     let (hypervisor, reason) = select_vmm(choice, host_kvm(), HullConfig::default());
     match &hypervisor {
@@ -161,7 +182,6 @@ fn choose_hypervisor(choice: VmmChoice) -> Result<Arc<dyn Hypervisor>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hull_vm::hypervisor::Backend;
 
     fn hull_at(path: &std::path::Path) -> HullConfig {
         HullConfig {
@@ -186,6 +206,27 @@ mod tests {
         let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(missing));
         assert_eq!(backend(&h), Some(Backend::Qemu));
         assert!(why.contains("/nonexistent/hull-vmm"), "{why}");
+    }
+
+    #[test]
+    fn reattach_uses_the_backend_recorded_with_the_sandbox() {
+        let qemu = Ok(Arc::new(QemuHypervisor::new(QemuConfig::default())) as Arc<dyn Hypervisor>);
+        let b = |hypervisor: Result<Arc<dyn Hypervisor>, String>, recorded| {
+            let backends = Backends {
+                network: Arc::new(hull_network::fake::FakePodNetwork::new()),
+                hypervisor,
+                agent: Arc::new(VsockAgent),
+            };
+            backends.hypervisor_for(recorded).map(|h| h.backend())
+        };
+        assert_eq!(b(qemu.clone(), Some(Backend::Hull)), Some(Backend::Hull));
+        assert_eq!(b(qemu.clone(), Some(Backend::Qemu)), Some(Backend::Qemu));
+        assert_eq!(b(qemu, None), Some(Backend::Qemu));
+        assert_eq!(
+            b(Err("no".into()), Some(Backend::Qemu)),
+            Some(Backend::Qemu)
+        );
+        assert_eq!(b(Err("no".into()), None), None);
     }
 
     #[test]

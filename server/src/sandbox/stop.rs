@@ -190,8 +190,9 @@ impl SandboxManager {
         &self,
         sb: &Sandbox,
     ) -> Option<Arc<dyn hull_vm::hypervisor::VmHandle>> {
-        let config = sb.record().resources.vm?;
-        let hypervisor = self.backends.hypervisor.as_ref().ok()?;
+        let resources = sb.record().resources;
+        let config = resources.vm?;
+        let hypervisor = self.backends.hypervisor_for(resources.backend)?;
         match hypervisor.reattach(&config).await {
             Ok(vm) => Some(Arc::from(vm)),
             Err(e) => {
