@@ -78,16 +78,7 @@ async fn pull_run_create_start_log_exec_stop_remove() {
     }
     .await;
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .expect("remove pod");
+    cri_common::stop_remove_pod(&mut rt, &pod_id).await;
     if let Err(e) = checks {
         std::panic::resume_unwind(e.into_panic());
     }

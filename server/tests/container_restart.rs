@@ -123,16 +123,7 @@ async fn running_container_survives_hulld_sigkill_with_exact_logs() {
         hulld.start(); // The checks failed while hulld was down.
     }
     let mut rt = hulld.runtime().await;
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .expect("remove pod");
+    cri_common::stop_remove_pod(&mut rt, &pod_id).await;
     if let Err(e) = checks {
         std::panic::resume_unwind(e);
     }

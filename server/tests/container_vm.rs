@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod cri_common;
 mod sandbox_common;
 
 use std::collections::BTreeMap;
@@ -232,16 +233,7 @@ async fn containers_in_a_real_pod_vm() {
                 .await;
         }
     }
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .expect("remove pod");
+    cri_common::stop_remove_pod(&mut rt, &pod_id).await;
     if let Err(e) = checks {
         std::panic::resume_unwind(e.into_panic());
     }

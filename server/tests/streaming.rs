@@ -94,16 +94,7 @@ where
         logs.path().to_owned(),
     ))
     .await;
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("remove pod");
+    cri_common::stop_remove_pod(&mut rt, &pod).await;
     if let Err(e) = checks {
         std::panic::resume_unwind(e.into_panic());
     }

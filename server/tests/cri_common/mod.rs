@@ -150,3 +150,17 @@ pub async fn wait_exited(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// StopPodSandbox then RemovePodSandbox, which must both succeed.
+pub async fn stop_remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str) {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.into(),
+    })
+    .await
+    .expect("remove pod");
+}
