@@ -18,7 +18,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Per
 
 use super::virtio::{
     ActivateError, Activation, ActivationSender, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1,
-    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, serve_queues, spawn_device_thread,
+    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, expect_queues, read_config_bytes,
+    serve_queues, spawn_device_thread,
 };
 use crate::vmm::memory::GuestMemoryMmap;
 
@@ -359,23 +360,11 @@ impl VirtioDevice for Blk {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.capacity_sectors.to_le_bytes();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(data.len())
-            .and_then(|end| config.get(start..end))
-        {
-            Some(src) => data.copy_from_slice(src),
-            None => data.fill(0),
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if a.queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: a.queues.len(),
-                want: 1,
-            });
-        }
+        expect_queues(&a, 1)?;
         self.worker.send(a)
     }
 }

@@ -12,7 +12,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions}
 
 use super::virtio::{
     ActivateError, Activation, ActivationSender, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1,
-    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, serve_queues, spawn_device_thread,
+    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, expect_queues, serve_queues,
+    spawn_device_thread,
 };
 use crate::vmm::memory::GuestMemoryMmap;
 
@@ -177,12 +178,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if a.queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: a.queues.len(),
-                want: 1,
-            });
-        }
+        expect_queues(&a, 1)?;
         self.worker.send(a)
     }
 }

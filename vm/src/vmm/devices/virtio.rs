@@ -108,6 +108,27 @@ pub enum ActivateError {
     WorkerGone,
 }
 
+/// A driver's read of `data.len()` bytes at `offset` of a device's config space `config`;
+/// a read that does not fit inside it reads zeros.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    match start
+        .checked_add(data.len())
+        .and_then(|end| config.get(start..end))
+    {
+        Some(src) => data.copy_from_slice(src),
+        None => data.fill(0),
+    }
+}
+
+/// `QueueCount` unless the driver set up exactly the `want` queues the device has.
+pub fn expect_queues(a: &Activation, want: usize) -> Result<(), ActivateError> {
+    match a.queues.len() {
+        got if got == want => Ok(()),
+        got => Err(ActivateError::QueueCount { got, want }),
+    }
+}
+
 /// A virtio device behind the MMIO transport.
 pub trait VirtioDevice: Send {
     /// Device type id ([`device_type`]).

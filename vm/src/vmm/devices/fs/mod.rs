@@ -30,7 +30,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::virtio::{
     ActivateError, Activation, ActivationSender, INT_VRING, VIRTIO_F_VERSION_1, VirtioDevice,
-    device_type, spawn_device_thread,
+    device_type, expect_queues, read_config_bytes, spawn_device_thread,
 };
 use crate::vmm::config::MAX_FS_TAG_LEN;
 use crate::vmm::exit::ExitReason;
@@ -302,23 +302,11 @@ impl VirtioDevice for Fs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(data.len())
-            .and_then(|end| self.config.get(start..end))
-        {
-            Some(src) => data.copy_from_slice(src),
-            None => data.fill(0),
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if a.queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                got: a.queues.len(),
-                want: NUM_QUEUES,
-            });
-        }
+        expect_queues(&a, NUM_QUEUES)?;
         self.worker.send(a)
     }
 }

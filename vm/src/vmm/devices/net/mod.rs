@@ -19,7 +19,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::virtio::{
     ActivateError, Activation, ActivationSender, VIRTIO_F_VERSION_1, VirtioDevice, device_type,
-    spawn_device_thread,
+    expect_queues, read_config_bytes, spawn_device_thread,
 };
 use crate::vmm::exit::ExitReason;
 pub use queues::{NetCounters, NetError, NetQueues, NetStats};
@@ -219,23 +219,11 @@ impl VirtioDevice for Net {
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&self.mac.unwrap_or_default());
         config[10..].copy_from_slice(&self.mtu.unwrap_or_default().to_le_bytes());
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(data.len())
-            .and_then(|end| config.get(start..end))
-        {
-            Some(src) => data.copy_from_slice(src),
-            None => data.fill(0),
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if a.queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                got: a.queues.len(),
-                want: 2,
-            });
-        }
+        expect_queues(&a, 2)?;
         self.worker.send(a)
     }
 }

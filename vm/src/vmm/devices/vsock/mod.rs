@@ -19,7 +19,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::virtio::{
     ActivateError, Activation, ActivationSender, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1,
-    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, spawn_device_thread,
+    VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, expect_queues, read_config_bytes,
+    spawn_device_thread,
 };
 use crate::vmm::exit::ExitReason;
 use crate::vmm::memory::GuestMemoryMmap;
@@ -328,23 +329,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(data.len())
-            .and_then(|end| self.config.get(start..end))
-        {
-            Some(src) => data.copy_from_slice(src),
-            None => data.fill(0),
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if a.queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                got: a.queues.len(),
-                want: 3,
-            });
-        }
+        expect_queues(&a, 3)?;
         self.worker.send(a)
     }
 }
