@@ -137,6 +137,34 @@ pub fn sysctl_key(key: &str) -> Result<String, ValidateError> {
     Ok(format!("/proc/sys/{}", key.replace('.', "/")))
 }
 
+/// Host entropy bytes for the guest's RNG: none, or 32..=256 bytes.
+pub const ENTROPY_LEN: std::ops::RangeInclusive<usize> = 32..=256;
+
+/// `SetupSandboxRequest.entropy`: empty (skip) or [`ENTROPY_LEN`] bytes.
+pub fn entropy(value: &[u8]) -> Result<(), ValidateError> {
+    if value.is_empty() || ENTROPY_LEN.contains(&value.len()) {
+        return Ok(());
+    }
+    Err(ValidateError::Invalid {
+        field: "entropy",
+        value: format!("{} bytes", value.len()),
+        reason: "must be empty or 32..=256 bytes",
+    })
+}
+
+/// `SetupSandboxRequest.host_time_unix_nanos`: 0 (skip, `None`) or a time after the epoch.
+pub fn host_time(nanos: i64) -> Result<Option<std::time::Duration>, ValidateError> {
+    match u64::try_from(nanos) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(std::time::Duration::from_nanos(n))),
+        Err(_) => Err(ValidateError::Invalid {
+            field: "host_time_unix_nanos",
+            value: nanos.to_string(),
+            reason: "must not be negative",
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +206,20 @@ mod tests {
         assert!(sysctl_key("dev.foo").is_err());
         assert!(sysctl_key("net..x").is_err());
         assert!(sysctl_key("net.a/b").is_err());
+    }
+
+    #[test]
+    fn entropy_and_host_time() {
+        assert!(entropy(&[]).is_ok());
+        assert!(entropy(&[7; 32]).is_ok());
+        assert!(entropy(&[7; 256]).is_ok());
+        assert!(entropy(&[7; 31]).is_err());
+        assert!(entropy(&[7; 257]).is_err());
+        assert_eq!(host_time(0), Ok(None));
+        assert_eq!(
+            host_time(1_700_000_000_123_456_789),
+            Ok(Some(std::time::Duration::new(1_700_000_000, 123_456_789)))
+        );
+        assert!(host_time(-1).is_err());
     }
 }
