@@ -1,24 +1,18 @@
-//! What PID 1 does before and after serving: mounts, cgroup controllers, the virtio-fs
-//! share, logging to the console, and powering off.
+//! What PID 1 does before and after serving: mounts, cgroup controllers, logging to the
+//! console, and powering off. The virtio-fs share is mounted later, by `SetupSandbox`
+//! ([`crate::share`]): a VM template's guest must not open a FUSE session at boot.
 
 use std::path::Path;
 
 use anyhow::Context;
 use nix::mount::{MsFlags, mount};
 
-/// The virtio-fs tag of the pod's shared dir (set by the VMM backends).
-pub const SHARE_TAG: &str = "hullshare";
-
-/// Where the share is mounted in the guest.
-pub const SHARE_MOUNT: &str = hull_agent_api::GUEST_SHARED_DIR;
-
-/// Mounts proc, sys, dev, devpts, shm, run, tmp and cgroup2, enables the cgroup
-/// controllers for containers, and mounts the virtio-fs share if the VM has one.
+/// Mounts proc, sys, dev, devpts, shm, run, tmp and cgroup2 and enables the cgroup
+/// controllers for containers.
 pub fn early_setup() -> anyhow::Result<()> {
     switch_root().context("switch root away from the initramfs")?;
     mount_pseudo_filesystems()?;
     enable_cgroup_controllers()?;
-    mount_share();
     std::fs::create_dir_all("/etc").context("create /etc")?;
     // Containers bind these; SetupSandbox fills them in.
     if !Path::new("/etc/resolv.conf").exists() {
@@ -112,24 +106,6 @@ fn enable_cgroup_controllers() -> anyhow::Result<()> {
         .collect();
     std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" "))
         .context("enable cgroup controllers")
-}
-
-/// Mounts the pod's virtio-fs share. A VM without one is normal (the mount fails with
-/// EINVAL/ENOENT); the message only goes to the console.
-fn mount_share() {
-    if let Err(e) = std::fs::create_dir_all(SHARE_MOUNT) {
-        eprintln!("hull-agent: cannot create {SHARE_MOUNT}: {e}");
-        return;
-    }
-    if let Err(e) = mount(
-        Some(SHARE_TAG),
-        SHARE_MOUNT,
-        Some("virtiofs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None::<&str>,
-    ) {
-        eprintln!("hull-agent: no virtio-fs share {SHARE_TAG} mounted at {SHARE_MOUNT}: {e}");
-    }
 }
 
 /// Moves `/` from the initramfs rootfs to a tmpfs (what `switch_root` does), because

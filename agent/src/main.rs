@@ -8,8 +8,9 @@
 //! (`/proc/self/exe __container-init|__container-exec <config>`) to set up each container
 //! process in a fresh single-threaded process, see [`container`].
 //!
-//! Lifecycle: [`init::early_setup`] (mounts, cgroup controllers, virtio-fs share) → logging
-//! to the console → a multi-threaded tokio runtime serving gRPC → on `Shutdown`, or on a
+//! Lifecycle: [`init::early_setup`] (mounts, cgroup controllers) → logging to the console →
+//! a multi-threaded tokio runtime serving gRPC (`SetupSandbox` first: host entropy, clock,
+//! virtio-fs share, network, see [`sandbox`]) → on `Shutdown`, or on a
 //! fatal error, [`init::power_off`] (`reboot -f` semantics: with QEMU's `-no-reboot` the
 //! VMM then exits).
 
@@ -21,6 +22,8 @@ mod portforward;
 mod reaper;
 mod sandbox;
 mod service;
+mod share;
+mod vmstate;
 
 use std::process::ExitCode;
 

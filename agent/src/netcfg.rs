@@ -89,30 +89,58 @@ struct In6Rtmsg {
     rtmsg_ifindex: libc::c_int,
 }
 
+fn get_flags(fd: &OwnedFd, name: &str) -> Result<libc::c_short, NetError> {
+    let mut req = ifreq(name)?;
+    ioctl(fd, libc::SIOCGIFFLAGS, &mut req, "get flags", name)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_flags })
+}
+
+fn set_flags(
+    fd: &OwnedFd,
+    name: &str,
+    flags: libc::c_short,
+    step: &'static str,
+) -> Result<(), NetError> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_flags = flags;
+    ioctl(fd, libc::SIOCSIFFLAGS, &mut req, step, name)
+}
+
+/// Sets the link's MAC. The link is set down first when it is up: drivers without live
+/// address change refuse a running device with EBUSY (virtio-net allows it, but only
+/// guests whose virtio-net negotiated nothing else; down is always safe). The caller sets
+/// it up again ([`configure_link`] does).
+fn set_mac(fd: &OwnedFd, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+    let flags = get_flags(fd, name)?;
+    let up = libc::IFF_UP as libc::c_short;
+    if flags & up != 0 {
+        set_flags(fd, name, flags & !up, "set link down")?;
+    }
+    let mut req = ifreq(name)?;
+    let mut sa: libc::sockaddr = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+    sa.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in sa.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = sa;
+    ioctl(fd, libc::SIOCSIFHWADDR, &mut req, "set MAC", name)
+}
+
 /// Sets the link up (and its MTU/MAC first when given).
 pub fn configure_link(name: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<(), NetError> {
     let fd = sock(AddressFamily::Inet)?;
     if let Some(mac) = mac {
-        let mut req = ifreq(name)?;
-        let mut sa: libc::sockaddr = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-        sa.sa_family = libc::ARPHRD_ETHER;
-        for (dst, src) in sa.sa_data.iter_mut().zip(mac) {
-            *dst = src as libc::c_char;
-        }
-        req.ifr_ifru.ifru_hwaddr = sa;
-        ioctl(&fd, libc::SIOCSIFHWADDR, &mut req, "set MAC", name)?;
+        set_mac(&fd, name, mac)?;
     }
     if mtu > 0 {
         let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_mtu = i32::try_from(mtu).map_err(|_| NetError::Name(name.to_owned()))?;
         ioctl(&fd, libc::SIOCSIFMTU, &mut req, "set MTU", name)?;
     }
-    let mut req = ifreq(name)?;
-    ioctl(&fd, libc::SIOCGIFFLAGS, &mut req, "get flags", name)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(&fd, libc::SIOCSIFFLAGS, &mut req, "set link up", name)
+    let flags = get_flags(&fd, name)?;
+    let up = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    set_flags(&fd, name, flags | up, "set link up")
 }
 
 fn ifindex(name: &str) -> Result<u32, NetError> {
@@ -212,21 +240,68 @@ pub fn add_route(
     }
 }
 
-/// The interface whose MAC is `mac` (from /sys/class/net/*/address).
-pub fn find_by_mac(mac: [u8; 6]) -> Option<String> {
-    let want = mac
+/// The link's MAC (SIOCGIFHWADDR: this thread's network namespace, unlike /sys, which is
+/// the namespace sysfs was mounted in).
+pub fn mac_of(name: &str) -> Result<[u8; 6], NetError> {
+    let fd = sock(AddressFamily::Inet)?;
+    let mut req = ifreq(name)?;
+    ioctl(&fd, libc::SIOCGIFHWADDR, &mut req, "get MAC", name)?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(sa.sa_data) {
+        *dst = src as u8;
+    }
+    Ok(mac)
+}
+
+/// The names of all links.
+pub fn links() -> Result<Vec<String>, NetError> {
+    let list = nix::net::if_::if_nameindex().map_err(|e| NetError::Ioctl {
+        step: "list interfaces",
+        iface: String::new(),
+        source: e.into(),
+    })?;
+    Ok(list
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    std::fs::read_dir("/sys/class/net")
+        .map(|i| i.name().to_string_lossy().into_owned())
+        .collect())
+}
+
+/// The interface whose MAC is `mac`.
+pub fn find_by_mac(mac: [u8; 6]) -> Option<String> {
+    links()
         .ok()?
-        .flatten()
-        .find_map(|e| {
-            let addr = std::fs::read_to_string(e.path().join("address")).ok()?;
-            (addr.trim().eq_ignore_ascii_case(&want))
-                .then(|| e.file_name().to_string_lossy().into_owned())
-        })
+        .into_iter()
+        .find(|name| mac_of(name).is_ok_and(|m| m == mac))
+}
+
+/// Whether a link named `name` exists.
+pub fn exists(name: &str) -> bool {
+    ifreq(name).is_ok() && ifindex(name).is_ok()
+}
+
+/// Runs `f` on a thread in a new, empty network namespace (gone when the thread ends),
+/// after `ip` ran there with each of `setup`'s argument lists. Needs root.
+#[cfg(test)]
+pub(crate) fn in_new_netns<T: Send + 'static>(
+    setup: &'static [&'static [&'static str]],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET): run the tests as root");
+        for args in setup {
+            let status = std::process::Command::new("ip")
+                .args(*args)
+                .status()
+                .expect("run ip (iproute2)");
+            assert!(status.success(), "ip {args:?}: {status}");
+        }
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
 }
 
 #[cfg(test)]
@@ -241,5 +316,42 @@ mod tests {
         assert!(ifreq("eth0").is_ok());
         assert!(ifreq("").is_err());
         assert!(ifreq("a-very-long-interface-name").is_err());
+    }
+
+    const VETH: &[&[&str]] = &[&[
+        "link",
+        "add",
+        "hullt0",
+        "address",
+        "02:00:00:00:00:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "hullt1",
+    ]];
+
+    #[test]
+    fn finds_by_mac_and_sets_mac_down_or_up() {
+        let (before, after, up_again) = in_new_netns(VETH, || {
+            let old = [2, 0, 0, 0, 0, 1];
+            let new = [2, 0, 0, 0, 0, 2];
+            let before = (find_by_mac(old), exists("hullt0"), exists("nope0"));
+            // Down (as a fresh NIC is): MAC, MTU, up.
+            configure_link("hullt0", 1400, Some(new)).expect("configure down link");
+            let after = (find_by_mac(old), find_by_mac(new), mac_of("hullt0").ok());
+            // Up now: set down, MAC, up again.
+            configure_link("hullt0", 0, Some(old)).expect("configure up link");
+            let fd = sock(AddressFamily::Inet).expect("socket");
+            let flags = get_flags(&fd, "hullt0").expect("flags");
+            let up_again = (find_by_mac(old), flags & libc::IFF_UP as libc::c_short != 0);
+            (before, after, up_again)
+        });
+        assert_eq!(before, (Some("hullt0".to_owned()), true, false));
+        assert_eq!(
+            after,
+            (None, Some("hullt0".to_owned()), Some([2, 0, 0, 0, 0, 2]))
+        );
+        assert_eq!(up_again, (Some("hullt0".to_owned()), true));
     }
 }

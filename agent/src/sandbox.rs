@@ -1,6 +1,9 @@
-//! `SetupSandbox`: hostname, DNS, interfaces, routes and sysctls of the pod (the guest's
-//! root namespaces, which every container shares for the network). Everything is
-//! validated before anything is changed.
+//! `SetupSandbox`: the first call hulld makes once the agent is reachable. It sets up what
+//! is per pod VM, so that a VM restored from a template snapshot (a guest that booted to
+//! agent-ready once) becomes this pod's: fresh host entropy and the host's wall clock
+//! ([`crate::vmstate`]), the virtio-fs share ([`crate::share`]), then hostname, DNS,
+//! interfaces, routes and sysctls of the pod (the guest's root namespaces, which every
+//! container shares for the network). Everything is validated before anything is changed.
 
 use std::net::IpAddr;
 
@@ -8,6 +11,8 @@ use hull_agent_api::v1::SetupSandboxRequest;
 use hull_agent_api::validate::{self, ValidateError};
 
 use crate::netcfg::{self, NetError};
+use crate::share::{self, ShareError};
+use crate::vmstate::{self, VmStateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -17,6 +22,10 @@ pub enum SandboxError {
     NoInterface(String),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
     #[error("Failed to {step}")]
     Apply {
         step: String,
@@ -30,6 +39,13 @@ struct Iface {
     mac: Option<[u8; 6]>,
     mtu: u32,
     addrs: Vec<(IpAddr, u8)>,
+}
+
+impl Iface {
+    fn mac_text(&self) -> String {
+        let bytes = self.mac.unwrap_or_default().map(|b| format!("{b:02x}"));
+        bytes.join(":")
+    }
 }
 
 struct RouteSpec {
@@ -151,21 +167,52 @@ fn io_step(step: &str) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
     }
 }
 
-/// Validates the whole request, then applies it.
-pub fn setup(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
-    if !req.hostname.is_empty() {
-        validate::hostname(&req.hostname)?;
+/// The link to configure for `iface` and the MAC to give it: the link with its MAC; else,
+/// when a name is given and that link exists, that link, which gets the MAC (a VM restored
+/// from a template still has the template's MAC); else the link named (no MAC given).
+fn pick_link(
+    iface: &Iface,
+    find_by_mac: impl Fn([u8; 6]) -> Option<String>,
+    exists: impl Fn(&str) -> bool,
+) -> Result<(String, Option<[u8; 6]>), SandboxError> {
+    let Some(mac) = iface.mac else {
+        return Ok((iface.name.clone(), None));
+    };
+    if let Some(name) = find_by_mac(mac) {
+        return Ok((name, None));
     }
-    let ifaces = parse_ifaces(req)?;
-    let routes = parse_routes(req)?;
-    let resolv = resolv_conf(req)?;
-    let sysctls = req
-        .sysctls
-        .iter()
-        .map(|(k, v)| Ok((validate::sysctl_key(k)?, v.clone())))
-        .collect::<Result<Vec<_>, ValidateError>>()?;
+    if !iface.name.is_empty() && exists(&iface.name) {
+        return Ok((iface.name.clone(), Some(mac)));
+    }
+    Err(SandboxError::NoInterface(format!(
+        "with MAC {mac:02x?} or name {:?}",
+        iface.name
+    )))
+}
 
-    netcfg::configure_link("lo", 0, None)?;
+/// Host entropy, then the wall clock (before anything that could use either).
+fn refresh_vm_state(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
+    let host_time = validate::host_time(req.host_time_unix_nanos)?;
+    if req.entropy.is_empty() {
+        tracing::debug!("no host entropy sent (older hulld)");
+    } else {
+        vmstate::add_entropy(&req.entropy)?;
+        tracing::info!(
+            bytes = req.entropy.len(),
+            "host entropy added, CRNG reseeded"
+        );
+    }
+    if let Some(host) = host_time {
+        vmstate::sync_clock(host)?;
+    }
+    Ok(())
+}
+
+fn apply_names(
+    req: &SetupSandboxRequest,
+    resolv: Option<String>,
+    sysctls: Vec<(String, String)>,
+) -> Result<(), SandboxError> {
     if !req.hostname.is_empty() {
         nix::unistd::sethostname(&req.hostname).map_err(|e| io_step("set hostname")(e.into()))?;
         std::fs::write("/etc/hostname", format!("{}\n", req.hostname))
@@ -182,21 +229,47 @@ pub fn setup(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
     for (path, value) in sysctls {
         std::fs::write(&path, value).map_err(io_step(&path))?;
     }
-    for i in &ifaces {
-        let name = match i.mac {
-            Some(mac) => netcfg::find_by_mac(mac)
-                .ok_or_else(|| SandboxError::NoInterface(format!("with MAC {mac:02x?}")))?,
-            None => i.name.clone(),
-        };
-        netcfg::configure_link(&name, i.mtu, None)?;
+    Ok(())
+}
+
+fn apply_network(ifaces: &[Iface], routes: &[RouteSpec]) -> Result<(), SandboxError> {
+    netcfg::configure_link("lo", 0, None)?;
+    for i in ifaces {
+        let (name, set_mac) = pick_link(i, netcfg::find_by_mac, netcfg::exists)?;
+        if set_mac.is_some() {
+            tracing::info!(link = %name, mac = %i.mac_text(), "no link has the pod MAC; setting it on the named link");
+        }
+        netcfg::configure_link(&name, i.mtu, set_mac)?;
         for (addr, prefix) in &i.addrs {
             netcfg::add_address(&name, *addr, *prefix)?;
         }
     }
-    for r in &routes {
+    for r in routes {
         netcfg::add_route(r.dest.0, r.dest.1, r.gateway, r.device.as_deref())?;
     }
     Ok(())
+}
+
+/// Validates the whole request, then applies it.
+pub fn setup(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
+    if !req.hostname.is_empty() {
+        validate::hostname(&req.hostname)?;
+    }
+    validate::entropy(&req.entropy)?;
+    validate::host_time(req.host_time_unix_nanos)?;
+    let ifaces = parse_ifaces(req)?;
+    let routes = parse_routes(req)?;
+    let resolv = resolv_conf(req)?;
+    let sysctls = req
+        .sysctls
+        .iter()
+        .map(|(k, v)| Ok((validate::sysctl_key(k)?, v.clone())))
+        .collect::<Result<Vec<_>, ValidateError>>()?;
+
+    refresh_vm_state(req)?;
+    share::ensure_mounted()?;
+    apply_names(req, resolv, sysctls)?;
+    apply_network(&ifaces, &routes)
 }
 
 #[cfg(test)]
@@ -245,5 +318,91 @@ mod tests {
         assert!(resolv_conf(&req).is_err());
         req.hostname = "bad host".into();
         assert!(matches!(setup(&req), Err(SandboxError::Validate(_))));
+    }
+
+    fn iface(name: &str, mac: Option<[u8; 6]>) -> Iface {
+        Iface {
+            name: name.into(),
+            mac,
+            mtu: 0,
+            addrs: vec![],
+        }
+    }
+
+    #[test]
+    fn picks_link_by_mac_then_by_name() {
+        const POD: [u8; 6] = [2, 0, 0, 0, 0, 7];
+        let by_mac = |m: [u8; 6]| (m == POD).then(|| "eth1".to_owned());
+        let none = |_: [u8; 6]| None;
+        let eth0 = |n: &str| n == "eth0";
+        let pick = |i: &Iface, f: &dyn Fn([u8; 6]) -> Option<String>| pick_link(i, f, eth0);
+        // The MAC wins over the name.
+        assert_eq!(
+            pick(&iface("eth0", Some(POD)), &by_mac).expect("by MAC"),
+            ("eth1".to_owned(), None)
+        );
+        // Restored from a template: nothing has the MAC, the named link gets it.
+        assert_eq!(
+            pick(&iface("eth0", Some(POD)), &none).expect("by name"),
+            ("eth0".to_owned(), Some(POD))
+        );
+        assert!(matches!(
+            pick(&iface("eth9", Some(POD)), &none),
+            Err(SandboxError::NoInterface(_))
+        ));
+        assert!(matches!(
+            pick(&iface("", Some(POD)), &none),
+            Err(SandboxError::NoInterface(_))
+        ));
+        assert_eq!(
+            pick(&iface("eth0", None), &none).expect("name only"),
+            ("eth0".to_owned(), None)
+        );
+    }
+
+    #[test]
+    fn bad_entropy_or_time_changes_nothing() {
+        let short = SetupSandboxRequest {
+            entropy: vec![1; 8],
+            ..Default::default()
+        };
+        assert!(matches!(setup(&short), Err(SandboxError::Validate(_))));
+        let negative = SetupSandboxRequest {
+            host_time_unix_nanos: -5,
+            ..Default::default()
+        };
+        assert!(matches!(setup(&negative), Err(SandboxError::Validate(_))));
+    }
+
+    #[test]
+    fn template_nic_gets_the_pod_mac() {
+        const SETUP: &[&[&str]] = &[&[
+            "link",
+            "add",
+            "eth0",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "peer0",
+        ]];
+        let pod = [2, 0, 0, 0, 0, 9];
+        let (mac, by_mac) = netcfg::in_new_netns(SETUP, move || {
+            let ifaces = [Iface {
+                addrs: vec![("10.77.0.2".parse().expect("ip"), 24)],
+                ..iface("eth0", Some(pod))
+            }];
+            apply_network(&ifaces, &[]).expect("apply network");
+            // Again, as a retried SetupSandbox would: found by MAC now (the address exists).
+            let again = apply_network(&ifaces, &[]);
+            (
+                netcfg::mac_of("eth0").ok(),
+                (netcfg::find_by_mac(pod), again.is_ok()),
+            )
+        });
+        assert_eq!(mac, Some(pod));
+        assert_eq!(by_mac, (Some("eth0".to_owned()), true));
     }
 }

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::container::{self, ContainerError, Containers, Output, cgroup};
 use crate::reaper::Reaper;
 use crate::sandbox::{self, SandboxError};
+use crate::share;
 
 const OOM_POLL: Duration = Duration::from_millis(500);
 
@@ -123,6 +124,15 @@ impl Agent for AgentService {
         req: Request<pb::CreateContainerRequest>,
     ) -> Result<Response<pb::CreateContainerResponse>, Status> {
         let r = req.into_inner();
+        // hulld calls SetupSandbox first, which mounts the share; a client that did not
+        // still gets the share its rootfs and bind mounts are on.
+        match share::ensure_mounted() {
+            Ok(share::ShareState::Mounted) => {
+                tracing::warn!(container_id = %r.container_id, "virtio-fs share mounted by CreateContainer: SetupSandbox was not called first");
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Status::internal(format!("{e}: {}", source_chain(&e)))),
+        }
         let pid = self
             .containers
             .create(&r.container_id, &r.oci_spec_json, &r.rootfs)
