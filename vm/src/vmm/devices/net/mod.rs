@@ -6,6 +6,10 @@
 //! chain behind a 12-byte header. One device thread owns the tap and both queues; it watches the
 //! tap only while the guest has RX buffers (backpressure: a guest that stops refilling RX
 //! leaves frames in the tap's queue, where the kernel drops them when it is full).
+//!
+//! A device may have no backend ([`Net::without_backend`], for VM templates booted before any
+//! pod tap exists): the guest sees the same device, TX chains are validated and completed with
+//! their frames counted in `tx_dropped`, and RX buffers stay posted, never used.
 
 pub mod queues;
 pub mod tap;
@@ -34,6 +38,8 @@ pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=(queues::MAX_FRAME as u32 - 18);
 /// `struct virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu (le16).
 const CONFIG_LEN: usize = 12;
+/// The MTU a device without a backend reports: what a pod tap has unless the CNI sets one.
+pub const DEFAULT_MTU: u32 = 1500;
 /// Queue size of RX and TX.
 pub const QUEUE_SIZE: u16 = 256;
 
@@ -43,7 +49,7 @@ const TAP_TOKEN: u64 = 2;
 const STOP_TOKEN: u64 = 3;
 const EXIT_TOKEN: u64 = 4;
 
-/// The virtio-net device. The tap is opened at creation (before seccomp).
+/// The virtio-net device. The tap, if any, is opened at creation (before seccomp).
 #[derive(Debug)]
 pub struct Net {
     mac: Option<[u8; 6]>,
@@ -67,20 +73,32 @@ impl Net {
     /// A NIC on an already open frame fd (a tap, or a datagram socket in tests). An `mtu`
     /// outside [`MTU_RANGE`] is not reported.
     pub fn with_tap(tap: File, mac: Option<[u8; 6]>, mtu: Option<u32>) -> std::io::Result<Self> {
+        Self::spawn(Some(tap), mac, mtu)
+    }
+
+    /// A NIC with no backend, reporting [`DEFAULT_MTU`]: the guest's frames are dropped and
+    /// it never receives any. Only the device thread is created (no host fd besides its own).
+    pub fn without_backend(mac: Option<[u8; 6]>) -> std::io::Result<Self> {
+        tracing::info!("virtio-net: no backend, frames are dropped");
+        Self::spawn(None, mac, Some(DEFAULT_MTU))
+    }
+
+    fn spawn(
+        mut tap: Option<File>,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+    ) -> std::io::Result<Self> {
         let mtu = mtu
             .filter(|m| MTU_RANGE.contains(m))
             .and_then(|m| u16::try_from(m).ok());
-        let mut tap = Some(tap);
         let counters = Arc::new(NetCounters::default());
         let thread_counters = counters.clone();
         let worker = spawn_device_thread("net", move |mut a: Activation| {
-            let Some(file) = tap.take() else {
-                return;
-            };
+            let file = tap.take();
             let queues = std::mem::take(&mut a.queues);
             let Ok([rxq, txq]) = <[Queue; 2]>::try_from(queues) else {
                 tracing::error!("virtio-net: bad activation");
-                tap = Some(file);
+                tap = file;
                 return;
             };
             let mut q = NetQueues::new(
@@ -102,7 +120,7 @@ impl Net {
                 a.exit.stop(reason);
             }
             tracing::info!(stats = ?q.stats(), "virtio-net: activation ended");
-            tap = Some(q.tap);
+            tap = q.tap;
         })?;
         Ok(Self {
             mac,
@@ -152,8 +170,10 @@ pub fn run(q: &mut NetQueues, a: &Activation) -> Result<(), RunError> {
     }
     add(&epoll, a.stop_evt.as_raw_fd(), STOP_TOKEN)?;
     add(&epoll, a.exit.eventfd().as_raw_fd(), EXIT_TOKEN)?;
-    let tap_fd = q.tap.as_raw_fd();
-    add(&epoll, tap_fd, TAP_TOKEN)?;
+    let tap_fd = q.tap.as_ref().map(AsRawFd::as_raw_fd);
+    if let Some(fd) = tap_fd {
+        add(&epoll, fd, TAP_TOKEN)?;
+    }
     let mut tap_watched = true;
     let mut events = [EpollEvent::default(); 8];
     loop {
@@ -177,6 +197,7 @@ pub fn run(q: &mut NetQueues, a: &Activation) -> Result<(), RunError> {
         let rx = q.process_rx()?;
         q.notify(rx.used, tx_used)?;
         // Backpressure: watch the tap only while the guest has buffers for its frames.
+        let Some(tap_fd) = tap_fd else { continue };
         if rx.starved == tap_watched {
             let op = if rx.starved {
                 ControlOperation::Delete

@@ -6,6 +6,9 @@
 //! truncated (a loop or a `next` out of the table: its last descriptor still says NEXT), or
 //! its size is out of range. A refused chain is returned used with length 0, nothing read
 //! or written.
+//!
+//! Without a tap (`tap: None`) TX chains are validated as above and the valid ones counted in
+//! `tx_dropped`; the RX queue is not looked at (its buffers stay posted).
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -64,7 +67,7 @@ pub struct NetStats {
     pub tx_frames: u64,
     /// Tap frames larger than the guest's buffer.
     pub rx_dropped: u64,
-    /// Guest frames the tap refused (link down) or that were too short.
+    /// Guest frames the tap refused (link down), or sent while the device has no tap.
     pub tx_dropped: u64,
     /// Malformed descriptor chains.
     pub rejected: u64,
@@ -151,14 +154,15 @@ where
 }
 
 /// The queue side of virtio-net, owned by the device thread (and driven directly by tests).
-/// `tap` is the tap fd (non-blocking), or in unit tests one end of a datagram socket pair.
+/// `tap` is the tap fd (non-blocking), or in unit tests one end of a datagram socket pair;
+/// `None` for a device without a backend.
 #[derive(Debug)]
 pub struct NetQueues {
     pub mem: GuestMemoryMmap,
     pub rxq: Queue,
     pub txq: Queue,
     pub interrupt: Arc<VirtioInterrupt>,
-    pub tap: File,
+    pub tap: Option<File>,
     pub counters: Arc<NetCounters>,
     /// Bounce buffer: header + one frame.
     buf: Vec<u8>,
@@ -179,7 +183,7 @@ impl NetQueues {
         rxq: Queue,
         txq: Queue,
         interrupt: Arc<VirtioInterrupt>,
-        tap: File,
+        tap: Option<File>,
         counters: Arc<NetCounters>,
     ) -> Self {
         Self {
@@ -205,8 +209,11 @@ impl NetQueues {
     }
 
     /// Move frames from the tap into the guest's RX buffers until the tap is empty or the
-    /// guest has no buffers left.
+    /// guest has no buffers left. Without a tap, nothing to do: the RX ring is not read.
     pub fn process_rx(&mut self) -> Result<RxPass, NetError> {
+        if self.tap.is_none() {
+            return Ok(RxPass::default());
+        }
         check_avail_idx(&self.rxq, &self.mem)?;
         let mut pass = RxPass::default();
         loop {
@@ -229,7 +236,7 @@ impl NetQueues {
                     continue;
                 }
             };
-            let n = match (&self.tap).read(&mut self.buf[NET_HDR_LEN..max]) {
+            let n = match self.read_tap(max) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {
                     self.rxq.go_to_previous_position();
@@ -260,6 +267,14 @@ impl NetQueues {
             pass.used = true;
         }
         Ok(pass)
+    }
+
+    /// One frame from the tap into `self.buf[NET_HDR_LEN..max]`.
+    fn read_tap(&mut self, max: usize) -> std::io::Result<usize> {
+        match &self.tap {
+            Some(tap) => (&*tap).read(&mut self.buf[NET_HDR_LEN..max]),
+            None => Err(ErrorKind::WouldBlock.into()),
+        }
     }
 
     fn add_used_rx(&mut self, head: u16, len: usize) -> Result<(), NetError> {
@@ -307,8 +322,13 @@ impl NetQueues {
         Ok(used)
     }
 
-    /// Gather a validated chain and write the frame (without the virtio header) to the tap.
+    /// Gather a validated chain and write the frame (without the virtio header) to the tap;
+    /// without a tap, count it dropped.
     fn send_frame(&mut self, bufs: &[(GuestAddress, usize)], total: usize) -> Result<(), NetError> {
+        let Some(tap) = &self.tap else {
+            bump(&self.counters.tx_dropped);
+            return Ok(());
+        };
         let mut done = 0;
         for &(addr, l) in bufs {
             self.mem
@@ -316,7 +336,7 @@ impl NetQueues {
                 .map_err(NetError::GuestMemory)?;
             done += l;
         }
-        match (&self.tap).write(&self.buf[NET_HDR_LEN..total]) {
+        match (&*tap).write(&self.buf[NET_HDR_LEN..total]) {
             Ok(_) => {
                 bump(&self.counters.tx_frames);
             }

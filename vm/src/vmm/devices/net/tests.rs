@@ -38,7 +38,7 @@ fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
         rx.create_queue().unwrap(),
         tx.create_queue().unwrap(),
         interrupt,
-        tap,
+        Some(tap),
         Arc::new(NetCounters::default()),
     );
     Rig { rx, tx, q, peer }
@@ -344,3 +344,6 @@ fn config_space_has_the_mac_and_features_follow_it() {
 #[path = "tests_device.rs"]
 mod device;
 pub use device::transport_round_trip;
+
+#[path = "tests_backendless.rs"]
+mod backendless;

@@ -11,11 +11,11 @@ use crate::vmm::devices::mmio::MmioTransport;
 use crate::vmm::devices::virtio::status;
 use crate::vmm::exit::ExitSignal;
 
-fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+pub(super) fn wr(t: &mut MmioTransport, off: u64, v: u32) {
     t.write(off, &v.to_le_bytes());
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(
@@ -26,7 +26,11 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn setup_queue(t: &mut MmioTransport, index: u32, q: &MockSplitQueue<'_, GuestMemoryMmap>) {
+pub(super) fn setup_queue(
+    t: &mut MmioTransport,
+    index: u32,
+    q: &MockSplitQueue<'_, GuestMemoryMmap>,
+) {
     wr(t, 0x30, index);
     wr(t, 0x38, 16);
     let split = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
@@ -202,7 +206,7 @@ fn real_tap_answers_arp() {
         rx.create_queue().unwrap(),
         tx.create_queue().unwrap(),
         interrupt,
-        tap,
+        Some(tap),
         Arc::new(NetCounters::default()),
     );
     let bufs: Vec<u64> = (0..8).map(|i| 0x8000 + i * 0x800).collect();
