@@ -33,6 +33,8 @@ pub struct RunFiles {
     pub vmm_log: PathBuf,
     pub virtiofsd_pid: PathBuf,
     pub virtiofsd_log: PathBuf,
+    /// Present when the VM was restored from a template: the template's dir.
+    pub restored_from: PathBuf,
 }
 
 impl RunFiles {
@@ -49,11 +51,12 @@ impl RunFiles {
             vmm_log: f("hull-vmm.log"),
             virtiofsd_pid: f("virtiofsd.pid"),
             virtiofsd_log: f("virtiofsd.log"),
+            restored_from: f("restored-from"),
         }
     }
 
     /// Sockets, pid files and the config (what `stop` removes; logs stay for debugging).
-    pub fn transient(&self) -> [&Path; 7] {
+    pub fn transient(&self) -> [&Path; 8] {
         [
             &self.agent_socket,
             &self.api_socket,
@@ -62,6 +65,7 @@ impl RunFiles {
             &self.vmm_config,
             &self.vmm_pid,
             &self.virtiofsd_pid,
+            &self.restored_from,
         ]
     }
 }

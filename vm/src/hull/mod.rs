@@ -10,16 +10,28 @@
 //! run). Any failure terminates what was started and removes sockets, pid files and the
 //! config. Stop: SIGTERM (hull-vmm shuts the VM down, exit code 5), SIGKILL after the grace
 //! period, then virtiofsd, then the files; console and logs are kept.
+//!
+//! VM templates (on unless [`HullHypervisor::with_templates`] turns them off): instead of
+//! booting the kernel, hull-vmm restores a snapshot of a guest already at agent-ready
+//! (`template`, `template_build`). The first pod of a kind creates the template; a pod that
+//! cannot have one boots cold. A restored VM's agent does not print its ready line again:
+//! readiness is the hybrid-vsock handshake answered (`probe`).
 
 pub mod detect;
 pub mod files;
+pub mod probe;
+pub mod template;
+pub mod template_build;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::qemu::procs::{Proc, open_netns, wait_agent_marker, wait_for_socket};
 use files::RunFiles;
+pub use template_build::Boot;
+use template_build::Templates;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::qemu::{argv, find_program};
@@ -28,6 +40,8 @@ use crate::qemu::{argv, find_program};
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API), see `ExitReason`.
 const EXIT_API_SHUTDOWN: i32 = 5;
+/// hull-vmm's exit code after it wrote a snapshot (`ExitReason::Snapshotted`).
+pub const EXIT_SNAPSHOTTED: i32 = 7;
 
 /// Where the backend finds its programs.
 #[derive(Debug, Clone)]
@@ -53,11 +67,83 @@ impl Default for HullConfig {
 
 pub struct HullHypervisor {
     config: HullConfig,
+    /// `None`: templates are off, every VM boots its kernel.
+    templates: Option<Templates>,
 }
 
 impl HullHypervisor {
+    /// A backend running `config`'s programs, with VM templates on.
     pub fn new(config: HullConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            templates: Some(Templates::default()),
+        }
+    }
+
+    /// Turns VM templates on or off (on by default).
+    pub fn with_templates(mut self, enabled: bool) -> Self {
+        self.templates = enabled.then(Templates::default);
+        self
+    }
+
+    /// [`Hypervisor::start`] with the concrete handle, which tells how the VM started.
+    pub async fn start_vm(&self, config: &VmConfig) -> Result<HullVm, HypervisorError> {
+        validate(config, &self.config)?;
+        let span = tracing::info_span!("vm_start", sandbox_id = %config.id);
+        self.start_validated(config).instrument(span).await
+    }
+
+    async fn start_validated(&self, config: &VmConfig) -> Result<HullVm, HypervisorError> {
+        std::fs::create_dir_all(&config.run_dir).map_err(|source| HypervisorError::Io {
+            what: format!("run dir {}", config.run_dir.display()),
+            source,
+        })?;
+        let t0 = Instant::now();
+        let boot = match &self.templates {
+            Some(t) => t.prepare(config, &self.config).await,
+            None => Boot::Cold,
+        };
+        tracing::info!(
+            vcpus = config.vcpus,
+            memory_mib = config.memory_mib,
+            ?boot,
+            prepare_ms = t0.elapsed().as_millis() as u64,
+            "starting hull-vmm"
+        );
+        if let Boot::Restored { key, .. } = &boot {
+            match self.launch(config, boot.clone()).await {
+                Ok(vm) => return Ok(vm),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "restore from the VM template failed; cold boot");
+                    if let Some(t) = &self.templates {
+                        t.remember_failure(key);
+                    }
+                }
+            }
+        }
+        self.launch(config, Boot::Cold).await
+    }
+
+    /// One attempt to start the VM; on failure whatever it started is stopped.
+    async fn launch(&self, config: &VmConfig, boot: Boot) -> Result<HullVm, HypervisorError> {
+        let files = RunFiles::new(&config.run_dir);
+        remove_files(&files);
+        let _ = std::fs::remove_file(&files.console_log);
+        let mut vm = HullVm {
+            files,
+            vmm: None,
+            virtiofsd: None,
+            boot,
+            stopped: Mutex::new(None),
+        };
+        match vm.launch(config, &self.config).await {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                tracing::warn!(error = %e, "VM start failed; cleaning up");
+                let _ = vm.stop(Duration::from_secs(1)).await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -131,35 +217,7 @@ impl Hypervisor for HullHypervisor {
     }
 
     async fn start(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
-        validate(config, &self.config)?;
-        let span = tracing::info_span!("vm_start", sandbox_id = %config.id);
-        let _enter = span.enter();
-        std::fs::create_dir_all(&config.run_dir).map_err(|source| HypervisorError::Io {
-            what: format!("run dir {}", config.run_dir.display()),
-            source,
-        })?;
-        let files = RunFiles::new(&config.run_dir);
-        remove_files(&files);
-        let _ = std::fs::remove_file(&files.console_log);
-        tracing::info!(
-            vcpus = config.vcpus,
-            memory_mib = config.memory_mib,
-            "starting hull-vmm"
-        );
-        let mut vm = HullVm {
-            files,
-            vmm: None,
-            virtiofsd: None,
-            stopped: Mutex::new(None),
-        };
-        match vm.launch(config, &self.config).await {
-            Ok(()) => Ok(Box::new(vm)),
-            Err(e) => {
-                tracing::warn!(error = %e, "VM start failed; cleaning up");
-                let _ = vm.stop(Duration::from_secs(1)).await;
-                Err(e)
-            }
-        }
+        Ok(Box::new(self.start_vm(config).await?))
     }
 
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
@@ -171,13 +229,22 @@ impl Hypervisor for HullHypervisor {
             });
         }
         let dir = &config.run_dir;
+        let boot = match std::fs::read_to_string(&files.restored_from) {
+            Ok(text) => Boot::Restored {
+                key: String::new(),
+                dir: PathBuf::from(text.trim_end()),
+                created: None,
+            },
+            Err(_) => Boot::Cold,
+        };
         let vm = HullVm {
             vmm: Proc::adopt("hull-vmm", &files.vmm_pid, dir),
             virtiofsd: Proc::adopt("virtiofsd", &files.virtiofsd_pid, dir),
             files,
+            boot,
             stopped: Mutex::new(None),
         };
-        tracing::info!(sandbox_id = %config.id, running = vm.is_running(), "re-attached to hull-vmm");
+        tracing::info!(sandbox_id = %config.id, running = vm.is_running(), boot = ?vm.boot, "re-attached to hull-vmm");
         Ok(Box::new(vm))
     }
 }
@@ -187,6 +254,7 @@ pub struct HullVm {
     files: RunFiles,
     vmm: Option<Proc>,
     virtiofsd: Option<Proc>,
+    boot: Boot,
     stopped: Mutex<Option<VmExit>>,
 }
 
@@ -194,6 +262,11 @@ impl HullVm {
     /// hull-vmm's control API socket (status, metrics, shutdown; see `vmm::api`).
     pub fn api_socket(&self) -> &Path {
         &self.files.api_socket
+    }
+
+    /// How this VM started: kernel boot or template restore.
+    pub fn boot(&self) -> &Boot {
+        &self.boot
     }
 
     async fn launch(
@@ -222,7 +295,17 @@ impl HullVm {
             source,
         })?;
         let netns = open_netns(config.netns.as_deref())?;
-        let args = ["--config".into(), f.vmm_config.clone().into_os_string()];
+        let args = match &self.boot {
+            Boot::Cold => vec!["--config".into(), f.vmm_config.clone().into_os_string()],
+            Boot::Restored { dir, .. } => {
+                let text = format!("{}\n", dir.display());
+                std::fs::write(&f.restored_from, text).map_err(|source| HypervisorError::Io {
+                    what: format!("{}", f.restored_from.display()),
+                    source,
+                })?;
+                template::restore_args(&f.vmm_config, dir)
+            }
+        };
         let vmm = Proc::spawn(
             "hull-vmm",
             &programs.vmm,
@@ -281,7 +364,15 @@ impl VmHandle for HullVm {
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
         let f = &self.files;
-        wait_agent_marker(&f.console_log, self.vmm.as_ref(), &f.vmm_log, deadline).await
+        match self.boot {
+            Boot::Cold => {
+                wait_agent_marker(&f.console_log, self.vmm.as_ref(), &f.vmm_log, deadline).await
+            }
+            Boot::Restored { .. } => {
+                probe::wait_vsock_ready(&f.agent_socket, self.vmm.as_ref(), &f.vmm_log, deadline)
+                    .await
+            }
+        }
     }
 }
 

@@ -48,11 +48,13 @@ fn setup() -> Setup {
     Setup { dir, config }
 }
 
+/// The backend with templates off (the fake cannot snapshot); see `template_tests`.
 fn hv(vmm: PathBuf) -> HullHypervisor {
     HullHypervisor::new(HullConfig {
         vmm,
         virtiofsd: "/nonexistent/virtiofsd".into(),
     })
+    .with_templates(false)
 }
 
 #[tokio::test]
@@ -150,6 +152,7 @@ async fn invalid_configs_are_refused_before_anything_starts() {
         vmm: s.dir.path().join("no-such-vmm"),
         virtiofsd: "/x".into(),
     });
+    assert!(missing.templates.is_some(), "templates are on by default");
     assert!(matches!(
         missing.start(&s.config).await.err(),
         Some(HypervisorError::Missing {
@@ -181,3 +184,5 @@ fn exit_codes_map_to_vm_exits() {
         }
     );
 }
+
+mod template_tests;

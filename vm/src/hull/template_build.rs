@@ -1,0 +1,294 @@
+//! The template manager: finds the template a pod VM can be restored from, or creates it
+//! (boot a template VM to agent-ready, snapshot it, publish it atomically), once per key
+//! at a time; a failure is remembered for [`FAILURE_BACKOFF`] so pods meanwhile boot cold
+//! instead of each retrying a template boot.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as SyncMutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use super::probe::request_snapshot;
+use super::template::{
+    COMPLETE_MARKER, SNAPSHOT_FILES, TemplatePaths, template_key, template_vmm_config,
+};
+use super::{EXIT_SNAPSHOTTED, HullConfig, error_chain};
+use crate::hypervisor::{HypervisorError, VmConfig};
+use crate::qemu::argv;
+use crate::qemu::procs::{Proc, log_tail, wait_agent_marker, wait_for_socket};
+
+/// How long pods boot cold after a template for their key failed.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(10 * 60);
+/// How long a template VM may take to reach agent-ready.
+const TEMPLATE_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long hull-vmm may take to write the snapshot and exit.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the template's processes get to exit on SIGTERM.
+const CLEANUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Errors of one template creation (each logged, then the pod boots cold).
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("Failed to prepare {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to start the template's virtiofsd")]
+    Virtiofsd(#[source] HypervisorError),
+    #[error("Failed to start the template's hull-vmm")]
+    Vmm(#[source] HypervisorError),
+    #[error("The template guest did not reach agent-ready")]
+    Boot(#[source] HypervisorError),
+    #[error("The snapshot request failed: {0}")]
+    Snapshot(String),
+    #[error("hull-vmm did not finish the snapshot: {0}")]
+    SnapshotExit(String),
+    #[error("Failed to publish the template at {path}")]
+    Publish {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a pod VM is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// The kernel boots (templates off, or no template could be had).
+    Cold,
+    /// Restored from the template at `dir`; `created` is how long creating it took when
+    /// this start created it (`None`: it was there).
+    Restored {
+        key: String,
+        dir: PathBuf,
+        created: Option<Duration>,
+    },
+}
+
+/// Templates of one backend: a lock per key and the keys that failed recently.
+#[derive(Debug, Default)]
+pub struct Templates {
+    locks: SyncMutex<HashMap<String, Arc<Mutex<()>>>>,
+    failed: SyncMutex<HashMap<String, Instant>>,
+}
+
+impl Templates {
+    /// The template for `config`, creating it if needed; [`Boot::Cold`] when there is none.
+    pub async fn prepare(&self, config: &VmConfig, programs: &HullConfig) -> Boot {
+        let key = match template_key(config, &programs.vmm) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(error = %e, "VM template: cannot compute its key; cold boot");
+                return Boot::Cold;
+            }
+        };
+        let paths = TemplatePaths::new(&config.run_dir, &key);
+        if paths.is_complete() {
+            tracing::info!(key, "VM template hit");
+            return restored(paths, None);
+        }
+        if self.failed_recently(&key) {
+            tracing::info!(key, "VM template failed recently; cold boot");
+            return Boot::Cold;
+        }
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().await;
+        if paths.is_complete() {
+            tracing::info!(key, "VM template hit (created by another pod meanwhile)");
+            return restored(paths, None);
+        }
+        if self.failed_recently(&key) {
+            return Boot::Cold;
+        }
+        tracing::info!(key, dir = %paths.dir.display(), "VM template miss: creating it");
+        let t0 = Instant::now();
+        match create(config, programs, &paths).await {
+            Ok(()) => {
+                let elapsed = t0.elapsed();
+                tracing::info!(
+                    key,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "VM template created"
+                );
+                restored(paths, Some(elapsed))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    key,
+                    error = %error_chain(&e),
+                    retry_after_s = FAILURE_BACKOFF.as_secs(),
+                    "VM template creation failed; cold boot"
+                );
+                self.remember_failure(&key);
+                Boot::Cold
+            }
+        }
+    }
+
+    /// Pods of `key` boot cold for the next [`FAILURE_BACKOFF`].
+    pub fn remember_failure(&self, key: &str) {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.insert(key.to_owned(), Instant::now());
+    }
+
+    fn failed_recently(&self, key: &str) -> bool {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.retain(|_, at| at.elapsed() < FAILURE_BACKOFF);
+        failed.contains_key(key)
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+fn restored(paths: TemplatePaths, created: Option<Duration>) -> Boot {
+    Boot::Restored {
+        key: paths.key,
+        dir: paths.dir,
+        created,
+    }
+}
+
+fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
+    move |source| TemplateError::Dir {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the template at `paths.dir`: build dir, template VM, snapshot, publish. The
+/// build dir and every process of the template VM are gone afterwards, success or not.
+pub async fn create(
+    config: &VmConfig,
+    programs: &HullConfig,
+    paths: &TemplatePaths,
+) -> Result<(), TemplateError> {
+    let _ = std::fs::remove_dir_all(&paths.build);
+    if paths.dir.exists() {
+        // Not complete (or we would not be here): a leftover, never a template.
+        std::fs::remove_dir_all(&paths.dir).map_err(dir_error(&paths.dir))?;
+    }
+    std::fs::create_dir_all(&paths.snapshot).map_err(dir_error(&paths.snapshot))?;
+    std::fs::create_dir_all(&paths.share).map_err(dir_error(&paths.share))?;
+    let mut procs = TemplateProcs::default();
+    let mut result = boot_and_snapshot(config, programs, paths, &mut procs).await;
+    procs.cleanup().await;
+    if result.is_ok() {
+        result = publish(paths);
+    }
+    let _ = std::fs::remove_dir_all(&paths.build);
+    result
+}
+
+/// The processes of a template VM.
+#[derive(Default)]
+struct TemplateProcs {
+    vmm: Option<Proc>,
+    virtiofsd: Option<Proc>,
+}
+
+impl TemplateProcs {
+    async fn cleanup(&self) {
+        for p in [&self.vmm, &self.virtiofsd].into_iter().flatten() {
+            if let Err(e) = p.terminate(CLEANUP_GRACE).await {
+                tracing::warn!(error = %e, what = p.what, "template process cleanup failed");
+            }
+        }
+    }
+}
+
+async fn boot_and_snapshot(
+    config: &VmConfig,
+    programs: &HullConfig,
+    paths: &TemplatePaths,
+    procs: &mut TemplateProcs,
+) -> Result<(), TemplateError> {
+    let files = paths.run_files();
+    if config.shared_dir.is_some() {
+        let args = argv::virtiofsd_args(&argv::RunFiles::new(&paths.build), &paths.share);
+        let fs = Proc::spawn(
+            "virtiofsd",
+            &programs.virtiofsd,
+            &args,
+            &files.virtiofsd_log,
+            None,
+            &files.virtiofsd_pid,
+        )
+        .map_err(TemplateError::Virtiofsd)?;
+        let fs = procs.virtiofsd.insert(fs);
+        wait_for_socket(&files.fs_backend, fs, &files.virtiofsd_log)
+            .await
+            .map_err(TemplateError::Virtiofsd)?;
+    }
+    let json = serde_json::to_vec_pretty(&template_vmm_config(config, paths))
+        .map_err(|e| TemplateError::Vmm(HypervisorError::InvalidConfig(e.to_string())))?;
+    std::fs::write(&files.vmm_config, json).map_err(dir_error(&files.vmm_config))?;
+    let args = ["--config".into(), files.vmm_config.clone().into_os_string()];
+    let vmm = Proc::spawn(
+        "hull-vmm",
+        &programs.vmm,
+        &args,
+        &files.vmm_log,
+        None,
+        &files.vmm_pid,
+    )
+    .map_err(TemplateError::Vmm)?;
+    let vmm = procs.vmm.insert(vmm);
+    wait_for_socket(&files.api_socket, vmm, &files.vmm_log)
+        .await
+        .map_err(TemplateError::Vmm)?;
+    let deadline = Instant::now() + TEMPLATE_BOOT_TIMEOUT;
+    wait_agent_marker(&files.console_log, Some(vmm), &files.vmm_log, deadline)
+        .await
+        .map_err(TemplateError::Boot)?;
+    tracing::info!(key = paths.key, "template guest ready; snapshotting");
+    request_snapshot(&files.api_socket, &paths.snapshot)
+        .await
+        .map_err(TemplateError::Snapshot)?;
+    if !vmm.wait_exit(SNAPSHOT_TIMEOUT).await {
+        return Err(TemplateError::SnapshotExit(format!(
+            "still running after {SNAPSHOT_TIMEOUT:?}"
+        )));
+    }
+    match vmm.status().and_then(|s| s.code()) {
+        Some(EXIT_SNAPSHOTTED) => {}
+        code => {
+            return Err(TemplateError::SnapshotExit(format!(
+                "exit code {code:?} (want {EXIT_SNAPSHOTTED}): {}",
+                log_tail(&files.vmm_log)
+            )));
+        }
+    }
+    for f in SNAPSHOT_FILES {
+        if !paths.snapshot.join(f).is_file() {
+            return Err(TemplateError::SnapshotExit(format!("no {f} written")));
+        }
+    }
+    Ok(())
+}
+
+/// Marks the snapshot complete and renames it into place (atomic: a reader sees no
+/// template or a whole one). Losing a race to another creator is fine.
+fn publish(paths: &TemplatePaths) -> Result<(), TemplateError> {
+    let marker = paths.snapshot.join(COMPLETE_MARKER);
+    std::fs::write(&marker, format!("{}\n", paths.key)).map_err(|source| {
+        TemplateError::Publish {
+            path: marker.clone(),
+            source,
+        }
+    })?;
+    match std::fs::rename(&paths.snapshot, &paths.dir) {
+        Ok(()) => Ok(()),
+        Err(_) if paths.is_complete() => Ok(()),
+        Err(source) => Err(TemplateError::Publish {
+            path: paths.dir.clone(),
+            source,
+        }),
+    }
+}
