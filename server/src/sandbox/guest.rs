@@ -1,8 +1,11 @@
 //! Translating the pod's config and the CNI result into what hull-network and the agent
 //! take: the [`PodSpec`] for CNI, and the guest's `SetupSandbox` (hostname, DNS, eth0 with
-//! the pod's MAC/MTU/IPs, routes, sysctls).
+//! the pod's MAC/MTU/IPs, routes, sysctls, plus fresh host entropy and the host's wall
+//! clock, which a VM restored from a template snapshot would otherwise share with the
+//! template).
 
 use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hull_agent_api::v1 as pb;
 use hull_cri_api::{PodSandboxConfig, Protocol};
@@ -77,8 +80,34 @@ fn pod_hostname(name: &str) -> String {
     name[..end].trim_end_matches(['-', '.']).to_owned()
 }
 
-/// The guest's setup: eth0 found by the pod MAC, the CNI IPs, the CNI routes (a route
-/// without a gateway gets the gateway of its family, as the CNI bridge plugin means it).
+/// How many bytes of host entropy each pod VM gets (the agent accepts 32..=256).
+pub const ENTROPY_BYTES: usize = 64;
+
+/// [`ENTROPY_BYTES`] from the OS RNG; empty (the agent then skips it) if the RNG fails,
+/// which only a broken host does.
+fn host_entropy(id: &str) -> Vec<u8> {
+    let mut bytes = vec![0u8; ENTROPY_BYTES];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => bytes,
+        Err(e) => {
+            tracing::error!(sandbox_id = %id, error = %e, "OS RNG failed; the guest gets no host entropy");
+            Vec::new()
+        }
+    }
+}
+
+/// Now, in ns since the Unix epoch (0, "not sent", for a clock before 1970 or after 2262).
+fn host_time_unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
+
+/// The guest's setup: eth0 found by the pod MAC (or by name, if the guest NIC still has
+/// a template's MAC), the CNI IPs, the CNI routes (a route without a gateway gets the
+/// gateway of its family, as the CNI bridge plugin means it), host entropy and time.
 pub fn setup_request(
     id: &str,
     config: &PodSandboxConfig,
@@ -136,6 +165,8 @@ pub fn setup_request(
         }],
         routes,
         sysctls,
+        entropy: host_entropy(id),
+        host_time_unix_nanos: host_time_unix_nanos(),
     }
 }
 
@@ -199,9 +230,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn setup_request_fills_default_route_gateway() {
-        let net = PodNetworkStatus {
+    fn net() -> PodNetworkStatus {
+        PodNetworkStatus {
             netns: "/run/netns/hull-abc".into(),
             tap: "tap0".into(),
             mac: "02:00:00:00:00:01".into(),
@@ -218,7 +248,12 @@ mod tests {
             dns: Default::default(),
             cni_result: serde_json::Value::Null,
             timings: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn setup_request_fills_default_route_gateway() {
+        let net = net();
         let req = setup_request("abc", &config(), &net);
         assert_eq!(req.hostname, "web");
         assert_eq!(req.interfaces[0].mac, "02:00:00:00:00:01");
@@ -227,6 +262,26 @@ mod tests {
         assert_eq!(req.routes[0].destination, "0.0.0.0/0");
         assert_eq!(req.routes[0].gateway, "10.88.0.1");
         assert_eq!(req.dns.unwrap().options, vec!["ndots:5"]);
+        assert_eq!(req.interfaces[0].name, "eth0");
+    }
+
+    #[test]
+    fn setup_request_carries_fresh_entropy_and_host_time() {
+        let before = host_time_unix_nanos();
+        let a = setup_request("abc", &config(), &net());
+        let b = setup_request("abc", &config(), &net());
+        let after = host_time_unix_nanos();
+        assert_eq!(a.entropy.len(), ENTROPY_BYTES);
+        hull_agent_api::validate::entropy(&a.entropy).expect("agent accepts it");
+        assert_ne!(a.entropy, b.entropy, "each VM gets its own bytes");
+        assert_ne!(a.entropy, vec![0; ENTROPY_BYTES]);
+        assert!(before > 1_600_000_000_000_000_000, "{before}");
+        assert!((before..=after).contains(&a.host_time_unix_nanos));
+        assert!(
+            hull_agent_api::validate::host_time(a.host_time_unix_nanos)
+                .expect("agent accepts it")
+                .is_some()
+        );
     }
 
     #[test]
