@@ -190,9 +190,12 @@ fn pick_link(
     )))
 }
 
-/// Host entropy, then the wall clock (before anything that could use either).
+/// The wall clock first (the host's time is already as old as the request's transit),
+/// then host entropy, before anything that could use either.
 fn refresh_vm_state(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
-    let host_time = validate::host_time(req.host_time_unix_nanos)?;
+    if let Some(host) = validate::host_time(req.host_time_unix_nanos)? {
+        vmstate::sync_clock(host)?;
+    }
     if req.entropy.is_empty() {
         tracing::debug!("no host entropy sent (older hulld)");
     } else {
@@ -201,9 +204,6 @@ fn refresh_vm_state(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
             bytes = req.entropy.len(),
             "host entropy added, CRNG reseeded"
         );
-    }
-    if let Some(host) = host_time {
-        vmstate::sync_clock(host)?;
     }
     Ok(())
 }
