@@ -2,19 +2,24 @@
 # Nested harness for hull-vmm: boots Debian's generic kernel (linux-image-amd64, which ships
 # kvm.ko + kvm-amd.ko) under QEMU TCG with `-cpu max` (emulated AMD SVM) as a throw-away test
 # host, with an initramfs built here; inside it, on real (nested) KVM:
-#   1. pod: the `hull` Hypervisor backend (vm/src/hull) starts virtiofsd and hull-vmm for a pod
-#      with a tap NIC; the agent answers over the hybrid vsock; SetupSandbox configures eth0;
-#      a busybox container runs from the virtio-fs share; the test host pings the guest
-#      (vm/examples/nested_pod, mode `pod`);
+#   1. pod: the `hull` Hypervisor backend (vm/src/hull) starts virtiofsd and hull-vmm for two
+#      pods in turn, each with a tap NIC: the first creates the VM template (boot to
+#      agent-ready, snapshot) and is restored from it, the second is restored from it
+#      (--no-templates: both boot cold); for each the agent answers over the hybrid vsock,
+#      SetupSandbox mounts the share and configures eth0, a busybox container runs from the
+#      virtio-fs share, the test host pings the guest (vm/examples/nested_pod, mode `pod`);
 #   2. bench: N boots of the same guest with hull-vmm and (--compare-qemu) QEMU microvm on KVM,
-#      launch to the agent's ready line, p50 and ratio, memory outside guest RAM (mode `bench`).
+#      launch to the agent's ready line, and N restores of one hull-vmm snapshot of it, launch
+#      to the agent answering the hybrid-vsock handshake: p50/p90, ratios to QEMU, memory
+#      outside guest RAM (mode `bench`).
 # Exits non-zero, saying why, if a prerequisite is missing or any check fails.
 #
 # usage: test/nested/run.sh --hull-vmm PATH --pod-client PATH [--guest-dir DIR] [--runs N]
 #          [--compare-qemu] [--no-fs] [--no-net] [--timeout SECS] [--shmem-thp MODE]
-#          [--guest-cmdline ARGS] [--icount SHIFT]
+#          [--guest-cmdline ARGS] [--icount SHIFT] [--no-templates]
 #   --pod-client: the nested_pod example (cargo build -p hull-vm --example nested_pod)
 #   --no-fs/--no-net: leave the virtio-fs share / the NIC out of the pod check
+#   --no-templates: the pod check boots both pods cold (the benchmark still restores)
 #   --guest-cmdline ARGS: extra guest kernel arguments for the benchmark boots (both VMMs),
 #     e.g. "loglevel=7" to see where boot time goes in the consoles the log keeps
 #   --icount SHIFT: run the test host with QEMU's instruction counting (-icount
@@ -43,6 +48,7 @@ POD_OPTS="--fs --net tap0"
 SHMEM_THP=""
 BENCH_CMDLINE=""
 ICOUNT=""
+TEMPLATES=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --hull-vmm) HULL_VMM="$2"; shift 2 ;;
@@ -56,6 +62,7 @@ while [ $# -gt 0 ]; do
         --shmem-thp) SHMEM_THP="$2"; shift 2 ;;
         --guest-cmdline) BENCH_CMDLINE="$2"; shift 2 ;;
         --icount) ICOUNT="-icount shift=$2,sleep=off"; shift 2 ;;
+        --no-templates) TEMPLATES=0; POD_OPTS="$POD_OPTS --no-templates"; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -176,13 +183,15 @@ timeout $TIMEOUT nested_pod pod --dir /tmp/pod --kernel /guest/vmlinux --initram
     --hull-vmm /usr/local/bin/hull-vmm --virtiofsd /usr/local/bin/virtiofsd $POD_OPTS > /tmp/pod.log 2>&1
 echo "NESTED-POD-EXIT \$?"
 cat /tmp/pod.log
-for f in /tmp/pod/run/hull-vmm.log /tmp/pod/run/virtiofsd.log; do
+for f in /tmp/pod/run1/hull-vmm.log /tmp/pod/run1/virtiofsd.log /tmp/pod/run2/hull-vmm.log /tmp/pod/run2/virtiofsd.log; do
     [ -f \$f ] && { echo "NESTED ----- \$f -----"; cat \$f; }
 done
 { timeout $TIMEOUT nested_pod bench --dir /tmp/bench --kernel /guest/vmlinux --initramfs /guest/initramfs.img \
     --hull-vmm /usr/local/bin/hull-vmm --runs $RUNS $QEMU_OPT --cmdline-extra "$BENCH_CMDLINE" \
     --boot-timeout $BOOT_TIMEOUT; echo "NESTED-BENCH-EXIT \$?"; } 2>&1
-echo "NESTED ----- first hull-vmm log -----"; cat /tmp/bench/hull-0-vmm.log 2>/dev/null
+for f in /tmp/bench/hull-0-vmm.log /tmp/bench/template-vmm.log /tmp/bench/restore-0-vmm.log; do
+    [ -f \$f ] && { echo "NESTED ----- \$f -----"; cat \$f; }
+done
 echo "NESTED-DONE"
 poweroff -f
 INIT
@@ -199,13 +208,19 @@ timeout $((2 * TIMEOUT + 300)) qemu-system-x86_64 -accel tcg $ICOUNT -cpu max -s
 t1=$(date +%s.%N)
 LOG=${HULL_NESTED_LOG:-/tmp/hull-nested-last.log}
 tr -d '\r' < "$WORK/host.log" | sed -n '/^NESTED/,$p' > "$LOG"
-grep -a -E "^NESTED-(POD |POD-EXIT|BENCH-P50|BENCH-RATIO|BENCH-EXIT|BENCH hull|RESULT|METRICS)" "$LOG" || true
+grep -a -E "^NESTED-(POD |POD-PATH|POD-EXIT|BENCH-P50|BENCH-RATIO|BENCH-SNAPSHOT|BENCH-EXIT|BENCH hull|RESULT|METRICS)" "$LOG" || true
 echo "nested: full test-host output (guest consoles, hull-vmm logs) in $LOG" >&2
 echo "nested: test host wall time $(echo "$t1 - $t0" | bc) s" >&2
 grep -aq "^NESTED-RESULT" "$LOG" && die "$(grep -a '^NESTED-RESULT' "$LOG")"
 grep -aq "^NESTED-DONE" "$LOG" || die "the test host did not finish (timeout or crash; see $LOG)"
 grep -aq "^NESTED-POD-EXIT 0" "$LOG" && grep -aq "^NESTED-POD PASS" "$LOG" ||
     die "pod check failed: $(grep -a -A3 '^NESTED-POD-EXIT' "$LOG" | tr '\n' ' ')"
+if [ "$TEMPLATES" = 1 ]; then
+    grep -aq "^NESTED-POD-PATH pod 1: template-created+restored" "$LOG" &&
+        grep -aq "^NESTED-POD-PATH pod 2: template-restored" "$LOG" ||
+        die "the pods did not start from a VM template: $(grep -a '^NESTED-POD-PATH' "$LOG" | tr '\n' ' ')"
+fi
 grep -aq "^NESTED-BENCH-EXIT 0" "$LOG" ||
     die "benchmark failed: $(grep -a -B5 '^NESTED-BENCH-EXIT' "$LOG" | tr '\n' ' ')"
+grep -aq "^NESTED-BENCH-P50 hull-vmm-restore" "$LOG" || die "no hull-vmm restore measured"
 echo "nested: PASS" >&2

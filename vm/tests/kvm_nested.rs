@@ -1,10 +1,11 @@
 //! The nested harness (test/nested/run.sh) as a cargo test. Debian's generic kernel boots
 //! under QEMU TCG with `-cpu max` (emulated AMD SVM) as a throw-away test host; inside it, on
-//! real nested KVM, the `hull` backend runs a pod with this build's hull-vmm and virtiofsd:
-//! the agent answers over the hybrid vsock, a busybox container runs from the virtio-fs
-//! share, the NIC passes a ping; then the same guest boots a few times under hull-vmm and
-//! QEMU microvm (KVM) for the side-by-side boot time and memory numbers
-//! (vm/examples/nested_pod).
+//! real nested KVM, the `hull` backend runs two pods with this build's hull-vmm and
+//! virtiofsd, the first creating the VM template and both restored from it: for each the
+//! agent answers over the hybrid vsock, a busybox container runs from the virtio-fs share,
+//! the NIC passes a ping; then the same guest boots a few times under hull-vmm and QEMU
+//! microvm (KVM), and one hull-vmm snapshot of it is restored a few times, for the
+//! side-by-side boot time and memory numbers (vm/examples/nested_pod).
 //!
 //! Needs: the guest built (packaging/guest/build.sh, $HULL_GUEST_DIR or /var/lib/hull/guest),
 //! the `nested_pod` example built next to this test (`cargo test --workspace` builds it;
@@ -55,18 +56,36 @@ fn hull_backend_runs_a_pod_in_a_nested_test_host_and_benchmarks_against_qemu() {
         out.status.success(),
         "nested harness failed:\n{stdout}\n{stderr}"
     );
-    let wanted = [
-        "NESTED-POD agent answered over vsock",
-        "NESTED-POD SetupSandbox configured eth0",
-        "NESTED-POD container ran from the virtio-fs share",
-        "NESTED-POD test host pinged the guest",
-        "NESTED-POD PASS",
-        "NESTED-BENCH-P50 hull-vmm",
-        "NESTED-BENCH-P50 qemu-microvm",
-        "NESTED-BENCH-RATIO",
-    ];
-    for want in wanted {
-        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    let mut wanted: Vec<String> = Vec::new();
+    for pod in [1, 2] {
+        for check in [
+            "agent answered over vsock",
+            "SetupSandbox configured eth0",
+            "container ran from the virtio-fs share",
+            "test host pinged the guest",
+        ] {
+            wanted.push(format!("NESTED-POD pod {pod}: {check}"));
+        }
+    }
+    // The first pod made the VM template and started from it, the second was restored.
+    wanted.push("NESTED-POD-PATH pod 1: template-created+restored".into());
+    wanted.push("NESTED-POD-PATH pod 2: template-restored".into());
+    wanted.push("NESTED-POD PASS".into());
+    for bench in [
+        "NESTED-BENCH-SNAPSHOT",
+        "NESTED-BENCH-P50 hull-vmm:",
+        "NESTED-BENCH-P50 hull-vmm-restore:",
+        "NESTED-BENCH-P50 qemu-microvm:",
+        "NESTED-BENCH-RATIO hull-vmm-cold/qemu",
+        "NESTED-BENCH-RATIO hull-vmm-restore/qemu",
+    ] {
+        wanted.push(bench.into());
+    }
+    for want in &wanted {
+        assert!(
+            stdout.contains(want.as_str()),
+            "missing {want:?} in:\n{stdout}"
+        );
     }
     assert!(stderr.contains("nested: PASS"), "{stderr}");
 }

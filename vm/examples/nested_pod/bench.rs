@@ -1,6 +1,7 @@
 //! `nested_pod bench`: boot-to-agent-ready of hull-vmm and QEMU microvm on the same guest,
-//! in the same (nested) test host, measured the same way; and what each VMM costs in host
-//! memory outside guest RAM (from /proc/<pid>/smaps).
+//! in the same (nested) test host, measured the same way; the same for hull-vmm restoring a
+//! snapshot of that guest taken at agent-ready (`restore.rs`); and what each VMM costs in
+//! host memory outside guest RAM (from /proc/<pid>/smaps).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -9,20 +10,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::restore::{make_snapshot, restore_boot};
 use super::{AGENT_READY_MARKER, Opts, api};
 
 /// Kernel arguments both VMMs get on top of their own (hull-vmm adds `console=ttyS0
 /// reboot=k panic=1 pci=off ...`, the backend `loglevel=4 8250.nr_uarts=1`).
 const CMDLINE: &str = "loglevel=4 8250.nr_uarts=1";
-const MEMORY_MIB: u64 = 256;
+pub const MEMORY_MIB: u64 = 256;
 /// Default for `--boot-timeout` (seconds).
 const BOOT_TIMEOUT_SECS: u64 = 120;
 
 /// One boot.
-struct Sample {
-    ready: Duration,
-    mem: MemSplit,
-    metrics: Option<serde_json::Value>,
+pub struct Sample {
+    pub ready: Duration,
+    pub mem: MemSplit,
+    pub metrics: Option<serde_json::Value>,
 }
 
 /// Memory of a VMM process in KiB, split into guest RAM and everything else.
@@ -69,13 +71,14 @@ pub fn smaps_split(pid: u32, is_guest: impl Fn(&str, u64) -> bool) -> anyhow::Re
     Ok(split)
 }
 
-/// Waits for the agent's ready line on `console`; the time since `t0`.
-fn boot_timeout(opts: &Opts) -> Duration {
+/// `--boot-timeout`: how long one boot or restore may take to agent-ready.
+pub fn boot_timeout(opts: &Opts) -> Duration {
     let secs = opts.get("--boot-timeout").and_then(|s| s.parse().ok());
     Duration::from_secs(secs.unwrap_or(BOOT_TIMEOUT_SECS))
 }
 
-fn wait_ready(
+/// Waits for the agent's ready line on `console`; the time since `t0`.
+pub fn wait_ready(
     console: &Path,
     child: &mut Child,
     t0: Instant,
@@ -99,7 +102,7 @@ fn wait_ready(
     }
 }
 
-fn stop(mut child: Child) {
+pub fn stop(mut child: Child) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -113,7 +116,7 @@ fn stop(mut child: Child) {
 }
 
 /// [`CMDLINE`] plus `--cmdline-extra` (e.g. `loglevel=7` to see the kernel's timestamps).
-fn cmdline(opts: &Opts) -> String {
+pub fn cmdline(opts: &Opts) -> String {
     match opts.get("--cmdline-extra") {
         Some(extra) => format!("{CMDLINE} {extra}"),
         None => CMDLINE.to_owned(),
@@ -214,7 +217,14 @@ fn p50<T: Copy + Ord>(mut v: Vec<T>) -> T {
     v[(v.len() - 1) / 2]
 }
 
-fn report(name: &str, samples: &[Sample]) -> Duration {
+/// The 90th percentile (nearest rank): the largest of fewer than 10 samples.
+fn p90<T: Copy + Ord>(mut v: Vec<T>) -> T {
+    v.sort();
+    v[(v.len() * 9).div_ceil(10).max(1) - 1]
+}
+
+/// Prints every sample and the p50 line; returns the p50 and p90 of boot-to-agent-ready.
+fn report(name: &str, samples: &[Sample]) -> (Duration, Duration) {
     for (i, s) in samples.iter().enumerate() {
         println!(
             "NESTED-BENCH {name} run {i}: ready {:.1} ms, guest RAM rss {} KiB, other rss {} KiB, other private {} KiB (dirty {} KiB){}",
@@ -230,16 +240,32 @@ fn report(name: &str, samples: &[Sample]) -> Duration {
         );
     }
     let ready = p50(samples.iter().map(|s| s.ready).collect());
+    let ready90 = p90(samples.iter().map(|s| s.ready).collect());
     let private = p50(samples.iter().map(|s| s.mem.other_private).collect());
     let dirty = p50(samples.iter().map(|s| s.mem.other_dirty).collect());
     let rss = p50(samples.iter().map(|s| s.mem.other_rss).collect());
     println!(
-        "NESTED-BENCH-P50 {name}: boot-to-agent-ready {:.1} ms, memory outside guest RAM: private {private} KiB ({:.2} MiB; dirty {dirty} KiB, {:.2} MiB), rss {rss} KiB",
+        "NESTED-BENCH-P50 {name}: boot-to-agent-ready {:.1} ms (p90 {:.1} ms, {} runs), memory outside guest RAM: private {private} KiB ({:.2} MiB; dirty {dirty} KiB, {:.2} MiB), rss {rss} KiB",
         ready.as_secs_f64() * 1e3,
+        ready90.as_secs_f64() * 1e3,
+        samples.len(),
         private as f64 / 1024.0,
         dirty as f64 / 1024.0
     );
-    ready
+    (ready, ready90)
+}
+
+fn ratio(
+    name: &str,
+    (v50, v90): (Duration, Duration),
+    (q50, q90): (Duration, Duration),
+    note: &str,
+) {
+    println!(
+        "NESTED-BENCH-RATIO {name}/qemu boot-to-agent-ready p50: {:.3} (p90: {:.3}) ({note})",
+        v50.as_secs_f64() / q50.as_secs_f64(),
+        v90.as_secs_f64() / q90.as_secs_f64()
+    );
 }
 
 /// Prints the guest console of a boot (kernel timestamps show where boot time goes).
@@ -253,25 +279,23 @@ pub fn bench(opts: &Opts) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let runs: usize = opts.get("--runs").unwrap_or("5").parse()?;
     let qemu: Option<PathBuf> = opts.get("--qemu").map(PathBuf::from);
-    let mut hull = Vec::new();
-    let mut qemus = Vec::new();
-    // Interleaved, so a slow phase of the (shared, emulated) test host hits both alike.
-    // hull-vmm must boot every time; QEMU is only the reference, so a QEMU boot that fails
-    // is reported and skipped (one success is enough for a ratio).
+    let snapshot = make_snapshot(opts, &dir).context("hull-vmm snapshot")?;
+    let (mut hull, mut restores, mut qemus) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved, so a slow phase of the (shared, emulated) test host hits all alike.
+    // hull-vmm must boot and restore every time; QEMU is only the reference, so a QEMU boot
+    // that fails is reported and skipped (one success is enough for a ratio).
     for i in 0..runs.max(1) {
         let h = hull_boot(opts, &dir, i).with_context(|| format!("hull-vmm boot {i}"))?;
-        println!(
-            "NESTED-BENCH-BOOT hull-vmm {i}: {:.1} ms",
-            h.ready.as_secs_f64() * 1e3
-        );
+        print_boot("hull-vmm", i, &h);
         hull.push(h);
+        let r = restore_boot(opts, &dir, &snapshot, i)
+            .with_context(|| format!("hull-vmm restore {i}"))?;
+        print_boot("hull-vmm-restore", i, &r);
+        restores.push(r);
         if let Some(q) = &qemu {
             match qemu_boot(opts, q, &dir, i) {
                 Ok(s) => {
-                    println!(
-                        "NESTED-BENCH-BOOT qemu {i}: {:.1} ms",
-                        s.ready.as_secs_f64() * 1e3
-                    );
+                    print_boot("qemu", i, &s);
                     qemus.push(s);
                 }
                 Err(e) => println!("NESTED-BENCH-BOOT qemu {i} failed: {e:#}"),
@@ -283,13 +307,19 @@ pub fn bench(opts: &Opts) -> anyhow::Result<()> {
     }
     show_console("hull-vmm", &dir.join("hull-0-console.log"));
     let h = report("hull-vmm", &hull);
+    let r = report("hull-vmm-restore", &restores);
     if !qemus.is_empty() {
         show_console("qemu", &dir.join("qemu-0-console.log"));
         let q = report("qemu-microvm", &qemus);
-        println!(
-            "NESTED-BENCH-RATIO hull-vmm/qemu boot-to-agent-ready p50: {:.2} (goal <= 0.5)",
-            h.as_secs_f64() / q.as_secs_f64()
-        );
+        ratio("hull-vmm-cold", h, q, "cold boot");
+        ratio("hull-vmm-restore", r, q, "goal <= 0.5");
     }
     Ok(())
+}
+
+fn print_boot(name: &str, i: usize, s: &Sample) {
+    println!(
+        "NESTED-BENCH-BOOT {name} {i}: {:.1} ms",
+        s.ready.as_secs_f64() * 1e3
+    );
 }
