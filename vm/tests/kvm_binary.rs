@@ -263,3 +263,112 @@ fn sigterm_stops_with_exit_code_5_even_with_device_threads() {
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(5), "{status:?}");
 }
+
+/// 32-bit PVH code for the snapshot test: prints `A`, stores `M` at 0x2000 and `R` in %bl,
+/// spins until the byte at 0x3000 is not 0, then prints %bl, the byte at 0x2000 and a
+/// newline, and resets. The test snapshots it while it spins and sets that byte in the
+/// snapshot's memory file: a VM restored from it prints `RM` and no `A`, so registers, RAM
+/// and the instruction pointer came back (and RAM came from the file).
+const PRINT_SPIN_PRINT: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov $0x3f8,%dx
+    0xb0, 0x41, 0xee, // mov $'A',%al; out %al,%dx
+    0xc6, 0x05, 0x00, 0x20, 0x00, 0x00, 0x4d, // movb $'M',0x2000
+    0xb3, 0x52, // mov $'R',%bl
+    0x80, 0x3d, 0x00, 0x30, 0x00, 0x00, 0x00, // 1: cmpb $0,0x3000
+    0x74, 0xf7, // je 1b
+    0x88, 0xd8, 0xee, // mov %bl,%al; out %al,%dx
+    0xa0, 0x00, 0x20, 0x00, 0x00, 0xee, // mov 0x2000,%al; out %al,%dx
+    0xb0, 0x0a, 0xee, // mov $'\n',%al; out %al,%dx
+    0xb0, 0xfe, 0xe6, 0x64, 0xf4, // i8042 reset; hlt
+];
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen in {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn api_request(api: &Path, req: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(api).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_snapshot_taken_mid_loop_resumes_in_a_new_vmm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kernel = d.join("spin.elf");
+    std::fs::write(&kernel, pvh_elf(PRINT_SPIN_PRINT)).unwrap();
+    let vmm = |console: &str, api: &str, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hull-vmm"));
+        cmd.arg("--kernel").arg(&kernel);
+        cmd.arg("--console-log").arg(d.join(console));
+        cmd.arg("--api-socket").arg(d.join(api));
+        cmd.args([
+            "--memory-mib",
+            "32",
+            "--rng",
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+        ]);
+        cmd.arg(d.join(format!("{api}.vsock")));
+        cmd.args(extra).stderr(std::process::Stdio::piped());
+        KillOnDrop(cmd.spawn().unwrap())
+    };
+    let mut first = vmm("c1.log", "a1.sock", &[]);
+    let console = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    wait_for("the guest's first line", 20, || {
+        console("c1.log").contains('A')
+    });
+    let snap = d.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    let req = format!("{{\"op\":\"snapshot\",\"dir\":\"{}\"}}\n", snap.display());
+    assert_eq!(
+        api_request(&d.join("a1.sock"), &req).trim(),
+        r#"{"ok":true}"#
+    );
+    let status = first.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(first.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(7), "snapshot exit code; stderr: {err}");
+    assert_eq!(
+        console("c1.log"),
+        "A",
+        "the first VM went on after the snapshot"
+    );
+    let mem = std::fs::metadata(snap.join("memory")).unwrap();
+    assert_eq!(mem.len(), 32 << 20);
+    // Let the restored guest out of its loop (the memory file is guest-physical below 3 GiB).
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("memory"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[1], 0x3000).unwrap();
+
+    let snap_arg = snap.to_str().unwrap();
+    let mut second = vmm("c2.log", "a2.sock", &["--restore", snap_arg]);
+    let status = second.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "restored VM; stderr: {err}");
+    assert_eq!(console("c2.log"), "RM\n", "restored VM's console");
+
+    // A config that does not match the snapshot is a config error (exit 1), said clearly.
+    let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(["--memory-mib", "64", "--restore", snap_arg])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("memory_mib"), "stderr: {err}");
+}

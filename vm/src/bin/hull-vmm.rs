@@ -1,7 +1,8 @@
 //! hull-vmm: one microVM per process. Reads a JSON config (`--config`) or flags, boots the
 //! guest and exits with a code that says why it stopped (see `ExitReason::code`):
 //! 0 guest shutdown, 1 config error, 2 setup error, 3 guest crash, 4 VMM error,
-//! 5 shutdown requested (API or SIGTERM), 6 all vCPUs halted.
+//! 5 shutdown requested (API or SIGTERM), 6 all vCPUs halted, 7 snapshot written (the API's
+//! `snapshot` request). With `--restore DIR` it resumes the VM saved in DIR instead of booting.
 
 use std::path::PathBuf;
 
@@ -14,9 +15,14 @@ use hull_vm::vmm::exit::ExitReason;
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", about = "hull's microVM monitor (KVM)")]
 struct Args {
-    /// JSON config file; when given, the other flags are ignored.
+    /// JSON config file; when given, the other flags are ignored (but `--restore`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Resume the VM saved in this snapshot directory (written by the API's `snapshot`)
+    /// instead of booting the kernel: the config must have the snapshot's vCPUs, memory and
+    /// device set; backends (sockets, tap, console) come from the config.
+    #[arg(long)]
+    restore: Option<PathBuf>,
     #[arg(long, default_value = "")]
     id: String,
     #[arg(long)]
@@ -48,9 +54,12 @@ struct Args {
     /// Tap device (in hull-vmm's network namespace) for a virtio-net NIC.
     #[arg(long)]
     net_tap: Option<String>,
-    /// The NIC's MAC (aa:bb:cc:dd:ee:ff); needs --net-tap.
+    /// The NIC's MAC (aa:bb:cc:dd:ee:ff); needs --net-tap or --net-no-backend.
     #[arg(long)]
     net_mac: Option<String>,
+    /// A NIC without a tap (a VM template's): frames sent are dropped, nothing arrives.
+    #[arg(long)]
+    net_no_backend: bool,
     /// virtiofsd's vhost-user socket for a virtio-fs device; needs --fs-tag.
     #[arg(long)]
     fs_socket: Option<PathBuf>,
@@ -91,9 +100,11 @@ fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
     if let Some(path) = &args.config {
         return Ok(VmmConfig::from_file(path)?);
     }
+    let restoring = args.restore.is_some();
     let kernel = args
         .kernel
-        .ok_or_else(|| anyhow::anyhow!("--kernel or --config is required"))?;
+        .or_else(|| restoring.then(PathBuf::new))
+        .ok_or_else(|| anyhow::anyhow!("--kernel, --config or --restore is required"))?;
     let vsock = match (args.vsock_cid, args.vsock_uds) {
         (Some(guest_cid), Some(uds_path)) => Some(VsockConfig {
             guest_cid,
@@ -102,10 +113,15 @@ fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
         (None, None) => None,
         _ => anyhow::bail!("--vsock-cid and --vsock-uds go together"),
     };
-    let net = match (args.net_tap, args.net_mac) {
-        (Some(tap), mac) => Some(NetConfig { tap, mac }),
-        (None, None) => None,
-        (None, Some(_)) => anyhow::bail!("--net-mac needs --net-tap"),
+    let net = match (args.net_tap, args.net_mac, args.net_no_backend) {
+        (Some(tap), mac, false) => Some(NetConfig {
+            tap: Some(tap),
+            mac,
+        }),
+        (None, mac, true) => Some(NetConfig { tap: None, mac }),
+        (None, None, false) => None,
+        (None, Some(_), false) => anyhow::bail!("--net-mac needs --net-tap or --net-no-backend"),
+        (Some(_), _, true) => anyhow::bail!("--net-tap and --net-no-backend exclude each other"),
     };
     let fs = match (args.fs_socket, args.fs_tag) {
         (Some(socket), Some(tag)) => Some(FsConfig { socket, tag }),
@@ -130,11 +146,15 @@ fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
         net,
         fs,
     };
-    config.validate()?;
+    match restoring {
+        true => config.validate_for_restore()?,
+        false => config.validate()?,
+    }
     Ok(config)
 }
 
 fn run(args: Args) -> ExitReason {
+    let restore = args.restore.clone();
     let config = match config_from(args) {
         Ok(c) => c,
         Err(err) => {
@@ -145,7 +165,11 @@ fn run(args: Args) -> ExitReason {
     let span = tracing::info_span!("vmm", sandbox_id = %config.id);
     let _enter = span.enter();
     let started = std::time::Instant::now();
-    let mut vmm = match builder::build(config) {
+    let built = match &restore {
+        Some(dir) => builder::restore(config, dir),
+        None => builder::build(config),
+    };
+    let mut vmm = match built {
         Ok(vmm) => vmm,
         Err(err) => {
             eprintln!("hull-vmm: {}", error_chain(&err));
@@ -154,6 +178,7 @@ fn run(args: Args) -> ExitReason {
     };
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
+        restored = restore.is_some(),
         "VM built"
     );
     let event_loop = match EventLoop::new(vmm.exit.clone()) {
@@ -208,6 +233,11 @@ fn main() {
     // SIGTERM/SIGINT go to the event loop's signalfd only: block them before any thread starts.
     if let Err(err) = EventLoop::block_termination_signals() {
         eprintln!("hull-vmm: {err}");
+        std::process::exit(ExitReason::SetupError.code());
+    }
+    // A snapshot kicks vCPU threads out of KVM_RUN with a signal that needs a handler.
+    if let Err(err) = hull_vm::vmm::vcpu::register_kick_handler() {
+        eprintln!("hull-vmm: installing the vCPU kick handler: {err}");
         std::process::exit(ExitReason::SetupError.code());
     }
     // Every thread started from here on installs its own allow-list (vm/src/vmm/seccomp.rs).

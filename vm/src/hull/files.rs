@@ -95,7 +95,7 @@ pub fn vmm_config(config: &VmConfig, files: &RunFiles) -> VmmConfig {
         }),
         blk: None,
         net: config.net.as_ref().map(|n| NetConfig {
-            tap: n.tap.clone(),
+            tap: Some(n.tap.clone()),
             mac: Some(n.mac.clone()),
         }),
         fs: config.shared_dir.as_ref().map(|_| FsConfig {
@@ -149,8 +149,8 @@ mod tests {
         );
         let net = v.net.as_ref().expect("net");
         assert_eq!(
-            (net.tap.as_str(), net.mac.as_deref()),
-            ("tap0", Some("02:00:00:00:00:01"))
+            (net.tap.as_deref(), net.mac.as_deref()),
+            (Some("tap0"), Some("02:00:00:00:00:01"))
         );
         let fs = v.fs.as_ref().expect("fs");
         assert_eq!(

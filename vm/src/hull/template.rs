@@ -144,8 +144,7 @@ pub fn template_vmm_config(config: &VmConfig, paths: &TemplatePaths) -> VmmConfi
 
 /// A NIC without a backend (hull-vmm drops its frames).
 fn untap(net: &mut crate::vmm::config::NetConfig) {
-    // UNTIL-LANDED: `net.tap = None;` once NetConfig.tap is an Option.
-    net.tap = String::new();
+    net.tap = None;
 }
 
 /// The arguments of a hull-vmm that restores `template` with the config file `config`.

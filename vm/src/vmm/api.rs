@@ -1,5 +1,7 @@
 //! The control API: a unix socket speaking one JSON request per connection, one line each
-//! way. Requests: `{"op":"status"}`, `{"op":"metrics"}`, `{"op":"shutdown"}`.
+//! way. Requests: `{"op":"status"}`, `{"op":"metrics"}`, `{"op":"shutdown"}`, and
+//! `{"op":"snapshot","dir":"/abs/dir"}`: stop the VM and save it into `dir` (an existing,
+//! empty directory) as a template; hull-vmm exits with code 7 once the snapshot is written.
 //!
 //! ```text
 //! $ echo '{"op":"metrics"}' | socat - UNIX-CONNECT:/run/hull/sandboxes/<id>/vmm.sock
@@ -44,15 +46,18 @@ pub struct VmmInfo {
     pub vcpus: Vec<Arc<VcpuMetrics>>,
     /// The virtio-net counters, when the VM has a NIC.
     pub net: Option<Arc<NetCounters>>,
+    /// Where a `snapshot` request asked the VM to be saved.
+    pub snapshot_dir: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// A request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
     Metrics,
     Shutdown,
+    Snapshot { dir: PathBuf },
 }
 
 /// Answer to `status`.
@@ -148,9 +153,27 @@ pub fn respond(line: &str, info: &VmmInfo, exit: &ExitSignal) -> String {
             exit.stop(ExitReason::ApiShutdown);
             Ok(r#"{"ok":true}"#.to_string())
         }
+        Ok(Request::Snapshot { dir }) => Ok(request_snapshot(dir, info, exit)),
         Err(err) => Ok(serde_json::json!({ "error": err.to_string() }).to_string()),
     };
     reply.unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
+}
+
+/// Record where to save the VM and stop it with [`ExitReason::Snapshotted`] (the main thread
+/// saves it once the vCPUs are paused). Refused when the VM is already stopping or `dir` is
+/// not an absolute path to an existing directory.
+fn request_snapshot(dir: PathBuf, info: &VmmInfo, exit: &ExitSignal) -> String {
+    if !dir.is_absolute() {
+        return serde_json::json!({ "error": "snapshot dir must be an absolute path" }).to_string();
+    }
+    if exit.is_stopping() {
+        return serde_json::json!({ "error": "the VM is already stopping" }).to_string();
+    }
+    let mut slot = info.snapshot_dir.lock().unwrap_or_else(|p| p.into_inner());
+    *slot = Some(dir);
+    drop(slot);
+    exit.stop(ExitReason::Snapshotted);
+    r#"{"ok":true}"#.to_string()
 }
 
 fn serve_one(stream: UnixStream, info: &VmmInfo, exit: &ExitSignal) -> std::io::Result<()> {
@@ -217,6 +240,7 @@ mod tests {
             memory_mib: 128,
             vcpus: vec![v.clone(), v],
             net: None,
+            snapshot_dir: Default::default(),
         })
     }
 
@@ -255,6 +279,22 @@ mod tests {
         assert!(!exit.is_stopping());
         assert_eq!(ask("{\"op\":\"shutdown\"}\n").trim(), r#"{"ok":true}"#);
         assert_eq!(exit.reason(), Some(ExitReason::ApiShutdown));
+    }
+
+    #[test]
+    fn a_snapshot_request_records_the_dir_and_stops_the_vm() {
+        let info = info();
+        let exit = ExitSignal::new().unwrap();
+        let reply = respond(r#"{"op":"snapshot","dir":"relative"}"#, &info, &exit);
+        assert!(reply.contains("absolute"), "{reply}");
+        assert!(!exit.is_stopping());
+        let reply = respond(r#"{"op":"snapshot","dir":"/tmp/t1"}"#, &info, &exit);
+        assert_eq!(reply, r#"{"ok":true}"#);
+        assert_eq!(exit.reason(), Some(ExitReason::Snapshotted));
+        let dir = info.snapshot_dir.lock().unwrap().clone();
+        assert_eq!(dir, Some(PathBuf::from("/tmp/t1")));
+        let again = respond(r#"{"op":"snapshot","dir":"/tmp/t2"}"#, &info, &exit);
+        assert!(again.contains("already stopping"), "{again}");
     }
 
     #[test]

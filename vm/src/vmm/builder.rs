@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -24,7 +25,11 @@ use super::kvm::{KvmError, KvmVm, KvmVmOptions};
 use super::layout;
 use super::memory::{GuestRam, MemoryError};
 use super::regs::BootEntry;
+use super::snapshot::{self, SnapshotError, VmState};
 use super::vcpu::{Vcpu, VcpuError};
+
+/// The console device as the builder makes it.
+pub type Console = SerialDevice<Box<dyn Write + Send>>;
 
 /// Errors from building a VM, one variant per step.
 #[derive(Debug, thiserror::Error)]
@@ -67,15 +72,28 @@ pub enum BuildError {
     Mptable(#[from] super::mptable::MptableError),
     #[error("Failed to configure a vCPU")]
     ConfigureVcpu(#[from] VcpuError),
+    #[error("Failed to restore the snapshot")]
+    Restore(#[from] SnapshotError),
+    #[error("Failed to restore virtio device {index}")]
+    RestoreDevice {
+        index: usize,
+        #[source]
+        source: MmioError,
+    },
 }
 
 impl BuildError {
     /// The exit reason this failure means for the process.
     pub fn exit_reason(&self) -> ExitReason {
         match self {
-            BuildError::Config(_) | BuildError::Boot(_) | BuildError::OpenConsole { .. } => {
-                ExitReason::ConfigError
-            }
+            BuildError::Config(_)
+            | BuildError::Boot(_)
+            | BuildError::OpenConsole { .. }
+            | BuildError::Restore(SnapshotError::Mismatch(_) | SnapshotError::Version { .. })
+            | BuildError::RestoreDevice {
+                source: MmioError::RestoreDeviceType { .. } | MmioError::RestoreQueueCount { .. },
+                ..
+            } => ExitReason::ConfigError,
             _ => ExitReason::SetupError,
         }
     }
@@ -91,6 +109,11 @@ pub struct Vmm {
     pub mmio: Arc<Bus>,
     /// The virtio-net device's counters, when there is one.
     pub net: Option<Arc<NetCounters>>,
+    /// COM1 and the virtio-mmio transports in window order (what a snapshot saves).
+    pub serial: Arc<Mutex<Console>>,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The running vCPU threads (they hand their vCPU back when the VM stops).
+    pub vcpu_threads: Vec<std::thread::JoinHandle<Vcpu>>,
     /// Declared after the vCPUs and buses so it is dropped after them; the VM fd before RAM.
     pub vm: KvmVm,
     pub ram: GuestRam,
@@ -119,24 +142,29 @@ fn attach_legacy_devices(
     pio: &mut Bus,
     config: &VmmConfig,
     exit: &Arc<ExitSignal>,
-) -> Result<(), BuildError> {
+    restore: Option<&VmState>,
+) -> Result<Arc<Mutex<Console>>, BuildError> {
     let irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::CreateIrqEventFd)?;
     if vm.has_irqchip() {
         vm.register_irqfd(&irq, layout::SERIAL_IRQ)?;
     }
-    let serial = SerialDevice::new(irq, console_writer(config)?);
-    pio.insert(
-        u64::from(layout::SERIAL_PORT_BASE),
-        8,
-        Arc::new(Mutex::new(serial)),
-    )?;
+    let serial = match restore {
+        Some(state) => SerialDevice::from_snapshot(irq, console_writer(config)?, &state.serial)
+            .map_err(|source| BuildError::CreateDevice {
+                what: "serial",
+                source,
+            })?,
+        None => SerialDevice::new(irq, console_writer(config)?),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(u64::from(layout::SERIAL_PORT_BASE), 8, serial.clone())?;
     let i8042 = I8042::new(exit.clone());
     pio.insert(
         u64::from(layout::I8042_DATA_PORT),
         5,
         Arc::new(Mutex::new(i8042)),
     )?;
-    Ok(())
+    Ok(serial)
 }
 
 /// Put `device` in virtio-mmio window `index` with GSI `IRQ_BASE + index`: irqfd for its
@@ -200,64 +228,114 @@ fn load_guest(
     Ok(kernel.entry)
 }
 
-/// Build the VM described by `config`.
-pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
-    config.validate()?;
-    let exit = Arc::new(ExitSignal::new()?);
-    let ram = GuestRam::new(config.memory_mib)?;
-    let vm = KvmVm::new(KvmVmOptions::default())?;
-    vm.register_memory(&ram)?;
-    let mut pio = Bus::new();
-    attach_legacy_devices(&vm, &mut pio, &config, &exit)?;
-    let mut mmio = Bus::new();
-    let mut extra_cmdline: Vec<String> = Vec::new();
+/// The virtio devices of a config, in window order, and the NIC's counters.
+type Devices = (Vec<Box<dyn VirtioDevice>>, Option<Arc<NetCounters>>);
+
+/// The virtio devices `config` asks for, in window order.
+fn create_devices(config: &VmmConfig) -> Result<Devices, BuildError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let failed = |what| move |source| BuildError::CreateDevice { what, source };
     if let Some(vsock) = &config.vsock {
-        let device =
-            Vsock::new(u64::from(vsock.guest_cid), vsock.uds_path.clone()).map_err(|source| {
-                BuildError::CreateDevice {
-                    what: "vsock",
-                    source,
-                }
-            })?;
+        let device = Vsock::new(u64::from(vsock.guest_cid), vsock.uds_path.clone())
+            .map_err(failed("vsock"))?;
         devices.push(Box::new(device));
     }
     if let Some(blk) = &config.blk {
-        let device =
-            Blk::new(&blk.path, blk.read_only).map_err(|source| BuildError::CreateDevice {
-                what: "blk",
-                source,
-            })?;
+        let device = Blk::new(&blk.path, blk.read_only).map_err(failed("blk"))?;
         devices.push(Box::new(device));
     }
     if config.rng {
-        let device = Rng::new().map_err(|source| BuildError::CreateDevice {
-            what: "rng",
-            source,
-        })?;
-        devices.push(Box::new(device));
+        devices.push(Box::new(Rng::new().map_err(failed("rng"))?));
     }
     let mut net_counters = None;
     if let Some(net) = &config.net {
-        let device = Net::new(&net.tap, net.mac_bytes())?;
+        let device = match &net.tap {
+            Some(tap) => Net::new(tap, net.mac_bytes())?,
+            None => Net::without_backend(net.mac_bytes()).map_err(failed("net"))?,
+        };
         net_counters = Some(device.counters());
         devices.push(Box::new(device));
     }
     if let Some(fs) = &config.fs {
         devices.push(Box::new(Fs::new(&fs.socket, &fs.tag)?));
     }
-    for (index, device) in (0u32..).zip(devices) {
-        let (_, arg) = attach_virtio_device(&vm, &mut mmio, &ram, &exit, index, device)?;
-        extra_cmdline.push(arg);
+    Ok((devices, net_counters))
+}
+
+/// Build the VM described by `config`, to boot its kernel.
+pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
+    assemble(config, None)
+}
+
+/// Build the VM described by `config` in the state of the snapshot in `dir` (see
+/// [`snapshot`]): same vCPUs, RAM and device set; backends from `config`.
+pub fn restore(config: VmmConfig, dir: &Path) -> Result<Vmm, BuildError> {
+    assemble(config, Some(dir))
+}
+
+fn assemble(config: VmmConfig, restore_dir: Option<&Path>) -> Result<Vmm, BuildError> {
+    match restore_dir {
+        Some(_) => config.validate_for_restore()?,
+        None => config.validate()?,
     }
-    let entry = load_guest(&ram, &config, &extra_cmdline)?;
-    super::mptable::write_mptable(&ram.memory, config.vcpus)?;
+    let state = match restore_dir {
+        Some(dir) => Some(VmState::read(
+            dir,
+            config.vcpus,
+            config.memory_mib,
+            config.vsock.as_ref().map(|v| v.guest_cid),
+        )?),
+        None => None,
+    };
+    let exit = Arc::new(ExitSignal::new()?);
+    let ram = GuestRam::new(config.memory_mib)?;
+    if let Some(dir) = restore_dir {
+        let bytes = snapshot::restore_memory(&ram.memfd, ram.size, dir)?;
+        tracing::info!(bytes, "guest RAM restored");
+    }
+    let vm = KvmVm::new(KvmVmOptions::default())?;
+    vm.register_memory(&ram)?;
+    let mut pio = Bus::new();
+    let serial = attach_legacy_devices(&vm, &mut pio, &config, &exit, state.as_ref())?;
+    let mut mmio = Bus::new();
+    let (devices, net_counters) = create_devices(&config)?;
+    if let Some(state) = &state
+        && state.transports.len() != devices.len()
+    {
+        return Err(SnapshotError::Mismatch(format!(
+            "{} virtio devices in the snapshot, {} in the config",
+            state.transports.len(),
+            devices.len()
+        ))
+        .into());
+    }
+    let mut extra_cmdline: Vec<String> = Vec::new();
+    let mut transports = Vec::new();
+    for (index, device) in (0u32..).zip(devices) {
+        let (transport, arg) = attach_virtio_device(&vm, &mut mmio, &ram, &exit, index, device)?;
+        extra_cmdline.push(arg);
+        transports.push(transport);
+    }
+    let entry = match &state {
+        Some(_) => None,
+        None => {
+            let entry = load_guest(&ram, &config, &extra_cmdline)?;
+            super::mptable::write_mptable(&ram.memory, config.vcpus)?;
+            Some(entry)
+        }
+    };
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut vcpus = Vec::new();
     for index in 0..config.vcpus {
         let vcpu = Vcpu::new(&vm, index, pio.clone(), mmio.clone(), exit.clone())?;
-        vcpu.configure(&vm, &ram.memory, entry, config.vcpus)?;
+        match entry {
+            Some(entry) => vcpu.configure(&vm, &ram.memory, entry, config.vcpus)?,
+            None => vcpu.set_cpuid(&vm, config.vcpus)?,
+        }
         vcpus.push(vcpu);
+    }
+    if let Some(state) = &state {
+        restore_state(&vm, &vcpus, &transports, state)?;
     }
     Ok(Vmm {
         config,
@@ -266,7 +344,30 @@ pub fn build(config: VmmConfig) -> Result<Vmm, BuildError> {
         pio,
         mmio,
         net: net_counters,
+        serial,
+        transports,
+        vcpu_threads: Vec::new(),
         vm,
         ram,
     })
+}
+
+/// The snapshot's irqchip/PIT/clock, vCPU registers and device registers into a VM whose
+/// RAM already holds the snapshot's.
+fn restore_state(
+    vm: &KvmVm,
+    vcpus: &[Vcpu],
+    transports: &[Arc<Mutex<MmioTransport>>],
+    state: &VmState,
+) -> Result<(), BuildError> {
+    snapshot::restore_platform(vm, state)?;
+    for (vcpu, cpu) in vcpus.iter().zip(&state.cpus) {
+        cpu.restore(vcpu.fd()).map_err(SnapshotError::from)?;
+    }
+    for (index, (t, ts)) in transports.iter().zip(&state.transports).enumerate() {
+        let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+        t.restore(ts)
+            .map_err(|source| BuildError::RestoreDevice { index, source })?;
+    }
+    Ok(())
 }

@@ -32,12 +32,14 @@ pub struct BlkConfig {
 }
 
 /// A virtio-net NIC on an existing tap device, opened by name in hull-vmm's network
-/// namespace (hull-vmm runs inside the pod's netns, where the CNI made the tap).
+/// namespace (hull-vmm runs inside the pod's netns, where the CNI made the tap); without a
+/// tap, a NIC with no backend (a VM template's: frames sent are dropped, nothing arrives).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// Tap interface name, e.g. `tap0` (at most 15 bytes).
-    pub tap: String,
+    /// Tap interface name, e.g. `tap0` (at most 15 bytes); `None` for no backend.
+    #[serde(default)]
+    pub tap: Option<String>,
     /// The guest NIC's MAC, `aa:bb:cc:dd:ee:ff`; when absent the guest picks a random one.
     #[serde(default)]
     pub mac: Option<String>,
@@ -149,12 +151,24 @@ impl VmmConfig {
             path: path.display().to_string(),
             source,
         })?;
-        config.validate()?;
+        // The kernel and initramfs are checked when a VM is built to boot them (a restored
+        // VM does not load them).
+        config.validate_for_restore()?;
         Ok(config)
     }
 
     /// Check sizes and that the files exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(true)
+    }
+
+    /// [`Self::validate`] for a VM restored from a snapshot: the kernel and initramfs are
+    /// not loaded, so they need not exist.
+    pub fn validate_for_restore(&self) -> Result<(), ConfigError> {
+        self.check(false)
+    }
+
+    fn check(&self, boot: bool) -> Result<(), ConfigError> {
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
@@ -171,9 +185,11 @@ impl VmmConfig {
                 })
             }
         };
-        must_exist("kernel", &self.kernel)?;
-        if let Some(initrd) = &self.initramfs {
-            must_exist("initramfs", initrd)?;
+        if boot {
+            must_exist("kernel", &self.kernel)?;
+            if let Some(initrd) = &self.initramfs {
+                must_exist("initramfs", initrd)?;
+            }
         }
         if let Some(blk) = &self.blk {
             must_exist("disk image", &blk.path)?;
@@ -197,8 +213,10 @@ impl NetConfig {
     /// The tap name fits `IFNAMSIZ` and the MAC parses as a unicast address.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad_char = |c: char| c == '/' || c.is_whitespace() || c == '\0';
-        if self.tap.is_empty() || self.tap.len() > 15 || self.tap.contains(bad_char) {
-            return Err(ConfigError::TapName(self.tap.clone()));
+        if let Some(tap) = &self.tap
+            && (tap.is_empty() || tap.len() > 15 || tap.contains(bad_char))
+        {
+            return Err(ConfigError::TapName(tap.clone()));
         }
         if let Some(mac) = &self.mac {
             match parse_mac(mac) {
@@ -314,7 +332,7 @@ mod tests {
         std::fs::write(&path, json).unwrap();
         let c = VmmConfig::from_file(&path).unwrap();
         let net = c.net.unwrap();
-        assert_eq!(net.tap, "tap0");
+        assert_eq!(net.tap.as_deref(), Some("tap0"));
         assert_eq!(net.mac_bytes(), Some([2, 0, 0x0a, 0, 0, 5]));
         let fs = c.fs.unwrap();
         assert_eq!(
@@ -323,10 +341,15 @@ mod tests {
         );
 
         let net = |tap: &str, mac: Option<&str>| NetConfig {
-            tap: tap.into(),
+            tap: Some(tap.into()),
             mac: mac.map(Into::into),
         };
         assert!(net("tap0", None).validate().is_ok());
+        let tapless = NetConfig {
+            tap: None,
+            mac: Some("02:00:00:00:00:09".into()),
+        };
+        assert!(tapless.validate().is_ok());
         assert!(net("tap0", None).mac_bytes().is_none());
         for tap in ["", "a/b", "tap 0", "sixteen-bytes-xx"] {
             assert!(

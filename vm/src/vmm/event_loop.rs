@@ -105,14 +105,38 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Start every vCPU on its own thread, then dispatch events until the VM stops.
-    pub fn run(mut self, vmm: &mut Vmm) -> Result<ExitReason, EventLoopError> {
+    /// Start every vCPU on its own thread, then dispatch events until the VM stops. A stop
+    /// for a snapshot is carried out here (the reason becomes `VmmError` if it fails).
+    pub fn run(self, vmm: &mut Vmm) -> Result<ExitReason, EventLoopError> {
+        let (reason, info) = self.dispatch(vmm)?;
+        if reason != ExitReason::Snapshotted {
+            return Ok(reason);
+        }
+        let dir = info
+            .snapshot_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(dir) = dir else {
+            return Ok(ExitReason::VmmError);
+        };
+        match crate::vmm::snapshot::save_vm(vmm, &dir) {
+            Ok(()) => Ok(reason),
+            Err(err) => {
+                tracing::error!(error = %crate::vmm::snapshot::error_chain(&err), "snapshot failed");
+                Ok(ExitReason::VmmError)
+            }
+        }
+    }
+
+    fn dispatch(mut self, vmm: &mut Vmm) -> Result<(ExitReason, Arc<VmmInfo>), EventLoopError> {
         let info = Arc::new(VmmInfo {
             id: vmm.config.id.clone(),
             started: std::time::Instant::now(),
             memory_mib: vmm.config.memory_mib,
             vcpus: vmm.vcpus.iter().map(|v| v.metrics()).collect(),
             net: vmm.net.clone(),
+            snapshot_dir: Default::default(),
         });
         if let Some(path) = &vmm.config.api_socket {
             let on_start = || seccomp::apply(ThreadKind::Api).map_err(|e| e.to_string());
@@ -121,7 +145,8 @@ impl EventLoop {
         }
         for vcpu in vmm.vcpus.drain(..) {
             let on_start = || seccomp::apply(ThreadKind::Vcpu).map_err(|e| e.to_string());
-            vcpu.spawn(on_start).map_err(EventLoopError::StartVcpus)?;
+            let thread = vcpu.spawn(on_start).map_err(EventLoopError::StartVcpus)?;
+            vmm.vcpu_threads.push(thread);
         }
         seccomp::apply(ThreadKind::Vmm).map_err(EventLoopError::Seccomp)?;
         tracing::info!(vcpus = vmm.config.vcpus, "vCPUs started");
@@ -161,7 +186,7 @@ impl EventLoop {
                     uptime_ms = info.started.elapsed().as_millis() as u64,
                     "VM stopped"
                 );
-                return Ok(reason);
+                return Ok((reason, info));
             }
         }
     }

@@ -27,6 +27,9 @@ pub enum ExitReason {
     ApiShutdown,
     /// Every vCPU executed HLT with interrupts off (no in-kernel irqchip to wake it). Exit 6.
     AllVcpusHalted,
+    /// Stopped by a `snapshot` request; the snapshot was written. Exit code 7 (a failed
+    /// snapshot exits with [`ExitReason::VmmError`]).
+    Snapshotted,
 }
 
 impl ExitReason {
@@ -40,6 +43,7 @@ impl ExitReason {
             ExitReason::VmmError => 4,
             ExitReason::ApiShutdown => 5,
             ExitReason::AllVcpusHalted => 6,
+            ExitReason::Snapshotted => 7,
         }
     }
 }

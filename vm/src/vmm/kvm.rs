@@ -88,6 +88,9 @@ pub struct KvmVm {
     irqchip: bool,
     /// KVM emulates the LAPIC's TSC-deadline mode (guests only use it if CPUID says so).
     tsc_deadline: bool,
+    /// The MSRs KVM saves and restores for a vCPU (KVM_GET_MSR_INDEX_LIST; read at
+    /// creation, before any seccomp filter, for snapshots).
+    msr_indices: Vec<u32>,
 }
 
 impl KvmVm {
@@ -107,6 +110,11 @@ impl KvmVm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::SupportedCpuid)?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        // Without the list a snapshot cannot carry MSRs; booting does not need it.
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
         let fd = kvm.create_vm().map_err(KvmError::CreateVm)?;
         // The TSS address fits usize on the x86_64 hosts hull-vmm builds for.
         let tss = usize::try_from(layout::KVM_TSS_ADDRESS).unwrap_or(usize::MAX);
@@ -125,6 +133,7 @@ impl KvmVm {
             supported_cpuid,
             irqchip: options.irqchip,
             tsc_deadline,
+            msr_indices,
         })
     }
 
@@ -137,6 +146,11 @@ impl KvmVm {
     /// the in-kernel LAPIC). KVM_GET_SUPPORTED_CPUID leaves that bit to userspace.
     pub fn tsc_deadline_timer(&self) -> bool {
         self.tsc_deadline && self.irqchip
+    }
+
+    /// The MSRs a snapshot saves for each vCPU.
+    pub fn msr_indices(&self) -> &[u32] {
+        &self.msr_indices
     }
 
     /// Whether the in-kernel irqchip exists.

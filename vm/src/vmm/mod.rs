@@ -19,4 +19,5 @@ pub mod memory;
 pub mod mptable;
 pub mod regs;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;

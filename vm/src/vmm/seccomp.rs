@@ -51,6 +51,54 @@ pub enum SeccompError {
 const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
 
+/// The KVM ioctls that read a paused VM's state for a snapshot (vm/src/vmm/snapshot).
+mod snapshot_ioctls {
+    use kvm_bindings::*;
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+
+    /// All of them.
+    pub fn all() -> Vec<u64> {
+        vec![
+            KVM_GET_REGS(),
+            KVM_GET_SREGS(),
+            KVM_GET_MSRS(),
+            KVM_GET_LAPIC(),
+            KVM_GET_MP_STATE(),
+            KVM_GET_VCPU_EVENTS(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_TSC_KHZ(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XCRS(),
+            KVM_GET_IRQCHIP(),
+            KVM_GET_CLOCK(),
+            KVM_GET_PIT2(),
+        ]
+    }
+}
+
+/// What the main thread needs to save a snapshot once the VM stops: kick and join the vCPU
+/// threads, read their state (the ioctls in [`snapshot_ioctls`]), write two files.
+const SNAPSHOT: &[(i64, &str)] = &[
+    (libc::SYS_tgkill, "kicking vCPU threads out of KVM_RUN"),
+    (libc::SYS_openat, "creating the snapshot files"),
+    (libc::SYS_ftruncate, "sizing the memory file"),
+    (libc::SYS_pread64, "reading guest RAM"),
+    (libc::SYS_pwrite64, "writing the memory file"),
+];
+
 /// Syscalls every thread needs: memory (malloc), locks, signals, time, logging, exit.
 const COMMON: &[(i64, &str)] = &[
     (libc::SYS_read, "eventfd/socket/file reads"),
@@ -133,7 +181,10 @@ pub fn rules(
     };
     allow(COMMON);
     match kind {
-        ThreadKind::Vmm => allow(EPOLL),
+        ThreadKind::Vmm => {
+            allow(EPOLL);
+            allow(SNAPSHOT);
+        }
         ThreadKind::Vcpu => {}
         ThreadKind::Api => {
             allow(SOCKETS);
@@ -149,13 +200,14 @@ pub fn rules(
             ]);
         }
     }
-    let ioctls: &[u64] = match kind {
-        ThreadKind::Vcpu => &[KVM_RUN],
-        ThreadKind::Device => &[FIONBIO],
-        ThreadKind::Vmm | ThreadKind::Api => &[],
+    let ioctls: Vec<u64> = match kind {
+        ThreadKind::Vcpu => vec![KVM_RUN],
+        ThreadKind::Device => vec![FIONBIO],
+        ThreadKind::Vmm => snapshot_ioctls::all(),
+        ThreadKind::Api => Vec::new(),
     };
     if !ioctls.is_empty() {
-        rules.insert(libc::SYS_ioctl, ioctl_rule(ioctls)?);
+        rules.insert(libc::SYS_ioctl, ioctl_rule(&ioctls)?);
     }
     Ok(rules)
 }

@@ -1,5 +1,7 @@
 //! One vCPU: its KVM fd, boot-time configuration, and the run loop that routes exits to the
-//! port-I/O and MMIO buses (Firecracker `vstate/vcpu.rs`, without pause/snapshot).
+//! port-I/O and MMIO buses (Firecracker `vstate/vcpu.rs`). A vCPU thread ends when the VM
+//! stops and hands its vCPU back, so a snapshot can read its state: [`kick`] interrupts a
+//! KVM_RUN that would otherwise go on (a halted guest) with a signal.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +115,18 @@ impl Vcpu {
         &self.fd
     }
 
+    /// Set the CPUID of vCPU `index` of `count` (the first step of [`Self::configure`], and
+    /// all a restored vCPU needs before its saved state).
+    pub fn set_cpuid(&self, vm: &KvmVm, count: u32) -> Result<(), VcpuError> {
+        let cpuid = regs::vcpu_cpuid(
+            vm.supported_cpuid(),
+            self.index,
+            count,
+            vm.tsc_deadline_timer(),
+        );
+        self.fd.set_cpuid2(&cpuid).map_err(VcpuError::SetCpuid)
+    }
+
     /// Set CPUID, MSRs, FPU, LAPIC and the registers for `entry`.
     pub fn configure(
         &self,
@@ -121,13 +135,7 @@ impl Vcpu {
         entry: BootEntry,
         count: u32,
     ) -> Result<(), VcpuError> {
-        let cpuid = regs::vcpu_cpuid(
-            vm.supported_cpuid(),
-            self.index,
-            count,
-            vm.tsc_deadline_timer(),
-        );
-        self.fd.set_cpuid2(&cpuid).map_err(VcpuError::SetCpuid)?;
+        self.set_cpuid(vm, count)?;
         if !matches!(entry, BootEntry::RealMode { .. }) {
             let msrs = regs::boot_msrs()?;
             let set = self.fd.set_msrs(&msrs).map_err(VcpuError::SetMsrs)?;
@@ -159,7 +167,11 @@ impl Vcpu {
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(RunOutcome::Continue);
+                // A kick (see [`kick`]) or a signal: stop here if the VM is stopping.
+                return Ok(match self.exit.reason() {
+                    Some(reason) if self.exit.is_stopping() => RunOutcome::Stop(reason),
+                    _ => RunOutcome::Continue,
+                });
             }
             Err(e) => return Err(VcpuError::Run(e)),
         };
@@ -248,8 +260,9 @@ impl Vcpu {
         reason
     }
 
-    /// Run on a thread of its own named `vcpu<N>`, after `on_start` (which installs seccomp).
-    pub fn spawn<F>(mut self, on_start: F) -> Result<std::thread::JoinHandle<ExitReason>, VcpuError>
+    /// Run on a thread of its own named `vcpu<N>`, after `on_start` (which installs seccomp);
+    /// the thread returns the vCPU when the VM stops.
+    pub fn spawn<F>(mut self, on_start: F) -> Result<std::thread::JoinHandle<Vcpu>, VcpuError>
     where
         F: FnOnce() -> Result<(), String> + Send + 'static,
     {
@@ -259,10 +272,39 @@ impl Vcpu {
                 if let Err(err) = on_start() {
                     tracing::error!(vcpu = self.index, error = %err, "vCPU thread setup failed");
                     self.exit.stop(ExitReason::VmmError);
-                    return ExitReason::VmmError;
+                    return self;
                 }
-                self.run()
+                self.run();
+                self
             })
             .map_err(VcpuError::SpawnThread)
+    }
+
+    /// The vCPU's index (its APIC id).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN (first real-time signal).
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Install the (empty) handler of the kick signal; once per process, before vCPUs start.
+/// With a handler (not the default action) the signal only makes KVM_RUN return EINTR.
+pub fn register_kick_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Interrupt the vCPU thread `thread` (if it is in KVM_RUN, KVM_RUN returns EINTR and the
+/// thread sees the VM stopping).
+pub fn kick<T>(thread: &std::thread::JoinHandle<T>) {
+    use vmm_sys_util::signal::Killable;
+    if let Err(e) = thread.kill(kick_signal()) {
+        tracing::debug!(error = %e, "kicking a vCPU thread failed");
     }
 }

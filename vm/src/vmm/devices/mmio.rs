@@ -35,6 +35,42 @@ pub enum MmioError {
     QueueMaxSize(u16),
     #[error("Failed to create a queue eventfd")]
     CreateEventFd(#[source] std::io::Error),
+    #[error("Snapshot has a {got} device where this VM has a {want} device (type ids)")]
+    RestoreDeviceType { got: u32, want: u32 },
+    #[error("Snapshot has {got} queues for a device with {want}")]
+    RestoreQueueCount { got: usize, want: usize },
+    #[error("Snapshot queue {0} is invalid for this device or guest memory")]
+    RestoreQueue(usize),
+    #[error("Failed to read the used index of restored queue {0}")]
+    RestoreUsedIdx(usize, #[source] virtio_queue::Error),
+    #[error("The device refused the restored queues")]
+    RestoreActivate,
+}
+
+/// The driver-visible registers of one queue, as the driver set them up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRegs {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+/// A transport's state in a snapshot. Where each queue's device has got to is not kept: a
+/// snapshot is taken of an idle VM, where every chain a device took is completed, so the
+/// used index in guest memory is both the next chain to take and the next used slot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub features_select: u32,
+    pub acked_features_select: u32,
+    pub acked_features: u64,
+    pub queue_select: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueRegs>,
 }
 
 /// A virtio device on the MMIO bus.
@@ -279,6 +315,68 @@ impl MmioTransport {
         self.status = value;
     }
 
+    /// The registers for a snapshot (see [`TransportState`]).
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            features_select: self.features_select,
+            acked_features_select: self.acked_features_select,
+            acked_features: self.acked_features,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueRegs {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc_table: q.desc_table(),
+                    avail_ring: q.avail_ring(),
+                    used_ring: q.used_ring(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Put a fresh transport (same device type, backends from the new config) in the state
+    /// of a snapshot, and activate the device if the driver had.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), MmioError> {
+        let want = self.device.device_type();
+        if state.device_type != want {
+            return Err(MmioError::RestoreDeviceType {
+                got: state.device_type,
+                want,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(MmioError::RestoreQueueCount {
+                got: state.queues.len(),
+                want: self.queues.len(),
+            });
+        }
+        // Only features the (new) device offers can stay acked.
+        self.acked_features = state.acked_features & self.device.device_features();
+        self.features_select = state.features_select;
+        self.acked_features_select = state.acked_features_select;
+        self.queue_select = state.queue_select;
+        self.config_generation = state.config_generation;
+        let driver_ok = state.status & status::DRIVER_OK != 0;
+        for (i, (q, regs)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            restore_queue(q, regs, &self.mem, driver_ok).map_err(|e| match e {
+                Some(source) => MmioError::RestoreUsedIdx(i, source),
+                None => MmioError::RestoreQueue(i),
+            })?;
+        }
+        self.interrupt.set_status(state.interrupt_status);
+        if driver_ok && !self.activate() {
+            return Err(MmioError::RestoreActivate);
+        }
+        self.status = state.status;
+        Ok(())
+    }
+
     /// Check every queue and hand them to the device. False if a queue is bad.
     fn activate(&mut self) -> bool {
         for (i, q) in self.queues.iter().enumerate() {
@@ -334,6 +432,45 @@ impl MmioTransport {
         self.interrupt.ack(u32::MAX);
         self.config_generation = self.config_generation.wrapping_add(1);
     }
+}
+
+/// Set one queue's registers from a snapshot; when the device was live, continue at the used
+/// index the guest memory holds. `Err(None)`: the registers are invalid.
+fn restore_queue(
+    q: &mut Queue,
+    regs: &QueueRegs,
+    mem: &GuestMemoryMmap,
+    live: bool,
+) -> Result<(), Option<virtio_queue::Error>> {
+    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+    if !regs.size.is_power_of_two() || regs.size > q.max_size() {
+        return Err(None);
+    }
+    q.set_size(regs.size);
+    let (lo, hi) = split(regs.desc_table);
+    q.set_desc_table_address(lo, hi);
+    let (lo, hi) = split(regs.avail_ring);
+    q.set_avail_ring_address(lo, hi);
+    let (lo, hi) = split(regs.used_ring);
+    q.set_used_ring_address(lo, hi);
+    q.set_ready(regs.ready);
+    // The setters ignore misaligned addresses: what stuck must be what the snapshot says.
+    if (q.desc_table(), q.avail_ring(), q.used_ring())
+        != (regs.desc_table, regs.avail_ring, regs.used_ring)
+    {
+        return Err(None);
+    }
+    if live && regs.ready {
+        if !q.is_valid(mem) {
+            return Err(None);
+        }
+        let used = q
+            .used_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(Some)?;
+        q.set_next_avail(used.0);
+        q.set_next_used(used.0);
+    }
+    Ok(())
 }
 
 impl BusDevice for MmioTransport {

@@ -70,9 +70,30 @@ impl<W: Write> Write for CappedWriter<W> {
     }
 }
 
+impl<W: Write + Send + 'static> std::fmt::Debug for SerialDevice<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice").finish_non_exhaustive()
+    }
+}
+
 /// The COM1 device on the port-I/O bus (8 registers at 0x3f8).
 pub struct SerialDevice<W: Write + Send + 'static> {
     serial: Serial<IrqTrigger, vm_superio::serial::NoEvents, CappedWriter<W>>,
+}
+
+/// The UART's registers in a snapshot (vm-superio's `SerialState`, which is not serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
 }
 
 impl<W: Write + Send + 'static> SerialDevice<W> {
@@ -80,6 +101,43 @@ impl<W: Write + Send + 'static> SerialDevice<W> {
     pub fn new(irq: EventFd, out: W) -> Self {
         Self {
             serial: Serial::new(IrqTrigger(irq), CappedWriter::new(out, MAX_CONSOLE_BYTES)),
+        }
+    }
+
+    /// A UART in the state of a snapshot (it raises `irq` if that state has one pending).
+    pub fn from_snapshot(irq: EventFd, out: W, s: &SerialSnapshot) -> std::io::Result<Self> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let out = CappedWriter::new(out, MAX_CONSOLE_BYTES);
+        let serial = Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| std::io::Error::other(format!("serial state: {e:?}")))?;
+        Ok(Self { serial })
+    }
+
+    /// The registers, for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.serial.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 
@@ -130,6 +188,25 @@ mod tests {
         let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Vec::new());
         dev.write(1, &[0x02]); // IER: THR empty interrupt
         assert!(irq.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_registers() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Vec::new());
+        dev.write(3, &[0x03]); // LCR: 8N1
+        dev.write(7, &[0x5a]); // scratch
+        dev.write(1, &[0x02]); // IER: THR empty interrupt
+        let snap = dev.snapshot();
+        let irq2 = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut restored =
+            SerialDevice::from_snapshot(irq2.try_clone().unwrap(), Vec::new(), &snap).unwrap();
+        assert_eq!(restored.snapshot(), snap);
+        let mut scratch = [0u8];
+        restored.read(7, &mut scratch);
+        assert_eq!(scratch[0], 0x5a);
+        // The pending THR-empty interrupt is raised again on the new line.
+        assert!(irq2.read().unwrap() >= 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::*;
@@ -183,4 +183,61 @@ fn no_shared_memory_regions() {
     for off in [0xb0, 0xb4, 0xb8, 0xbc] {
         assert_eq!(rd(&mut t, off), u32::MAX, "register {off:#x}");
     }
+}
+
+#[test]
+fn a_restored_transport_is_live_where_the_used_ring_left_off() {
+    let mut t = transport();
+    negotiate(&mut t);
+    setup_queue(&mut t, 16);
+    wr(&mut t, 0x70, DOK);
+    assert_eq!(t.status(), DOK);
+    let state = t.state();
+    assert_eq!(state.queues[0].size, 16);
+    assert_eq!(state.queues[0].desc_table, 0x1000);
+    // The device had completed 5 chains: used->idx (used ring + 2) says so.
+    t.mem.write_obj(5u16, GuestAddress(0x3000 + 2)).unwrap();
+    let mut fresh = transport();
+    fresh.mem = t.mem.clone();
+    fresh.restore(&state).unwrap();
+    assert_eq!(fresh.status(), DOK);
+    assert!(fresh.activated);
+    assert_eq!(fresh.queues[0].next_avail(), 5);
+    assert_eq!(fresh.queues[0].next_used(), 5);
+    assert_eq!(rd(&mut fresh, 0x44), 1, "queue ready");
+}
+
+#[test]
+fn a_snapshot_of_another_device_or_a_bad_queue_is_refused() {
+    let mut t = transport();
+    negotiate(&mut t);
+    setup_queue(&mut t, 16);
+    wr(&mut t, 0x70, DOK);
+    let mut state = t.state();
+    state.device_type = device_type::NET;
+    assert!(matches!(
+        transport().restore(&state),
+        Err(MmioError::RestoreDeviceType { .. })
+    ));
+    let mut state = t.state();
+    state.queues[0].size = 3;
+    assert!(matches!(
+        transport().restore(&state),
+        Err(MmioError::RestoreQueue(0))
+    ));
+    for used_ring in [u64::MAX - 1, u64::MAX - 3] {
+        // Misaligned, then aligned but outside guest memory.
+        let mut state = t.state();
+        state.queues[0].used_ring = used_ring;
+        assert!(matches!(
+            transport().restore(&state),
+            Err(MmioError::RestoreQueue(0))
+        ));
+    }
+    let mut state = t.state();
+    state.queues.clear();
+    assert!(matches!(
+        transport().restore(&state),
+        Err(MmioError::RestoreQueueCount { .. })
+    ));
 }
