@@ -70,8 +70,14 @@ pub fn is_mounted(mountinfo: &str, path: &str) -> bool {
         .any(|mount_point| unescape(mount_point) == path)
 }
 
+/// Serializes [`ensure_mounted`], so concurrent calls cannot both mount (and stack) it.
+static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Mounts the share unless something is mounted at [`SHARE_MOUNT`] already.
 pub fn ensure_mounted() -> Result<ShareState, ShareError> {
+    let _guard = MOUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(ShareError::ReadMountinfo)?;
     if is_mounted(&mountinfo, SHARE_MOUNT) {

@@ -4,7 +4,9 @@
 //! 1024, served by the agent. On the host the connection goes through the VMM's hybrid-vsock
 //! unix socket (`CONNECT <port>\n` / `OK <port>\n`), see [`connect`]. The service
 //! (`proto/agent.proto`) carries health/version, sandbox setup (hostname, DNS, interfaces,
-//! routes, sysctls), container lifecycle (create from an OCI spec, start, exec, signal, wait,
+//! routes, sysctls, and what a VM restored from a template must not share with it: host
+//! entropy, the host's wall clock; the agent also mounts the virtio-fs share then),
+//! container lifecycle (create from an OCI spec, start, exec, signal, wait,
 //! stdio streams, tty resize, remove), stats, OOM events and shutdown.
 //!
 //! Validation helpers shared by both sides live in [`validate`].
