@@ -48,19 +48,57 @@ impl Fnv {
     }
 }
 
-/// Path, size and modification time of a file: a rebuilt binary, kernel or initramfs
-/// makes a new key.
-fn file_identity(h: &mut Fnv, path: &Path) -> io::Result<()> {
-    let meta = std::fs::metadata(path)?;
-    let mtime = meta
-        .modified()?
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    h.bytes(path.as_os_str().as_encoded_bytes());
-    h.u64(meta.len());
-    h.u64(mtime.as_secs());
-    h.u64(u64::from(mtime.subsec_nanos()));
-    Ok(())
+/// Path, size and modification time of a file a template is made from: a rebuilt
+/// binary, kernel or initramfs makes a new key (and the old template garbage).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub path: PathBuf,
+    pub len: u64,
+    pub mtime_s: u64,
+    pub mtime_ns: u32,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        let mtime = meta
+            .modified()?
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Self {
+            path: path.to_owned(),
+            len: meta.len(),
+            mtime_s: mtime.as_secs(),
+            mtime_ns: mtime.subsec_nanos(),
+        })
+    }
+
+    /// Whether the file is still the one described.
+    pub fn is_current(&self) -> bool {
+        Self::of(&self.path).is_ok_and(|now| &now == self)
+    }
+}
+
+/// hull-vmm, kernel and initramfs of `config`, as they are now.
+pub fn inputs(config: &VmConfig, vmm: &Path) -> io::Result<Vec<FileId>> {
+    [vmm, &config.kernel, &config.initramfs]
+        .into_iter()
+        .map(FileId::of)
+        .collect()
+}
+
+/// What [`COMPLETE_MARKER`] holds: the key and the files the template was made from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Marker {
+    pub key: String,
+    pub inputs: Vec<FileId>,
+}
+
+impl Marker {
+    /// A template one of whose files changed can never be used again.
+    pub fn is_outdated(&self) -> bool {
+        !self.inputs.iter().all(FileId::is_current)
+    }
 }
 
 /// The template a VM for `config` can be restored from: 16 hex digits over hull-vmm,
@@ -69,8 +107,11 @@ fn file_identity(h: &mut Fnv, path: &Path) -> io::Result<()> {
 pub fn template_key(config: &VmConfig, vmm: &Path) -> io::Result<String> {
     let mut h = Fnv::new();
     h.u64(u64::from(FORMAT));
-    for path in [vmm, &config.kernel, &config.initramfs] {
-        file_identity(&mut h, path)?;
+    for f in inputs(config, vmm)? {
+        h.bytes(f.path.as_os_str().as_encoded_bytes());
+        h.u64(f.len);
+        h.u64(f.mtime_s);
+        h.u64(u64::from(f.mtime_ns));
     }
     h.u64(u64::from(config.vcpus));
     h.u64(config.memory_mib);

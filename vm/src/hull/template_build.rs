@@ -12,7 +12,8 @@ use tokio::sync::Mutex;
 
 use super::probe::request_snapshot;
 use super::template::{
-    COMPLETE_MARKER, SNAPSHOT_FILES, TemplatePaths, template_key, template_vmm_config,
+    COMPLETE_MARKER, Marker, SNAPSHOT_FILES, TemplatePaths, inputs, template_key,
+    template_vmm_config,
 };
 use super::{EXIT_SNAPSHOTTED, HullConfig, error_chain};
 use crate::hypervisor::{HypervisorError, VmConfig};
@@ -105,6 +106,9 @@ impl Templates {
             return Boot::Cold;
         }
         tracing::info!(key, dir = %paths.dir.display(), "VM template miss: creating it");
+        if let Some(root) = paths.dir.parent() {
+            collect_garbage(root, &key);
+        }
         let t0 = Instant::now();
         match create(config, programs, &paths).await {
             Ok(()) => {
@@ -180,7 +184,7 @@ pub async fn create(
     let mut result = boot_and_snapshot(config, programs, paths, &mut procs).await;
     procs.cleanup().await;
     if result.is_ok() {
-        result = publish(paths);
+        result = publish(paths, config, programs);
     }
     let _ = std::fs::remove_dir_all(&paths.build);
     result
@@ -275,14 +279,22 @@ async fn boot_and_snapshot(
 
 /// Marks the snapshot complete and renames it into place (atomic: a reader sees no
 /// template or a whole one). Losing a race to another creator is fine.
-fn publish(paths: &TemplatePaths) -> Result<(), TemplateError> {
+fn publish(
+    paths: &TemplatePaths,
+    config: &VmConfig,
+    programs: &HullConfig,
+) -> Result<(), TemplateError> {
     let marker = paths.snapshot.join(COMPLETE_MARKER);
-    std::fs::write(&marker, format!("{}\n", paths.key)).map_err(|source| {
-        TemplateError::Publish {
-            path: marker.clone(),
-            source,
-        }
-    })?;
+    let publish_err = |source| TemplateError::Publish {
+        path: marker.clone(),
+        source,
+    };
+    let content = Marker {
+        key: paths.key.clone(),
+        inputs: inputs(config, &programs.vmm).map_err(publish_err)?,
+    };
+    let json = serde_json::to_vec(&content).map_err(|e| publish_err(e.into()))?;
+    std::fs::write(&marker, json).map_err(publish_err)?;
     match std::fs::rename(&paths.snapshot, &paths.dir) {
         Ok(()) => Ok(()),
         Err(_) if paths.is_complete() => Ok(()),
@@ -290,5 +302,93 @@ fn publish(paths: &TemplatePaths) -> Result<(), TemplateError> {
             path: paths.dir.clone(),
             source,
         }),
+    }
+}
+
+/// Removes from the templates dir `root` what can never be used again: templates (other
+/// than `keep`) whose hull-vmm, kernel or initramfs changed, dirs that are no template,
+/// and build dirs of processes that are gone. Guest RAM of templates under /run is RAM.
+pub fn collect_garbage(root: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let garbage = match name.strip_prefix(".build-") {
+            Some(rest) => !build_owner_alive(rest),
+            None if name == keep => false,
+            None => std::fs::read(path.join(COMPLETE_MARKER))
+                .ok()
+                .and_then(|m| serde_json::from_slice::<Marker>(&m).ok())
+                .is_none_or(|m| m.is_outdated()),
+        };
+        if garbage {
+            tracing::info!(dir = %path.display(), "removing an unusable VM template");
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(dir = %path.display(), error = %e, "cannot remove it");
+            }
+        }
+    }
+}
+
+/// Whether the process that named a build dir `<key>-<pid>` still runs.
+fn build_owner_alive(key_pid: &str) -> bool {
+    let pid = key_pid
+        .rsplit('-')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok());
+    pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[cfg(test)]
+mod gc_tests {
+    use super::*;
+    use crate::hull::template::{FileId, TEMPLATES_DIR};
+
+    #[test]
+    fn only_what_can_never_be_used_again_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join(TEMPLATES_DIR);
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, "k1").expect("kernel");
+        let template = |name: &str, marker: Option<&Marker>| {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            if let Some(m) = marker {
+                let json = serde_json::to_vec(m).expect("json");
+                std::fs::write(d.join(COMPLETE_MARKER), json).expect("marker");
+            }
+            d
+        };
+        let current = Marker {
+            key: "cur".into(),
+            inputs: vec![FileId::of(&kernel).expect("id")],
+        };
+        let mut old_id = FileId::of(&kernel).expect("id");
+        old_id.len += 1;
+        let old = Marker {
+            key: "old".into(),
+            inputs: vec![old_id],
+        };
+        let kept = template("cur", Some(&current));
+        let other_kind = template("other", Some(&current));
+        let outdated = template("old", Some(&old));
+        let unmarked = template("junk", None);
+        let mine = template(&format!(".build-k-{}", std::process::id()), None);
+        let dead = template(".build-k-999999999", None);
+        let keep = template("new", None);
+        collect_garbage(&root, "new");
+        assert!(
+            kept.exists() && other_kind.exists(),
+            "usable templates stay"
+        );
+        assert!(mine.exists(), "a live process's build stays");
+        assert!(keep.exists(), "the one being made stays");
+        assert!(!outdated.exists() && !unmarked.exists() && !dead.exists());
+        // A rebuilt kernel makes the current one garbage too.
+        std::fs::write(&kernel, "k2 rebuilt").expect("kernel");
+        collect_garbage(&root, "new");
+        assert!(!kept.exists() && !other_kind.exists());
     }
 }
