@@ -83,6 +83,8 @@ pub struct MmioTransport {
     queue_evts: Arc<[EventFd]>,
     /// Written on reset to stop the device thread's current activation.
     stop_evt: Arc<EventFd>,
+    /// The activation generation; a reset moves it on (see `Activation::generation`).
+    generation: Arc<std::sync::atomic::AtomicU64>,
     activated: bool,
     status: u32,
     features_select: u32,
@@ -138,6 +140,7 @@ impl MmioTransport {
             queues,
             queue_evts: queue_evts.into(),
             stop_evt: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(MmioError::CreateEventFd)?),
+            generation: Arc::default(),
             activated: false,
             status: 0,
             features_select: 0,
@@ -385,9 +388,9 @@ impl MmioTransport {
                 return false;
             }
         }
-        // Forget a stop request left over from an earlier reset. No fds are created here:
-        // this runs on a vCPU thread, under its seccomp filter.
-        let _ = self.stop_evt.read();
+        // No fds are created here: this runs on a vCPU thread, under its seccomp filter. A
+        // stop left over from an earlier reset is cleared by the device thread, once the
+        // activation it was meant for has seen it.
         let queues: Result<Vec<Queue>, _> = self
             .queues
             .iter()
@@ -403,6 +406,8 @@ impl MmioTransport {
             interrupt: self.interrupt.clone(),
             acked_features: self.acked_features,
             stop_evt: self.stop_evt.clone(),
+            generation: self.generation.load(std::sync::atomic::Ordering::SeqCst),
+            current: self.generation.clone(),
             exit: self.exit.clone(),
         };
         match self.device.activate(activation) {
@@ -419,6 +424,8 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if std::mem::take(&mut self.activated) {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = self.stop_evt.write(1);
         }
         for q in &mut self.queues {

@@ -6,7 +6,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -97,6 +97,11 @@ pub struct Activation {
     pub acked_features: u64,
     /// Written by the transport on device reset: the worker must stop.
     pub stop_evt: Arc<EventFd>,
+    /// Which activation of the transport this is, and the transport's current one (a reset
+    /// moves it on): an activation that is not current by the time the device thread gets
+    /// to it is dropped (see [`spawn_device_thread`]).
+    pub generation: u64,
+    pub current: Arc<AtomicU64>,
     /// The VM's exit signal (a worker stops with the VM, and may stop the VM).
     pub exit: Arc<ExitSignal>,
 }
@@ -201,6 +206,13 @@ where
                 return;
             }
             for activation in rx {
+                // Clear the stop a reset left for the previous activation, then drop this
+                // one if a reset came after it (in that order: a reset between the two is
+                // seen either way).
+                let _ = activation.stop_evt.read();
+                if activation.current.load(Ordering::SeqCst) != activation.generation {
+                    continue;
+                }
                 serve(activation);
             }
         })?;

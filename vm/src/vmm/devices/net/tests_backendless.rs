@@ -206,9 +206,8 @@ fn activation_reset_and_reactivation_through_the_transport() {
     // Reset, then the driver probes again on fresh rings: the worker serves again.
     wr(&mut t, 0x70, 0);
     assert_eq!(t.status(), 0);
-    // Let the worker see the stop: a re-activation clears a stop the worker has not read
-    // yet (mmio.rs `activate`), and the old activation would go on.
-    std::thread::sleep(Duration::from_millis(200));
+    // No pause: the re-activation comes before the worker has seen the stop, and the new
+    // activation must still be served (see spawn_device_thread's generation check).
     let rx = MockSplitQueue::create(&mem, GuestAddress(0x5000), 16);
     let tx = MockSplitQueue::create(&mem, GuestAddress(0x6000), 16);
     driver_ok(&mut t, &rx, &tx);

@@ -56,6 +56,8 @@ fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
         interrupt: Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
         acked_features: VIRTIO_F_VERSION_1,
         stop_evt: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+        generation: 0,
+        current: Arc::default(),
         exit: Arc::new(crate::vmm::exit::ExitSignal::new().unwrap()),
     };
     let listener = muxer::bind_listener(&uds).unwrap();
