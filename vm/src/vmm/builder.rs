@@ -290,7 +290,7 @@ fn assemble(config: VmmConfig, restore_dir: Option<&Path>) -> Result<Vmm, BuildE
     let exit = Arc::new(ExitSignal::new()?);
     let ram = GuestRam::new(config.memory_mib)?;
     if let Some(dir) = restore_dir {
-        let bytes = snapshot::restore_memory(&ram.memfd, ram.size, dir)?;
+        let bytes = snapshot::restore_memory(&ram, dir)?;
         tracing::info!(bytes, "guest RAM restored");
     }
     let vm = KvmVm::new(KvmVmOptions::default())?;
