@@ -305,14 +305,36 @@ pub fn bench(opts: &Opts) -> anyhow::Result<()> {
     if qemu.is_some() && qemus.is_empty() {
         bail!("no QEMU boot reached agent-ready");
     }
+    // The same restores back to back, as on a host where pods start from templates: in the
+    // nested test host a restore right after a cold-booted VM ran builds ~3x slower
+    // (guest RAM copy), so the interleaved numbers above are the pessimistic ones.
+    let mut consecutive = Vec::new();
+    for i in runs.max(1)..2 * runs.max(1) {
+        let r = restore_boot(opts, &dir, &snapshot, i)
+            .with_context(|| format!("hull-vmm restore {i}"))?;
+        print_boot("hull-vmm-restore-consecutive", i, &r);
+        consecutive.push(r);
+    }
     show_console("hull-vmm", &dir.join("hull-0-console.log"));
     let h = report("hull-vmm", &hull);
     let r = report("hull-vmm-restore", &restores);
+    let rc = report("hull-vmm-restore-consecutive", &consecutive);
     if !qemus.is_empty() {
         show_console("qemu", &dir.join("qemu-0-console.log"));
         let q = report("qemu-microvm", &qemus);
         ratio("hull-vmm-cold", h, q, "cold boot");
-        ratio("hull-vmm-restore", r, q, "goal <= 0.5");
+        ratio(
+            "hull-vmm-restore",
+            r,
+            q,
+            "goal <= 0.5; each restore right after a cold boot",
+        );
+        ratio(
+            "hull-vmm-restore-consecutive",
+            rc,
+            q,
+            "goal <= 0.5; restores back to back",
+        );
     }
     Ok(())
 }
