@@ -32,7 +32,7 @@ JOBS="${HULL_GUEST_JOBS:-$(nproc)}"
 TARGET_TRIPLE=x86_64-unknown-linux-gnu
 # Bump these when the steps below change in a way that changes their output.
 KERNEL_RECIPE=1
-INITRAMFS_RECIPE=2
+INITRAMFS_RECIPE=3
 
 log() { printf '[guest-build %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -115,7 +115,9 @@ build_initramfs() {
     trap 'rm -rf "$stage"' RETURN
     mkdir -p "$stage"/{dev,proc,sys,run,tmp,etc,mnt,sbin,var}
     chmod 1777 "$stage/tmp"
-    install -m 0755 "$agent" "$stage/init"
+    # Without its symbol table (-s): 20% smaller, and every byte of /init is unpacked into
+    # guest RAM at each boot and carried in every VM template.
+    install -m 0755 -s "$agent" "$stage/init"
     ln -s /init "$stage/sbin/init"
     # The kernel's built-in initramfs already has /dev/console; add it when we can (root).
     mknod -m 0600 "$stage/dev/console" c 5 1 2>/dev/null || true
