@@ -99,6 +99,11 @@ pub struct VmSection {
     pub memory_overhead_mib: u64,
     /// Seconds a VM gets to exit at StopPodSandbox before it is killed.
     pub stop_grace_secs: u64,
+    /// With hull-vmm: start pod VMs from a VM template (a guest booted to agent-ready once
+    /// per kernel/initramfs/size, snapshotted, and restored for each pod) instead of booting
+    /// each one. Restored VMs share the template's kernel address-space layout; each gets
+    /// its own CRNG seed, clock and MAC from hulld at SetupSandbox.
+    pub templates: bool,
 }
 
 /// CNI plugin configuration.
@@ -154,6 +159,7 @@ impl Default for VmSection {
             agent_timeout_secs: 60,
             memory_overhead_mib: 64,
             stop_grace_secs: 5,
+            templates: true,
         }
     }
 }

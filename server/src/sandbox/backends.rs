@@ -75,7 +75,7 @@ impl Backends {
         let network = PodNetwork::new(network_config(config));
         Self {
             network: Arc::new(network),
-            hypervisor: choose_hypervisor(config.vm.vmm),
+            hypervisor: choose_hypervisor(config.vm.vmm, config.vm.templates),
             agent: Arc::new(VsockAgent),
         }
     }
@@ -83,7 +83,7 @@ impl Backends {
     /// Why hulld runs the pod VMM it runs for `vm.vmm = choice` (the decision
     /// [`Backends::from_config`] made, for Status).
     pub fn vmm_reason(choice: VmmChoice) -> String {
-        select_vmm(choice, host_kvm(), HullConfig::default()).1
+        select_vmm(choice, host_kvm(), HullConfig::default(), true).1
     }
 
     /// The backend that started a sandbox's VM, to re-attach to it and stop it: the
@@ -134,6 +134,7 @@ pub fn select_vmm(
     choice: VmmChoice,
     host: &Result<(), KvmUnusable>,
     hull: HullConfig,
+    templates: bool,
 ) -> (Result<Arc<dyn Hypervisor>, String>, String) {
     let qemu = || Ok(Arc::new(QemuHypervisor::new(QemuConfig::default())) as Arc<dyn Hypervisor>);
     let hull_ready = match host {
@@ -149,7 +150,10 @@ pub fn select_vmm(
     match (choice, hull_ready) {
         (VmmChoice::Qemu, _) => (qemu(), "vm.vmm = \"qemu\"".into()),
         (VmmChoice::Hull | VmmChoice::Auto, Ok(())) => (
-            Ok(Arc::new(HullHypervisor::new(hull)) as Arc<dyn Hypervisor>),
+            Ok(
+                Arc::new(HullHypervisor::new(hull).with_templates(templates))
+                    as Arc<dyn Hypervisor>,
+            ),
             format!("vm.vmm = {choice:?}: KVM boots stock guests here").to_lowercase(),
         ),
         (VmmChoice::Auto, Err(why)) => (qemu(), format!("vm.vmm = auto: {why}; using QEMU")),
@@ -170,8 +174,8 @@ fn backend_of(b: Backend) -> Arc<dyn Hypervisor> {
     }
 }
 
-fn choose_hypervisor(choice: VmmChoice) -> Result<Arc<dyn Hypervisor>, String> {
-    let (hypervisor, reason) = select_vmm(choice, host_kvm(), HullConfig::default());
+fn choose_hypervisor(choice: VmmChoice, templates: bool) -> Result<Arc<dyn Hypervisor>, String> {
+    let (hypervisor, reason) = select_vmm(choice, host_kvm(), HullConfig::default(), templates);
     match &hypervisor {
         Ok(h) => tracing::info!(backend = ?h.backend(), %reason, "pod VMM selected"),
         Err(_) => tracing::error!(%reason, "no pod VMM: RunPodSandbox will fail"),
@@ -197,13 +201,13 @@ mod tests {
     #[test]
     fn auto_picks_hull_only_where_kvm_boots_stock_guests() {
         let exe = std::env::current_exe().expect("exe");
-        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(&exe));
+        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(&exe), true);
         assert_eq!(backend(&h), Some(Backend::Hull), "{why}");
-        let (h, why) = select_vmm(VmmChoice::Auto, &Err(KvmUnusable::Pvm), hull_at(&exe));
+        let (h, why) = select_vmm(VmmChoice::Auto, &Err(KvmUnusable::Pvm), hull_at(&exe), true);
         assert_eq!(backend(&h), Some(Backend::Qemu));
         assert!(why.contains("PVM") && why.contains("QEMU"), "{why}");
         let missing = std::path::Path::new("/nonexistent/hull-vmm");
-        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(missing));
+        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(missing), true);
         assert_eq!(backend(&h), Some(Backend::Qemu));
         assert!(why.contains("/nonexistent/hull-vmm"), "{why}");
     }
@@ -232,16 +236,16 @@ mod tests {
     #[test]
     fn hull_where_it_cannot_run_is_an_error_naming_the_reason() {
         let exe = std::env::current_exe().expect("exe");
-        let (h, why) = select_vmm(VmmChoice::Hull, &Err(KvmUnusable::Pvm), hull_at(&exe));
+        let (h, why) = select_vmm(VmmChoice::Hull, &Err(KvmUnusable::Pvm), hull_at(&exe), true);
         let err = h.err().expect("must be unavailable");
         assert_eq!(err, why);
         assert!(
             err.contains("vm.vmm = \"hull\"") && err.contains("PVM"),
             "{err}"
         );
-        let (h, _) = select_vmm(VmmChoice::Hull, &Ok(()), hull_at(&exe));
+        let (h, _) = select_vmm(VmmChoice::Hull, &Ok(()), hull_at(&exe), true);
         assert_eq!(backend(&h), Some(Backend::Hull));
-        let (h, _) = select_vmm(VmmChoice::Qemu, &Ok(()), hull_at(&exe));
+        let (h, _) = select_vmm(VmmChoice::Qemu, &Ok(()), hull_at(&exe), true);
         assert_eq!(backend(&h), Some(Backend::Qemu));
     }
 }
