@@ -9,3 +9,15 @@ pub mod hull;
 pub mod hypervisor;
 pub mod qemu;
 pub mod vmm;
+
+/// `err` and its sources on one line (`a: b: c`), for logs and process stderr.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}

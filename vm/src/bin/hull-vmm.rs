@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use hull_vm::error_chain;
 use hull_vm::vmm::builder;
 use hull_vm::vmm::config::{BlkConfig, FsConfig, NetConfig, VmmConfig, VsockConfig};
 use hull_vm::vmm::event_loop::EventLoop;
@@ -195,17 +196,6 @@ fn run(args: Args) -> ExitReason {
             ExitReason::VmmError
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }
 
 fn main() {

@@ -33,6 +33,7 @@ use template_build::Templates;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
+use crate::error_chain;
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::qemu::{argv, find_program};
 
@@ -191,17 +192,6 @@ fn validate(config: &VmConfig, programs: &HullConfig) -> Result<(), HypervisorEr
     files::vmm_config(config, &RunFiles::new(&config.run_dir))
         .validate()
         .map_err(|e| invalid(error_chain(&e)))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }
 
 fn remove_files(files: &RunFiles) {

@@ -123,7 +123,7 @@ impl EventLoop {
         match crate::vmm::snapshot::save_vm(vmm, &dir) {
             Ok(()) => Ok(reason),
             Err(err) => {
-                tracing::error!(error = %crate::vmm::snapshot::error_chain(&err), "snapshot failed");
+                tracing::error!(error = %crate::error_chain(&err), "snapshot failed");
                 Ok(ExitReason::VmmError)
             }
         }

@@ -262,15 +262,3 @@ pub fn save_vm(vmm: &mut super::builder::Vmm, dir: &Path) -> Result<(), Snapshot
     );
     Ok(())
 }
-
-/// `err` and its sources on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
-}
