@@ -15,8 +15,8 @@ use anyhow::{Context, bail, ensure};
 use hull_vm::hypervisor::AGENT_VSOCK_PORT;
 use hull_vm::vmm::config::{VmmConfig, VsockConfig};
 
-use super::bench::{MEMORY_MIB, Sample, boot_timeout, cmdline, smaps_split, stop};
-use super::{Opts, api, api_request};
+use super::bench::{MEMORY_MIB, Sample, boot_timeout, cmdline, hull_sample, stop};
+use super::{Opts, api_request};
 
 /// hull-vmm's exit code after writing a snapshot.
 const EXIT_SNAPSHOTTED: i32 = 7;
@@ -185,15 +185,7 @@ pub fn restore_boot(
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    let sample = ready.and_then(|ready| {
-        let mem = smaps_split(child.id(), |h, _| h.contains("hull-guest-ram"))?;
-        let metrics = api(&api_sock, "metrics").ok();
-        Ok(Sample {
-            ready,
-            mem,
-            metrics,
-        })
-    });
+    let sample = ready.and_then(|ready| hull_sample(&child, &api_sock, ready));
     stop(child);
     sample
 }
