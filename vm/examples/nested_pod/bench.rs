@@ -308,13 +308,11 @@ pub fn bench(opts: &Opts) -> anyhow::Result<()> {
     if qemu.is_some() && qemus.is_empty() {
         bail!("no QEMU boot reached agent-ready");
     }
-    // The same restores back to back, as on a host where pods start from templates, then
-    // QEMU boots back to back: each VM follows one of its own kind. In the nested test host
-    // a VM's first writes to RAM pages where the previous VM's guest ran code are slow
-    // (waiting does not help; QEMU TCG drops translated code on writes to such pages, which
-    // real hardware does not do), so whoever follows a cold-booted guest pays for it: in the
-    // interleaved order above that is each restore (it writes its whole snapshot first),
-    // while each QEMU boot follows a restore, whose guest ran little code.
+    // The same restores back to back, then QEMU boots back to back: each VM follows one of
+    // its own kind. In the nested test host a restore that follows a VM whose guest did real
+    // work (a cold boot, a pod) spends ~2 s instead of ~0.5 s reading its snapshot into
+    // guest RAM, and waiting before it does not help (cause not found; QEMU boots are not
+    // slowed that way), so the interleaved restore numbers above are the pessimistic ones.
     let mut consecutive = Vec::new();
     for i in runs.max(1)..2 * runs.max(1) {
         let r = restore_boot(opts, &dir, &snapshot, i)
