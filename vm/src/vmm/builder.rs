@@ -290,8 +290,10 @@ fn assemble(config: VmmConfig, restore_dir: Option<&Path>) -> Result<Vmm, BuildE
     let exit = Arc::new(ExitSignal::new()?);
     let ram = GuestRam::new(config.memory_mib)?;
     if let Some(dir) = restore_dir {
+        let started = std::time::Instant::now();
         let bytes = snapshot::restore_memory(&ram, dir)?;
-        tracing::info!(bytes, "guest RAM restored");
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(bytes, elapsed_ms, "guest RAM restored");
     }
     let vm = KvmVm::new(KvmVmOptions::default())?;
     vm.register_memory(&ram)?;
