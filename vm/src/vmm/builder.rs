@@ -28,6 +28,9 @@ use super::regs::BootEntry;
 use super::snapshot::{self, SnapshotError, VmState};
 use super::vcpu::{Vcpu, VcpuError};
 
+/// A virtio-mmio transport shared by the MMIO bus and the snapshot code.
+pub type SharedTransport = Arc<Mutex<MmioTransport>>;
+
 /// The console device as the builder makes it.
 pub type Console = SerialDevice<Box<dyn Write + Send>>;
 
@@ -273,20 +276,56 @@ pub fn restore(config: VmmConfig, dir: &Path) -> Result<Vmm, BuildError> {
     assemble(config, Some(dir))
 }
 
-fn assemble(config: VmmConfig, restore_dir: Option<&Path>) -> Result<Vmm, BuildError> {
-    match restore_dir {
-        Some(_) => config.validate_for_restore()?,
-        None => config.validate()?,
-    }
-    let state = match restore_dir {
-        Some(dir) => Some(VmState::read(
-            dir,
-            config.vcpus,
-            config.memory_mib,
-            config.vsock.as_ref().map(|v| v.guest_cid),
-        )?),
-        None => None,
+/// Check `config` and, when restoring, read the snapshot's state (RAM comes later).
+fn check_and_read_state(
+    config: &VmmConfig,
+    restore_dir: Option<&Path>,
+) -> Result<Option<VmState>, BuildError> {
+    let Some(dir) = restore_dir else {
+        config.validate()?;
+        return Ok(None);
     };
+    config.validate_for_restore()?;
+    let cid = config.vsock.as_ref().map(|v| v.guest_cid);
+    Ok(Some(VmState::read(
+        dir,
+        config.vcpus,
+        config.memory_mib,
+        cid,
+    )?))
+}
+
+/// Put `devices` in the virtio-mmio windows, in order; when restoring, there must be as many
+/// as the snapshot has. Returns the transports and their `virtio_mmio.device=` arguments.
+fn attach_virtio_devices(
+    vm: &KvmVm,
+    mmio: &mut Bus,
+    ram: &GuestRam,
+    exit: &Arc<ExitSignal>,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    state: Option<&VmState>,
+) -> Result<(Vec<SharedTransport>, Vec<String>), BuildError> {
+    if let Some(state) = state
+        && state.transports.len() != devices.len()
+    {
+        return Err(SnapshotError::Mismatch(format!(
+            "{} virtio devices in the snapshot, {} in the config",
+            state.transports.len(),
+            devices.len()
+        ))
+        .into());
+    }
+    let (mut transports, mut args) = (Vec::new(), Vec::new());
+    for (index, device) in (0u32..).zip(devices) {
+        let (transport, arg) = attach_virtio_device(vm, mmio, ram, exit, index, device)?;
+        args.push(arg);
+        transports.push(transport);
+    }
+    Ok((transports, args))
+}
+
+fn assemble(config: VmmConfig, restore_dir: Option<&Path>) -> Result<Vmm, BuildError> {
+    let state = check_and_read_state(&config, restore_dir)?;
     let exit = Arc::new(ExitSignal::new()?);
     let ram = GuestRam::new(config.memory_mib)?;
     if let Some(dir) = restore_dir {
@@ -301,23 +340,8 @@ fn assemble(config: VmmConfig, restore_dir: Option<&Path>) -> Result<Vmm, BuildE
     let serial = attach_legacy_devices(&vm, &mut pio, &config, &exit, state.as_ref())?;
     let mut mmio = Bus::new();
     let (devices, net_counters) = create_devices(&config)?;
-    if let Some(state) = &state
-        && state.transports.len() != devices.len()
-    {
-        return Err(SnapshotError::Mismatch(format!(
-            "{} virtio devices in the snapshot, {} in the config",
-            state.transports.len(),
-            devices.len()
-        ))
-        .into());
-    }
-    let mut extra_cmdline: Vec<String> = Vec::new();
-    let mut transports = Vec::new();
-    for (index, device) in (0u32..).zip(devices) {
-        let (transport, arg) = attach_virtio_device(&vm, &mut mmio, &ram, &exit, index, device)?;
-        extra_cmdline.push(arg);
-        transports.push(transport);
-    }
+    let (transports, extra_cmdline) =
+        attach_virtio_devices(&vm, &mut mmio, &ram, &exit, devices, state.as_ref())?;
     let entry = match &state {
         Some(_) => None,
         None => {
