@@ -81,9 +81,13 @@ pub struct SerialDevice<W: Write + Send + 'static> {
     serial: Serial<IrqTrigger, vm_superio::serial::NoEvents, CappedWriter<W>>,
 }
 
-/// The UART's registers in a snapshot (vm-superio's `SerialState`, which is not serde).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SerialSnapshot {
+pub use vm_superio::serial::SerialState;
+
+/// Serde for vm-superio's [`SerialState`] (which has none), field for field: a snapshot
+/// field of that type takes `#[serde(with = "SerialStateDef")]`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(remote = "SerialState")]
+pub struct SerialStateDef {
     pub baud_divisor_low: u8,
     pub baud_divisor_high: u8,
     pub interrupt_enable: u8,
@@ -105,40 +109,16 @@ impl<W: Write + Send + 'static> SerialDevice<W> {
     }
 
     /// A UART in the state of a snapshot (it raises `irq` if that state has one pending).
-    pub fn from_snapshot(irq: EventFd, out: W, s: &SerialSnapshot) -> std::io::Result<Self> {
-        let state = vm_superio::serial::SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer.clone(),
-        };
+    pub fn from_snapshot(irq: EventFd, out: W, state: &SerialState) -> std::io::Result<Self> {
         let out = CappedWriter::new(out, MAX_CONSOLE_BYTES);
-        let serial = Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+        let serial = Serial::from_state(state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
             .map_err(|e| std::io::Error::other(format!("serial state: {e:?}")))?;
         Ok(Self { serial })
     }
 
     /// The registers, for a snapshot.
-    pub fn snapshot(&self) -> SerialSnapshot {
-        let s = self.serial.state();
-        SerialSnapshot {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
+    pub fn snapshot(&self) -> SerialState {
+        self.serial.state()
     }
 
     /// Where the output goes.

@@ -22,7 +22,7 @@ use kvm_bindings::{
 };
 
 use super::devices::mmio::TransportState;
-use super::devices::serial::SerialSnapshot;
+use super::devices::serial::{SerialState, SerialStateDef};
 use super::kvm::KvmVm;
 pub use cpu::{CpuStateError, VcpuState};
 pub use memory::{restore_memory, save_memory};
@@ -68,7 +68,6 @@ pub enum SnapshotError {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
     pub version: u32,
-    pub vcpus: u32,
     pub memory_mib: u64,
     /// The guest's vsock CID (its driver read it at boot, so a restore must keep it).
     pub vsock_cid: Option<u32>,
@@ -78,7 +77,8 @@ pub struct VmState {
     pub ioapic: kvm_irqchip,
     pub pit: kvm_pit_state2,
     pub cpus: Vec<VcpuState>,
-    pub serial: SerialSnapshot,
+    #[serde(with = "SerialStateDef")]
+    pub serial: SerialState,
     /// One per virtio-mmio window, in window order.
     pub transports: Vec<TransportState>,
 }
@@ -168,8 +168,8 @@ impl VmState {
                 "{what}: snapshot {snap}, config {now}"
             )))
         };
-        if state.vcpus != vcpus || state.cpus.len() != vcpus as usize {
-            return mismatch("vcpus", state.vcpus.to_string(), vcpus.to_string());
+        if state.cpus.len() != vcpus as usize {
+            return mismatch("vcpus", state.cpus.len().to_string(), vcpus.to_string());
         }
         if state.memory_mib != memory_mib {
             return mismatch(
@@ -240,7 +240,6 @@ pub fn save_vm(vmm: &mut super::builder::Vmm, dir: &Path) -> Result<(), Snapshot
     }
     let state = VmState {
         version: FORMAT_VERSION,
-        vcpus: vmm.config.vcpus,
         memory_mib: vmm.config.memory_mib,
         vsock_cid: vmm.config.vsock.as_ref().map(|v| v.guest_cid),
         clock: platform.clock,
