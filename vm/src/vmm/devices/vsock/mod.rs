@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::virtio::{
     ActivateError, Activation, ActivationSender, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1,
@@ -54,6 +55,9 @@ pub struct VsockWorker {
     pub rxq: Queue,
     pub txq: Queue,
     pub interrupt: Arc<VirtioInterrupt>,
+    /// The queues' notification eventfds (RX, TX, event), level-triggered in the epoll: each
+    /// is drained when it fires, or the worker would spin.
+    pub queue_evts: Arc<[EventFd]>,
     pub muxer: Muxer,
     /// TX packets dropped as malformed.
     pub rejected: u64,
@@ -195,8 +199,16 @@ impl VsockWorker {
             }
             LISTENER_TOKEN => self.muxer.accept(),
             STOP_TOKEN | EXIT_TOKEN => return Ok(false),
-            t if t == TX as u64 => tx_used = self.process_tx()?,
-            _ => {} // RX buffers arrived / event queue: nothing but the RX pass below
+            t => {
+                // A queue kick: clear it first, so a kick that comes while we work is seen.
+                if let Some(evt) = usize::try_from(t).ok().and_then(|i| self.queue_evts.get(i)) {
+                    let _ = evt.read();
+                }
+                // RX buffers arrived / event queue: nothing but the RX pass below.
+                if t == TX as u64 {
+                    tx_used = self.process_tx()?;
+                }
+            }
         }
         let rx_used = self.process_rx()?;
         self.notify(rx_used, tx_used)?;
@@ -310,6 +322,7 @@ pub fn make_worker(
         rxq,
         txq,
         interrupt: a.interrupt.clone(),
+        queue_evts: a.queue_evts.clone(),
         muxer,
         rejected: 0,
     })

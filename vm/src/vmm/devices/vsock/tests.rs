@@ -310,3 +310,21 @@ fn config_space_has_the_guest_cid() {
     dev.read_config(6, &mut far);
     assert_eq!(far, [0; 4], "reads past the end read as zero");
 }
+
+#[test]
+fn a_queue_kick_is_consumed_so_an_idle_worker_sleeps() {
+    let mem = memory();
+    let mut r = rig(&mem);
+    for q in [RX, TX, EVQ] {
+        r.post_rx();
+        r.worker.queue_evts[q].write(1).unwrap();
+        assert!(r.worker.poll_once(0).unwrap());
+        // Level-triggered epoll: an eventfd left readable would wake the worker forever.
+        let mut events = [EpollEvent::default(); 8];
+        let left = r.worker.muxer.epoll.wait(0, &mut events).unwrap();
+        assert_eq!(
+            left, 0,
+            "queue {q}'s kick still pending after it was handled"
+        );
+    }
+}
