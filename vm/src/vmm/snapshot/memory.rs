@@ -1,15 +1,14 @@
 //! Guest RAM to and from a snapshot's memory file. Only pages that hold something travel:
 //! saving scans the memfd's data ranges (SEEK_DATA/SEEK_HOLE) and leaves all-zero pages out
-//! (holes in the file); restoring reads the file's data ranges straight into the guest's
-//! mapping, one copy per byte. A guest that boots to agent-ready touches ~40 MiB of its RAM.
+//! (holes in the file); restoring copies the file's data ranges into the memfd in the kernel,
+//! one copy per byte. A guest that boots to agent-ready touches ~40 MiB of its RAM.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use nix::sys::sendfile::sendfile64;
 use nix::unistd::{Whence, lseek};
-use vm_memory::{Bytes, GuestAddress};
 
 use super::{SnapshotError, io_err};
 use crate::vmm::memory::GuestRam;
@@ -84,9 +83,14 @@ pub fn save_memory(memfd: &File, size: u64, dir: &Path) -> Result<u64, SnapshotE
 }
 
 /// Fill fresh guest RAM from `dir/memory`; returns the bytes read.
+///
+/// The data goes in through the memfd's file interface (sendfile), not the guest mapping:
+/// a page written whole that way is never zeroed first, while a first touch through the
+/// mapping makes the kernel clear the page before the copy lands on it. (In the nested TCG
+/// test host, clearing the pages a just-stopped guest used took ~1.5 s of a ~2.3 s restore.)
 pub fn restore_memory(ram: &GuestRam, dir: &Path) -> Result<u64, SnapshotError> {
     let path = dir.join(super::MEMORY_FILE);
-    let mut file = File::open(&path).map_err(io_err("open", &path))?;
+    let file = File::open(&path).map_err(io_err("open", &path))?;
     let len = file.metadata().map_err(io_err("stat", &path))?.len();
     if len != ram.size {
         return Err(SnapshotError::Mismatch(format!(
@@ -95,37 +99,38 @@ pub fn restore_memory(ram: &GuestRam, dir: &Path) -> Result<u64, SnapshotError> 
         )));
     }
     let ranges = data_ranges(&file, len).map_err(io_err("scan", &path))?;
-    let regions = ram.regions();
     let mut total = 0;
+    // The memory file is laid out like the memfd (offset for offset), MMIO gap included.
     for (start, len) in ranges {
-        // A data range may span the regions on both sides of the MMIO gap: split it.
-        for r in &regions {
-            let lo = start.max(r.memfd_offset);
-            let hi = (start + len).min(r.memfd_offset + r.len);
-            if lo >= hi {
-                continue;
-            }
-            let addr = GuestAddress(r.guest_addr + (lo - r.memfd_offset));
-            let count = usize::try_from(hi - lo)
-                .map_err(|_| SnapshotError::Mismatch(format!("data range of {} bytes", hi - lo)))?;
-            file.seek(SeekFrom::Start(lo))
-                .map_err(io_err("seek in", &path))?;
-            ram.memory
-                .read_exact_volatile_from(addr, &mut file, count)
-                .map_err(|e| SnapshotError::Io {
-                    step: "read guest RAM from",
-                    path: path.display().to_string(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-            total += hi - lo;
-        }
+        copy_range(&file, &ram.memfd, start, len).map_err(io_err("read guest RAM from", &path))?;
+        total += len;
     }
     Ok(total)
+}
+
+/// Copy `from[start..start + len]` to the same offsets of `to`, in the kernel.
+fn copy_range(from: &File, to: &File, start: u64, len: u64) -> std::io::Result<()> {
+    let mut off = i64::try_from(start).map_err(std::io::Error::other)?;
+    // sendfile writes at the output's file position.
+    lseek(to, off, Whence::SeekSet)?;
+    let mut left = len;
+    while left > 0 {
+        let count = usize::try_from(left).unwrap_or(usize::MAX).min(1 << 30);
+        match sendfile64(to, from, Some(&mut off), count) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => left -= n as u64,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::layout::MMIO_GAP_START;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn only_nonzero_pages_travel_and_holes_stay_zero() {
@@ -171,5 +176,26 @@ mod tests {
         let big = GuestRam::new(32).unwrap();
         let err = restore_memory(&big, dir.path()).unwrap_err();
         assert!(matches!(err, SnapshotError::Mismatch(_)), "{err}");
+    }
+
+    #[test]
+    fn ram_above_the_mmio_gap_comes_back_at_its_guest_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let mib = (MMIO_GAP_START >> 20) + 8;
+        let ram = GuestRam::new(mib).unwrap();
+        let regions = ram.regions();
+        assert_eq!(regions.len(), 2, "RAM split around the gap");
+        let high = GuestAddress(regions[1].guest_addr + 4096);
+        let low = GuestAddress(MMIO_GAP_START - 4096);
+        ram.memory.write_slice(b"above the gap", high).unwrap();
+        ram.memory.write_slice(b"below the gap", low).unwrap();
+        save_memory(&ram.memfd, ram.size, dir.path()).unwrap();
+        let restored = GuestRam::new(mib).unwrap();
+        assert_eq!(restore_memory(&restored, dir.path()).unwrap(), 8192);
+        let mut b = [0u8; 13];
+        restored.memory.read_slice(&mut b, high).unwrap();
+        assert_eq!(&b, b"above the gap");
+        restored.memory.read_slice(&mut b, low).unwrap();
+        assert_eq!(&b, b"below the gap");
     }
 }
