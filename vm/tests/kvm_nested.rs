@@ -75,11 +75,11 @@ fn hull_backend_runs_a_pod_in_a_nested_test_host_and_benchmarks_against_qemu() {
         "NESTED-BENCH-SNAPSHOT",
         "NESTED-BENCH-P50 hull-vmm:",
         "NESTED-BENCH-P50 hull-vmm-restore:",
-        "NESTED-BENCH-P50 hull-vmm-restore-consecutive:",
+        "NESTED-BENCH-P50 hull-vmm-restore-after-busy:",
         "NESTED-BENCH-P50 qemu-microvm:",
         "NESTED-BENCH-RATIO hull-vmm-cold/qemu",
         "NESTED-BENCH-RATIO hull-vmm-restore/qemu",
-        "NESTED-BENCH-RATIO hull-vmm-restore-consecutive/qemu",
+        "NESTED-BENCH-RATIO hull-vmm-restore-after-busy/qemu",
     ] {
         wanted.push(bench.into());
     }
