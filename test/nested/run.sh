@@ -258,7 +258,8 @@ grep -aq "^NESTED-POD-EXIT 0" "$LOG" && grep -aq "^NESTED-POD PASS" "$LOG" ||
     die "pod check failed: $(grep -a -A3 '^NESTED-POD-EXIT' "$LOG" | tr '\n' ' ')"
 if [ "$TEMPLATES" = 1 ]; then
     grep -aq "^NESTED-POD-PATH pod 1: template-created+restored" "$LOG" &&
-        grep -aq "^NESTED-POD-PATH pod 2: template-restored" "$LOG" ||
+        grep -aq "^NESTED-POD-PATH pod 2: template-restored" "$LOG" &&
+        grep -aq "^NESTED-POD-PATH pod 3: template-restored" "$LOG" ||
         die "the pods did not start from a VM template: $(grep -a '^NESTED-POD-PATH' "$LOG" | tr '\n' ' ')"
 fi
 grep -aq "^NESTED-BENCH-EXIT 0" "$LOG" ||

@@ -1,7 +1,7 @@
 //! The nested harness (test/nested/run.sh) as a cargo test. Debian's generic kernel boots
 //! under QEMU TCG with `-cpu max` (emulated AMD SVM) as a throw-away test host; inside it, on
-//! real nested KVM, the `hull` backend runs two pods with this build's hull-vmm and
-//! virtiofsd, the first creating the VM template and both restored from it: for each the
+//! real nested KVM, the `hull` backend runs three pods with this build's hull-vmm and
+//! virtiofsd, the first creating the VM template and all restored from it: for each the
 //! agent answers over the hybrid vsock, a busybox container runs from the virtio-fs share,
 //! the NIC passes a ping; then the same guest boots a few times under hull-vmm and QEMU
 //! microvm (KVM), and one hull-vmm snapshot of it is restored a few times, for the
@@ -57,7 +57,7 @@ fn hull_backend_runs_a_pod_in_a_nested_test_host_and_benchmarks_against_qemu() {
         "nested harness failed:\n{stdout}\n{stderr}"
     );
     let mut wanted: Vec<String> = Vec::new();
-    for pod in [1, 2] {
+    for pod in [1, 2, 3] {
         for check in [
             "agent answered over vsock",
             "SetupSandbox configured eth0",
@@ -67,9 +67,10 @@ fn hull_backend_runs_a_pod_in_a_nested_test_host_and_benchmarks_against_qemu() {
             wanted.push(format!("NESTED-POD pod {pod}: {check}"));
         }
     }
-    // The first pod made the VM template and started from it, the second was restored.
+    // The first pod made the VM template and started from it, the others were restored.
     wanted.push("NESTED-POD-PATH pod 1: template-created+restored".into());
     wanted.push("NESTED-POD-PATH pod 2: template-restored".into());
+    wanted.push("NESTED-POD-PATH pod 3: template-restored".into());
     wanted.push("NESTED-POD PASS".into());
     for bench in [
         "NESTED-BENCH-SNAPSHOT",

@@ -353,7 +353,7 @@ const SETTLE_MIB: usize = 64;
 /// pages it has translated code from), not something real hardware has, so every measured
 /// boot, QEMU's included, starts settled, and one series (`hull-vmm-restore-after-busy`)
 /// does not, to show the unsettled cost.
-fn settle(dir: &Path, before: &str, i: usize) -> anyhow::Result<()> {
+pub fn settle(dir: &Path, before: &str, i: usize) -> anyhow::Result<()> {
     use std::io::Write;
     let t = Instant::now();
     let path = dir.join("settle");

@@ -8,10 +8,10 @@
 //!                  [--cmdline-extra ARGS] [--boot-timeout SECS]
 //! ```
 //!
-//! `pod` runs two pods, one after the other, the way hulld runs them: the `hull` backend
+//! `pod` runs three pods, one after the other, the way hulld runs them: the `hull` backend
 //! ([`HullHypervisor`]) starts virtiofsd and hull-vmm; the first pod creates the VM template
-//! (boot to agent-ready, snapshot) and is restored from it, the second is restored from the
-//! template it finds (`--no-templates`: both boot cold). For each, the agent answers over the
+//! (boot to agent-ready, snapshot) and is restored from it, the others are restored from the
+//! template they find, the third on a settled test host (`--no-templates`: all boot cold). For each, the agent answers over the
 //! hybrid vsock, SetupSandbox mounts the share and configures eth0 on the tap, a busybox
 //! container runs from the virtio-fs share (CreateContainer, StartContainer, ReadOutput,
 //! WaitProcess) and the test host pings the guest. Every check prints a `NESTED-POD` line,
