@@ -102,7 +102,8 @@ pub struct VmSection {
     /// With hull-vmm: start pod VMs from a VM template (a guest booted to agent-ready once
     /// per kernel/initramfs/size, snapshotted, and restored for each pod) instead of booting
     /// each one. Restored VMs share the template's kernel address-space layout; each gets
-    /// its own CRNG seed, clock and MAC from hulld at SetupSandbox.
+    /// its own CRNG seed, clock and MAC from hulld at SetupSandbox. hulld makes the template
+    /// of pods without resource requests when it starts.
     pub templates: bool,
 }
 

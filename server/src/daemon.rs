@@ -152,6 +152,8 @@ pub async fn serve(
     // Before the first call: reattach to running VMs, unwind half-created sandboxes.
     daemon.sandboxes.recover().await;
     crate::container::recover::recover(&daemon.containers, &daemon.sandboxes).await;
+    // In the background: a pod that comes meanwhile waits for the template or makes it.
+    let _warming = daemon.sandboxes.warm_vm_template();
     let streaming = tokio::spawn(Arc::clone(&daemon.streaming).serve());
     let service = CriService::new(Arc::clone(&daemon));
     let runtime = RuntimeServiceServer::new(service.clone())

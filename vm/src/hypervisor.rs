@@ -134,4 +134,11 @@ pub trait Hypervisor: Send + Sync {
     async fn start(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError>;
     /// Re-attach to a VM started by an earlier hulld from what is in its `run_dir`.
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError>;
+    /// Gets ready to start VMs like `config` fast (hull: makes their VM template now rather
+    /// than at the first such pod); `config.run_dir` only locates the backend's state.
+    /// Returns whether anything is ready; backends with nothing to prepare return false.
+    async fn warm(&self, config: &VmConfig) -> Result<bool, HypervisorError> {
+        let _ = config;
+        Ok(false)
+    }
 }

@@ -22,6 +22,9 @@ pub struct VmState {
     pub killed: Vec<String>,
     /// The grace each `stop` was given.
     pub stop_graces: Vec<Duration>,
+    /// The config of every VM started, and of every `warm` call.
+    pub started: Vec<VmConfig>,
+    pub warmed: Vec<VmConfig>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -84,11 +87,16 @@ impl Hypervisor for FakeHypervisor {
         }
         assert!(config.netns.is_some() && config.net.is_some() && config.shared_dir.is_some());
         s.live.insert(config.id.clone());
+        s.started.push(config.clone());
         Ok(Box::new(FakeVm {
             id: config.id.clone(),
             run_dir: config.run_dir.clone(),
             state: Arc::clone(&self.state),
         }))
+    }
+    async fn warm(&self, config: &VmConfig) -> Result<bool, HypervisorError> {
+        self.state.lock().unwrap().warmed.push(config.clone());
+        Ok(true)
     }
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
         if !self.state.lock().unwrap().live.contains(&config.id) {

@@ -37,6 +37,7 @@ mod run;
 pub mod share;
 pub mod sizing;
 mod stop;
+mod warm;
 
 #[cfg(test)]
 mod fakes;

@@ -456,3 +456,51 @@ async fn stop_asks_the_agent_then_kills_within_the_grace() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_warmed_vm_template_is_the_one_a_default_pod_needs() {
+    let e = env();
+    let warming = e
+        .mgr
+        .warm_vm_template()
+        .expect("templates are on by default");
+    assert!(warming.await.unwrap());
+    let id = e.mgr.run(request("web")).await.unwrap();
+    let s = e.vm.state.lock().unwrap();
+    let (warm, pod) = (&s.warmed[0], &s.started[0]);
+    assert_eq!(pod.id, id);
+    // What a VM template is made of (hull_vm::hull::template::template_key), the templates
+    // dir (the run dir's parent) included.
+    assert_eq!((warm.vcpus, warm.memory_mib), (pod.vcpus, pod.memory_mib));
+    assert_eq!(
+        (&warm.kernel, &warm.initramfs),
+        (&pod.kernel, &pod.initramfs)
+    );
+    assert_eq!(warm.cmdline, pod.cmdline);
+    assert_eq!(warm.run_dir.parent(), pod.run_dir.parent());
+    assert_eq!(warm.net.is_some(), pod.net.is_some());
+    assert_eq!(warm.shared_dir.is_some(), pod.shared_dir.is_some());
+    // Nothing of the warm-up is left where pods live.
+    assert!(!warm.run_dir.exists());
+}
+
+#[tokio::test]
+async fn no_warm_up_with_templates_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        root_dir: dir.path().join("root"),
+        state_dir: dir.path().join("state"),
+        ..Config::default()
+    };
+    config.vm.templates = false;
+    let store = Store::open(&dir.path().join("meta.db"), &crate::state::tables()).unwrap();
+    let vm = FakeHypervisor::default();
+    let backends = Backends {
+        network: Arc::new(FakePodNetwork::new()),
+        hypervisor: Ok(Arc::new(vm.clone())),
+        agent: Arc::new(FakeAgent::default()),
+    };
+    let mgr = Arc::new(SandboxManager::new(Arc::new(config), store, backends));
+    assert!(mgr.warm_vm_template().is_none());
+    assert!(vm.state.lock().unwrap().warmed.is_empty());
+}

@@ -210,6 +210,26 @@ impl Hypervisor for HullHypervisor {
         Ok(Box::new(self.start_vm(config).await?))
     }
 
+    async fn warm(&self, config: &VmConfig) -> Result<bool, HypervisorError> {
+        let Some(templates) = &self.templates else {
+            return Ok(false);
+        };
+        // Only what making the template needs: no tap, netns or share of this config is used.
+        must_exist("hull-vmm", &self.config.vmm)?;
+        if config.shared_dir.is_some() {
+            must_exist(
+                "virtiofsd (cargo install virtiofsd)",
+                &self.config.virtiofsd,
+            )?;
+        }
+        let span = tracing::info_span!("vm_warm", sandbox_id = %config.id);
+        let boot = templates
+            .prepare(config, &self.config)
+            .instrument(span)
+            .await;
+        Ok(matches!(boot, Boot::Restored { .. }))
+    }
+
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
         let files = RunFiles::new(&config.run_dir);
         if !files.vmm_pid.exists() {

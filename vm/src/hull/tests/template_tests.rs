@@ -132,3 +132,34 @@ async fn a_failed_restore_falls_back_to_a_cold_boot() {
     );
     vm.stop(Duration::from_secs(5)).await.expect("stop");
 }
+
+#[tokio::test]
+async fn warm_makes_or_finds_the_template_and_reports_it() {
+    let s = setup();
+    let vmm = write_script(s.dir.path(), "hull-vmm", FAKE_BOOTING_VMM);
+    // A template that cannot be made: not ready, and pods then boot cold without retrying.
+    let hv = templated(vmm.clone());
+    assert!(!hv.warm(&s.config).await.expect("warm"));
+    let key = template_key(&s.config, &vmm).expect("key");
+    assert!(!TemplatePaths::new(&s.config.run_dir, &key).dir.exists());
+    let t0 = Instant::now();
+    let vm = hv.start_vm(&s.config).await.expect("start");
+    assert_eq!(vm.boot(), &Boot::Cold);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    vm.stop(Duration::from_secs(5)).await.expect("stop");
+
+    // A template that is there: ready, no VM started.
+    let hv = templated(vmm.clone());
+    fake_template(&s.config, &vmm);
+    assert!(hv.warm(&s.config).await.expect("warm"));
+    // Templates off: nothing to warm.
+    assert!(!hv_off(&vmm).warm(&s.config).await.expect("warm"));
+    // No hull-vmm: an error naming it.
+    let missing = templated(s.dir.path().join("no-such-vmm"));
+    let err = missing.warm(&s.config).await.expect_err("no hull-vmm");
+    assert!(err.to_string().contains("hull-vmm"), "{err}");
+}
+
+fn hv_off(vmm: &Path) -> HullHypervisor {
+    templated(vmm.to_owned()).with_templates(false)
+}
