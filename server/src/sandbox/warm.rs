@@ -59,7 +59,8 @@ impl SandboxManager {
                     true
                 }
                 Ok(false) => {
-                    tracing::info!(
+                    // The hull backend has logged why; QEMU has no templates.
+                    tracing::debug!(
                         backend = ?hypervisor.backend(),
                         elapsed_ms = elapsed_ms(),
                         "no VM template to warm (backend without templates, or it could not be made)"
