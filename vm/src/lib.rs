@@ -7,6 +7,7 @@
 
 pub mod hull;
 pub mod hypervisor;
+mod procvm;
 pub mod qemu;
 pub mod vmm;
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::hypervisor::VmConfig;
-use crate::qemu::argv::SHARE_TAG;
+use crate::qemu::argv::{self, SHARE_TAG};
 use crate::vmm::config::{FsConfig, NetConfig, VmmConfig, VsockConfig};
 
 /// The guest's vsock context id (one VM per hull-vmm, so always the first free one).
@@ -18,7 +18,7 @@ pub const BACKEND_CMDLINE: &str = "loglevel=4 8250.nr_uarts=1";
 /// Files of one VM in its run dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunFiles {
-    /// Hybrid-vsock socket for host clients (same name as the qemu backend's).
+    /// Hybrid-vsock socket for host clients.
     pub agent_socket: PathBuf,
     /// hull-vmm's control API.
     pub api_socket: PathBuf,
@@ -38,19 +38,23 @@ pub struct RunFiles {
 }
 
 impl RunFiles {
+    /// The files of a VM in `run_dir`. Those both backends have (the agent socket, the
+    /// console, virtiofsd's) are named once, by the qemu backend's [`argv::RunFiles`]:
+    /// virtiofsd is started from those (`argv::virtiofsd`) and found again from these.
     pub fn new(run_dir: &Path) -> Self {
+        let shared = argv::RunFiles::new(run_dir);
         let f = |name: &str| run_dir.join(name);
         Self {
-            agent_socket: f("agent.vsock"),
+            agent_socket: shared.agent_socket,
             api_socket: f("vmm.sock"),
-            fs_backend: f("vhost-fs.sock"),
-            fs_backend_pid: f("vhost-fs.sock.pid"),
-            console_log: f("console.log"),
+            fs_backend: shared.fs_backend,
+            fs_backend_pid: shared.fs_backend_pid,
+            console_log: shared.console_log,
             vmm_config: f("hull-vmm.json"),
             vmm_pid: f("hull-vmm.pid"),
             vmm_log: f("hull-vmm.log"),
-            virtiofsd_pid: f("virtiofsd.pid"),
-            virtiofsd_log: f("virtiofsd.log"),
+            virtiofsd_pid: shared.virtiofsd_pid,
+            virtiofsd_log: shared.virtiofsd_log,
             restored_from: f("restored-from"),
         }
     }
@@ -181,5 +185,7 @@ mod tests {
         let files = RunFiles::new(Path::new("/r"));
         assert!(files.transient().iter().all(|p| p.starts_with("/r")));
         assert!(!files.transient().contains(&files.console_log.as_path()));
+        assert_eq!(files.agent_socket, Path::new("/r/agent.vsock"));
+        assert_eq!(files.vmm_pid, Path::new("/r/hull-vmm.pid"));
     }
 }

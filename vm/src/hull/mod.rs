@@ -26,19 +26,17 @@ pub mod template_build;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::qemu::procs::{Proc, open_netns, wait_agent_marker, wait_for_socket};
+use crate::procvm::{Spawn, VmProcs};
+use crate::qemu::procs::{Proc, wait_agent_marker, wait_for_socket};
 use files::RunFiles;
 pub use template_build::Boot;
 use template_build::Templates;
-use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use crate::error_chain;
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::qemu::{argv, find_program};
 
-/// How long virtiofsd gets to exit on SIGTERM at stop.
-const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API), see `ExitReason`.
 const EXIT_API_SHUTDOWN: i32 = 5;
 /// hull-vmm's exit code after it wrote a snapshot (`ExitReason::Snapshotted`).
@@ -132,10 +130,8 @@ impl HullHypervisor {
         let _ = std::fs::remove_file(&files.console_log);
         let mut vm = HullVm {
             files,
-            vmm: None,
-            virtiofsd: None,
+            procs: VmProcs::new(exit_of),
             boot,
-            stopped: Mutex::new(None),
         };
         match vm.launch(config, &self.config).await {
             Ok(()) => Ok(vm),
@@ -238,7 +234,6 @@ impl Hypervisor for HullHypervisor {
                 path: files.vmm_pid.clone(),
             });
         }
-        let dir = &config.run_dir;
         let boot = match std::fs::read_to_string(&files.restored_from) {
             Ok(text) => Boot::Restored {
                 key: String::new(),
@@ -248,11 +243,14 @@ impl Hypervisor for HullHypervisor {
             Err(_) => Boot::Cold,
         };
         let vm = HullVm {
-            vmm: Proc::adopt("hull-vmm", &files.vmm_pid, dir),
-            virtiofsd: Proc::adopt("virtiofsd", &files.virtiofsd_pid, dir),
+            procs: VmProcs::adopt(
+                &config.run_dir,
+                ("hull-vmm", &files.vmm_pid),
+                &[("virtiofsd", &files.virtiofsd_pid)],
+                exit_of,
+            ),
             files,
             boot,
-            stopped: Mutex::new(None),
         };
         tracing::info!(sandbox_id = %config.id, running = vm.is_running(), boot = ?vm.boot, "re-attached to hull-vmm");
         Ok(Box::new(vm))
@@ -262,10 +260,8 @@ impl Hypervisor for HullHypervisor {
 /// A hull-vmm VM and its virtiofsd.
 pub struct HullVm {
     files: RunFiles,
-    vmm: Option<Proc>,
-    virtiofsd: Option<Proc>,
+    procs: VmProcs,
     boot: Boot,
-    stopped: Mutex<Option<VmExit>>,
 }
 
 impl HullVm {
@@ -287,16 +283,8 @@ impl HullVm {
         let f = &self.files;
         if let Some(dir) = &config.shared_dir {
             let qf = argv::RunFiles::new(&config.run_dir);
-            let fs = Proc::spawn(
-                "virtiofsd",
-                &programs.virtiofsd,
-                &argv::virtiofsd_args(&qf, dir),
-                &f.virtiofsd_log,
-                None,
-                &f.virtiofsd_pid,
-            )?;
-            let fs = self.virtiofsd.insert(fs);
-            wait_for_socket(&f.fs_backend, fs, &f.virtiofsd_log).await?;
+            let virtiofsd = argv::virtiofsd(&qf, &programs.virtiofsd, dir);
+            self.procs.start_helpers(&[virtiofsd]).await?;
         }
         let json = serde_json::to_vec_pretty(&files::vmm_config(config, f))
             .map_err(|e| invalid(format!("encoding the hull-vmm config: {e}")))?;
@@ -304,7 +292,6 @@ impl HullVm {
             what: format!("hull-vmm config {}", f.vmm_config.display()),
             source,
         })?;
-        let netns = open_netns(config.netns.as_deref())?;
         let args = match &self.boot {
             Boot::Cold => vec!["--config".into(), f.vmm_config.clone().into_os_string()],
             Boot::Restored { dir, .. } => {
@@ -316,15 +303,14 @@ impl HullVm {
                 template::restore_args(&f.vmm_config, dir)
             }
         };
-        let vmm = Proc::spawn(
-            "hull-vmm",
-            &programs.vmm,
-            &args,
-            &f.vmm_log,
-            netns.as_ref(),
-            &f.vmm_pid,
-        )?;
-        let vmm = self.vmm.insert(vmm);
+        let vmm = Spawn {
+            what: "hull-vmm",
+            program: &programs.vmm,
+            args,
+            log: &f.vmm_log,
+            pid_file: &f.vmm_pid,
+        };
+        let vmm = self.procs.spawn_vmm(&vmm, config.netns.as_deref())?;
         wait_for_socket(&f.api_socket, vmm, &f.vmm_log).await?;
         tracing::info!(pid = vmm.pid, "hull-vmm running");
         Ok(())
@@ -334,7 +320,7 @@ impl HullVm {
 #[async_trait::async_trait]
 impl VmHandle for HullVm {
     fn pid(&self) -> u32 {
-        self.vmm.as_ref().map(|p| p.pid as u32).unwrap_or(0)
+        self.procs.pid()
     }
 
     fn agent_socket(&self) -> PathBuf {
@@ -345,42 +331,22 @@ impl VmHandle for HullVm {
         self.files.console_log.clone()
     }
 
+    /// SIGTERM to hull-vmm (exit code 5 after it is a requested shutdown; a hull-vmm that
+    /// had to be SIGKILLed or died by itself is not a clean one), then virtiofsd.
     async fn stop(&self, grace: Duration) -> Result<VmExit, HypervisorError> {
-        let mut stopped = self.stopped.lock().await;
-        if let Some(exit) = *stopped {
-            return Ok(exit);
-        }
-        let mut exit = VmExit::Shutdown;
-        if let Some(vmm) = &self.vmm {
-            vmm.terminate(grace).await?;
-            // Exit code 5 after our SIGTERM is a requested shutdown; a hull-vmm that had
-            // to be SIGKILLed (or died by itself) is not a clean one.
-            if let Some(status) = vmm.status() {
-                exit = exit_of(status);
-            }
-        }
-        if let Some(fs) = &self.virtiofsd {
-            fs.terminate(HELPER_GRACE).await?;
-        }
-        remove_files(&self.files);
-        tracing::info!(?exit, "VM stopped");
-        *stopped = Some(exit);
-        Ok(exit)
+        self.procs.stop(grace, &self.files.transient()).await
     }
 
     fn is_running(&self) -> bool {
-        self.vmm.as_ref().is_some_and(Proc::alive)
+        self.procs.is_running()
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
-        let f = &self.files;
+        let (f, vmm) = (&self.files, self.procs.vmm());
         match self.boot {
-            Boot::Cold => {
-                wait_agent_marker(&f.console_log, self.vmm.as_ref(), &f.vmm_log, deadline).await
-            }
+            Boot::Cold => wait_agent_marker(&f.console_log, vmm, &f.vmm_log, deadline).await,
             Boot::Restored { .. } => {
-                probe::wait_vsock_ready(&f.agent_socket, self.vmm.as_ref(), &f.vmm_log, deadline)
-                    .await
+                probe::wait_vsock_ready(&f.agent_socket, vmm, &f.vmm_log, deadline).await
             }
         }
     }

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::hypervisor::VmConfig;
+use crate::procvm::{Helper, Spawn};
 
 /// How QEMU runs guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -176,6 +177,25 @@ pub fn vsock_args(files: &RunFiles) -> Vec<OsString> {
     vm.push(",uds-path=");
     vm.push(&files.agent_socket);
     vec!["--vm".into(), vm]
+}
+
+/// virtiofsd serving `shared_dir` on [`RunFiles::fs_backend`], as a helper to start
+/// (the hull backend's run files name virtiofsd's files alike).
+pub(crate) fn virtiofsd<'a>(
+    files: &'a RunFiles,
+    program: &'a Path,
+    shared_dir: &Path,
+) -> Helper<'a> {
+    Helper {
+        spawn: Spawn {
+            what: "virtiofsd",
+            program,
+            args: virtiofsd_args(files, shared_dir),
+            log: &files.virtiofsd_log,
+            pid_file: &files.virtiofsd_pid,
+        },
+        socket: &files.fs_backend,
+    }
 }
 
 /// virtiofsd serving `shared_dir`.

@@ -17,13 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use argv::{Accel, RunFiles};
-use procs::{Proc, open_netns, wait_agent_marker, wait_for_socket};
-use tokio::sync::Mutex;
+use procs::wait_agent_marker;
 
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
-
-/// How long helpers get to exit on SIGTERM at stop.
-const HELPER_GRACE: Duration = Duration::from_secs(2);
+use crate::procvm::{Helper, Spawn, VmProcs};
 
 /// Where the backend finds its programs, and how it accelerates.
 #[derive(Debug, Clone)]
@@ -189,10 +186,7 @@ impl Hypervisor for QemuHypervisor {
         );
         let mut vm = QemuVm {
             files,
-            qemu: None,
-            vsock: None,
-            virtiofsd: None,
-            stopped: Mutex::new(None),
+            procs: VmProcs::new(exit_of),
         };
         match vm.launch(config, &self.config, tcg).await {
             Ok(()) => Ok(Box::new(vm)),
@@ -212,14 +206,17 @@ impl Hypervisor for QemuHypervisor {
                 path: files.qemu_pid.clone(),
             });
         }
-        let dir = &config.run_dir;
-        let vm = QemuVm {
-            qemu: Proc::adopt("qemu", &files.qemu_pid, dir),
-            vsock: Proc::adopt("vhost-device-vsock", &files.vsock_pid, dir),
-            virtiofsd: Proc::adopt("virtiofsd", &files.virtiofsd_pid, dir),
-            files,
-            stopped: Mutex::new(None),
-        };
+        let helpers = [
+            ("vhost-device-vsock", files.vsock_pid.as_path()),
+            ("virtiofsd", &files.virtiofsd_pid),
+        ];
+        let procs = VmProcs::adopt(
+            &config.run_dir,
+            ("qemu", &files.qemu_pid),
+            &helpers,
+            exit_of,
+        );
+        let vm = QemuVm { files, procs };
         tracing::info!(sandbox_id = %config.id, running = vm.is_running(), "re-attached to QEMU VM");
         Ok(Box::new(vm))
     }
@@ -228,10 +225,7 @@ impl Hypervisor for QemuHypervisor {
 /// A QEMU VM and its helpers.
 pub struct QemuVm {
     files: RunFiles,
-    qemu: Option<Proc>,
-    vsock: Option<Proc>,
-    virtiofsd: Option<Proc>,
-    stopped: Mutex<Option<VmExit>>,
+    procs: VmProcs,
 }
 
 impl QemuVm {
@@ -242,39 +236,29 @@ impl QemuVm {
         tcg: bool,
     ) -> Result<(), HypervisorError> {
         let f = &self.files;
-        let vsock = Proc::spawn(
-            "vhost-device-vsock",
-            &programs.vhost_vsock,
-            &argv::vsock_args(f),
-            &f.vsock_log,
-            None,
-            &f.vsock_pid,
-        )?;
-        let vsock = self.vsock.insert(vsock);
+        let vsock = Helper {
+            spawn: Spawn {
+                what: "vhost-device-vsock",
+                program: &programs.vhost_vsock,
+                args: argv::vsock_args(f),
+                log: &f.vsock_log,
+                pid_file: &f.vsock_pid,
+            },
+            socket: &f.vsock_backend,
+        };
+        let mut helpers = vec![vsock];
         if let Some(dir) = &config.shared_dir {
-            let fs = Proc::spawn(
-                "virtiofsd",
-                &programs.virtiofsd,
-                &argv::virtiofsd_args(f, dir),
-                &f.virtiofsd_log,
-                None,
-                &f.virtiofsd_pid,
-            )?;
-            let fs = self.virtiofsd.insert(fs);
-            wait_for_socket(&f.fs_backend, fs, &f.virtiofsd_log).await?;
+            helpers.push(argv::virtiofsd(f, &programs.virtiofsd, dir));
         }
-        wait_for_socket(&f.vsock_backend, vsock, &f.vsock_log).await?;
-        let netns = open_netns(config.netns.as_deref())?;
-        let qemu_log = f.qemu_log.clone();
-        let qemu = Proc::spawn(
-            "qemu",
-            &programs.qemu,
-            &argv::qemu_args(config, f, tcg),
-            &qemu_log,
-            netns.as_ref(),
-            &f.qemu_pid,
-        )?;
-        let qemu = self.qemu.insert(qemu);
+        self.procs.start_helpers(&helpers).await?;
+        let qemu = Spawn {
+            what: "qemu",
+            program: &programs.qemu,
+            args: argv::qemu_args(config, f, tcg),
+            log: &f.qemu_log,
+            pid_file: &f.qemu_pid,
+        };
+        let qemu = self.procs.spawn_vmm(&qemu, config.netns.as_deref())?;
         // No waiting here to see that QEMU stays up: wait_agent_ready notices an exit
         // within one poll and reports qemu.log, so a bad config still fails fast without
         // costing every good start a fixed delay.
@@ -286,7 +270,7 @@ impl QemuVm {
 #[async_trait::async_trait]
 impl VmHandle for QemuVm {
     fn pid(&self) -> u32 {
-        self.qemu.as_ref().map(|p| p.pid as u32).unwrap_or(0)
+        self.procs.pid()
     }
 
     fn agent_socket(&self) -> PathBuf {
@@ -297,41 +281,47 @@ impl VmHandle for QemuVm {
         self.files.console_log.clone()
     }
 
+    /// SIGTERM to QEMU, then the helpers (virtiofsd, vhost-device-vsock).
     async fn stop(&self, grace: Duration) -> Result<VmExit, HypervisorError> {
-        let mut stopped = self.stopped.lock().await;
-        if let Some(exit) = *stopped {
-            return Ok(exit);
-        }
-        let mut exit = VmExit::Shutdown;
-        if let Some(qemu) = &self.qemu {
-            qemu.terminate(grace).await?;
-            // QEMU exits 0 when the guest reboots (-no-reboot) or on SIGTERM; a QEMU that
-            // had to be SIGKILLed (or died on its own) is not a clean shutdown.
-            if let Some(status) = qemu.status() {
-                use std::os::unix::process::ExitStatusExt;
-                if !status.success() {
-                    exit = VmExit::Failed {
-                        code: status.code(),
-                        signal: status.signal(),
-                    };
-                }
-            }
-        }
-        for helper in [&self.virtiofsd, &self.vsock].into_iter().flatten() {
-            helper.terminate(HELPER_GRACE).await?;
-        }
-        remove_files(&self.files);
-        tracing::info!(?exit, "VM stopped");
-        *stopped = Some(exit);
-        Ok(exit)
+        self.procs.stop(grace, &self.files.transient()).await
     }
 
     fn is_running(&self) -> bool {
-        self.qemu.as_ref().is_some_and(Proc::alive)
+        self.procs.is_running()
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
         let f = &self.files;
-        wait_agent_marker(&f.console_log, self.qemu.as_ref(), &f.qemu_log, deadline).await
+        wait_agent_marker(&f.console_log, self.procs.vmm(), &f.qemu_log, deadline).await
+    }
+}
+
+/// How a QEMU that exited reads: QEMU exits 0 when the guest reboots (`-no-reboot`) or on
+/// SIGTERM; a QEMU that had to be SIGKILLed (or died on its own) is not a clean shutdown.
+fn exit_of(status: std::process::ExitStatus) -> VmExit {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        VmExit::Shutdown
+    } else {
+        VmExit::Failed {
+            code: status.code(),
+            signal: status.signal(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    #[test]
+    fn only_a_successful_qemu_exit_is_a_shutdown() {
+        assert_eq!(exit_of(ExitStatus::from_raw(0)), VmExit::Shutdown);
+        let failed = |code, signal| VmExit::Failed { code, signal };
+        assert_eq!(exit_of(ExitStatus::from_raw(5 << 8)), failed(Some(5), None));
+        assert_eq!(exit_of(ExitStatus::from_raw(9)), failed(None, Some(9)));
     }
 }

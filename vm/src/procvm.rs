@@ -1,0 +1,267 @@
+//! The processes behind one VM handle, whichever backend runs it: the VMM (hull-vmm or
+//! QEMU; its pid is the VM's pid and its exit the VM's exit) and the helper processes it
+//! needs (virtiofsd, vhost-device-vsock). Both backends start, re-attach to and stop them
+//! the same way; what differs is passed in: which helpers, and how the VMM's exit status
+//! reads ([`ExitOf`]).
+//!
+//! Stop is idempotent: the first call terminates the VMM (SIGTERM, SIGKILL after the
+//! grace period), then the helpers in reverse start order, then removes the run files it
+//! is given; every later call returns the first one's [`VmExit`].
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::hypervisor::{HypervisorError, VmExit};
+use crate::qemu::procs::{Proc, open_netns, wait_for_socket};
+
+/// How long a helper gets to exit on SIGTERM at stop.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
+
+/// How a backend reads its VMM's exit status.
+pub(crate) type ExitOf = fn(ExitStatus) -> VmExit;
+
+/// A process to start for a VM: what it is, its command line, and where its output and
+/// pid go.
+pub(crate) struct Spawn<'a> {
+    pub what: &'static str,
+    pub program: &'a Path,
+    pub args: Vec<OsString>,
+    pub log: &'a Path,
+    pub pid_file: &'a Path,
+}
+
+/// A helper to start and the socket it creates once it serves.
+pub(crate) struct Helper<'a> {
+    pub spawn: Spawn<'a>,
+    pub socket: &'a Path,
+}
+
+/// The VMM and helpers of one VM, and how it stopped once it has.
+pub(crate) struct VmProcs {
+    vmm: Option<Proc>,
+    /// In start order; stopped in reverse.
+    helpers: Vec<Proc>,
+    exit_of: ExitOf,
+    stopped: Mutex<Option<VmExit>>,
+}
+
+impl VmProcs {
+    /// No processes yet: [`Self::start_helpers`] and [`Self::spawn_vmm`] add them.
+    pub fn new(exit_of: ExitOf) -> Self {
+        Self {
+            vmm: None,
+            helpers: Vec::new(),
+            exit_of,
+            stopped: Mutex::new(None),
+        }
+    }
+
+    /// Finds a VM's processes again from their pid files (`(what, pid file)`, helpers in
+    /// start order); those that are gone or no longer ours are left out.
+    pub fn adopt(
+        run_dir: &Path,
+        vmm: (&'static str, &Path),
+        helpers: &[(&'static str, &Path)],
+        exit_of: ExitOf,
+    ) -> Self {
+        let adopt = |(what, pid_file): (&'static str, &Path)| Proc::adopt(what, pid_file, run_dir);
+        Self {
+            vmm: adopt(vmm),
+            helpers: helpers.iter().copied().filter_map(adopt).collect(),
+            exit_of,
+            stopped: Mutex::new(None),
+        }
+    }
+
+    /// The VMM process, if it was started or found again.
+    pub fn vmm(&self) -> Option<&Proc> {
+        self.vmm.as_ref()
+    }
+
+    /// The VMM's pid, 0 if there is none.
+    pub fn pid(&self) -> u32 {
+        self.vmm.as_ref().map(|p| p.pid as u32).unwrap_or(0)
+    }
+
+    /// Whether the VMM still runs.
+    pub fn is_running(&self) -> bool {
+        self.vmm.as_ref().is_some_and(Proc::alive)
+    }
+
+    /// Spawns every helper (outside the pod's netns: they serve host-side sockets), then
+    /// waits for each one's socket, so their startups overlap. A helper that dies or is
+    /// late fails the start with the end of its log.
+    pub async fn start_helpers(&mut self, helpers: &[Helper<'_>]) -> Result<(), HypervisorError> {
+        let first = self.helpers.len();
+        for h in helpers {
+            let s = &h.spawn;
+            let p = Proc::spawn(s.what, s.program, &s.args, s.log, None, s.pid_file)?;
+            self.helpers.push(p);
+        }
+        for (h, p) in helpers.iter().zip(&self.helpers[first..]) {
+            wait_for_socket(h.socket, p, h.spawn.log).await?;
+        }
+        Ok(())
+    }
+
+    /// Spawns the VMM, inside the network namespace at `netns` if given (for its tap).
+    pub fn spawn_vmm(
+        &mut self,
+        vmm: &Spawn<'_>,
+        netns: Option<&Path>,
+    ) -> Result<&Proc, HypervisorError> {
+        let netns = open_netns(netns)?;
+        let p = Proc::spawn(
+            vmm.what,
+            vmm.program,
+            &vmm.args,
+            vmm.log,
+            netns.as_ref(),
+            vmm.pid_file,
+        )?;
+        Ok(self.vmm.insert(p))
+    }
+
+    /// Stops the VM once (see the module doc) and removes `run_files` (sockets and pid
+    /// files; logs stay); returns how it ended.
+    pub async fn stop(
+        &self,
+        grace: Duration,
+        run_files: &[&Path],
+    ) -> Result<VmExit, HypervisorError> {
+        let mut stopped = self.stopped.lock().await;
+        if let Some(exit) = *stopped {
+            return Ok(exit);
+        }
+        let mut exit = VmExit::Shutdown;
+        if let Some(vmm) = &self.vmm {
+            vmm.terminate(grace).await?;
+            // Only a child's status is known; an adopted VMM that stopped counts as shut down.
+            if let Some(status) = vmm.status() {
+                exit = (self.exit_of)(status);
+            }
+        }
+        for helper in self.helpers.iter().rev() {
+            helper.terminate(HELPER_GRACE).await?;
+        }
+        for f in run_files {
+            let _ = std::fs::remove_file(f);
+        }
+        tracing::info!(?exit, "VM stopped");
+        *stopped = Some(exit);
+        Ok(exit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sh -c` that exits `code` on SIGTERM, then creates `ready` and runs; the comment
+    /// puts `dir` on its command line, as a real VMM's run dir is (what `Proc::adopt` checks).
+    fn until_term(ready: &Path, code: i32, dir: &Path) -> Vec<OsString> {
+        let script = format!(
+            "trap 'exit {code}' TERM\ntouch '{}'\nwhile :; do sleep 0.05; done # {}",
+            ready.display(),
+            dir.display()
+        );
+        vec!["-c".into(), script.into()]
+    }
+
+    fn failed(code: i32) -> VmExit {
+        VmExit::Failed {
+            code: Some(code),
+            signal: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn start_adopt_and_stop_once_with_the_backends_exit_mapping() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let [sock, h_log, h_pid, v_ready, v_log, v_pid] =
+            ["h.sock", "h.log", "h.pid", "v.ready", "v.log", "v.pid"].map(|n| d.join(n));
+        let sh = Path::new("/bin/sh");
+        let helper = Helper {
+            spawn: Spawn {
+                what: "helper",
+                program: sh,
+                args: until_term(&sock, 0, d),
+                log: &h_log,
+                pid_file: &h_pid,
+            },
+            socket: &sock,
+        };
+        let vmm = Spawn {
+            what: "vmm",
+            program: sh,
+            args: until_term(&v_ready, 3, d),
+            log: &v_log,
+            pid_file: &v_pid,
+        };
+        let mut procs = VmProcs::new(failed_unless_zero);
+        procs.start_helpers(&[helper]).await.expect("helpers");
+        assert!(sock.exists());
+        let p = procs.spawn_vmm(&vmm, None).expect("vmm");
+        wait_for_socket(&v_ready, p, &v_log)
+            .await
+            .expect("vmm ready");
+        assert!(procs.is_running() && procs.pid() > 0);
+
+        let adopted = VmProcs::adopt(d, ("vmm", &v_pid), &[("helper", &h_pid)], |_| failed(9));
+        assert_eq!((adopted.pid(), adopted.helpers.len()), (procs.pid(), 1));
+
+        let files = [sock.as_path(), &h_pid, &v_pid];
+        let exit = procs
+            .stop(Duration::from_secs(5), &files)
+            .await
+            .expect("stop");
+        assert_eq!(exit, failed(3), "the child's status, read by the backend");
+        assert!(!procs.is_running() && !adopted.is_running());
+        assert!(!procs.helpers[0].alive(), "helpers are stopped too");
+        assert!(files.iter().all(|f| !f.exists()) && v_log.exists());
+        assert_eq!(procs.stop(Duration::ZERO, &[]).await.expect("again"), exit);
+        // An adopted VMM has no status to read: stopped is shut down.
+        let exit = adopted.stop(Duration::ZERO, &[]).await.expect("stop");
+        assert_eq!(exit, VmExit::Shutdown);
+    }
+
+    fn failed_unless_zero(status: ExitStatus) -> VmExit {
+        match status.code() {
+            Some(0) => VmExit::Shutdown,
+            code => VmExit::Failed { code, signal: None },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_dies_before_its_socket_fails_the_start_with_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let [sock, log, pid] = ["h.sock", "h.log", "h.pid"].map(|n| dir.path().join(n));
+        let helper = Helper {
+            spawn: Spawn {
+                what: "helper",
+                program: Path::new("/bin/sh"),
+                args: vec!["-c".into(), "echo no socket for you >&2; exit 4".into()],
+                log: &log,
+                pid_file: &pid,
+            },
+            socket: &sock,
+        };
+        let mut procs = VmProcs::new(failed_unless_zero);
+        let err = procs.start_helpers(&[helper]).await.expect_err("fails");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("helper exited with code 4") && msg.contains("no socket for you"),
+            "{msg}"
+        );
+        assert_eq!(
+            procs.stop(Duration::ZERO, &[&pid]).await.expect("stop"),
+            VmExit::Shutdown
+        );
+        assert!(!pid.exists());
+    }
+}
