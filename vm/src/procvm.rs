@@ -4,9 +4,11 @@
 //! the same way; what differs is passed in: which helpers, and how the VMM's exit status
 //! reads ([`ExitOf`]).
 //!
-//! Stop is idempotent: the first call terminates the VMM (SIGTERM, SIGKILL after the
-//! grace period), then the helpers in reverse start order, then removes the run files it
-//! is given; every later call returns the first one's [`VmExit`].
+//! Start: helpers (each waited for until it serves its socket), then the VMM; a start
+//! that fails stops what it started ([`started`]). Stop is idempotent: the first call
+//! terminates the VMM (SIGTERM, SIGKILL after the grace period), then the helpers in
+//! reverse start order, then removes the run files it is given; every later call returns
+//! the first one's [`VmExit`].
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -15,11 +17,13 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use crate::hypervisor::{HypervisorError, VmExit};
+use crate::hypervisor::{HypervisorError, VmExit, VmHandle};
 use crate::qemu::procs::{Proc, open_netns, wait_for_socket};
 
 /// How long a helper gets to exit on SIGTERM at stop.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// How long the VMM of a start that failed gets to exit on SIGTERM.
+const FAILED_START_GRACE: Duration = Duration::from_secs(1);
 
 /// How a backend reads its VMM's exit status.
 pub(crate) type ExitOf = fn(ExitStatus) -> VmExit;
@@ -148,12 +152,34 @@ impl VmProcs {
         for helper in self.helpers.iter().rev() {
             helper.terminate(HELPER_GRACE).await?;
         }
-        for f in run_files {
-            let _ = std::fs::remove_file(f);
-        }
+        remove_files(run_files);
         tracing::info!(?exit, "VM stopped");
         *stopped = Some(exit);
         Ok(exit)
+    }
+}
+
+/// Removes a VM's run files (sockets, pid files) that are there; a start does it first, so
+/// nothing of an earlier VM in the same run dir is taken for the new one's.
+pub(crate) fn remove_files(run_files: &[&Path]) {
+    for f in run_files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// `vm` once `launched` says its start worked; otherwise stops whatever that start left
+/// running, removes its run files, and returns the start's error.
+pub(crate) async fn started<V: VmHandle>(
+    vm: V,
+    launched: Result<(), HypervisorError>,
+) -> Result<V, HypervisorError> {
+    match launched {
+        Ok(()) => Ok(vm),
+        Err(e) => {
+            tracing::warn!(error = %e, "VM start failed; cleaning up");
+            let _ = vm.stop(FAILED_START_GRACE).await;
+            Err(e)
+        }
     }
 }
 

@@ -26,7 +26,7 @@ pub mod template_build;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::procvm::{Spawn, VmProcs};
+use crate::procvm::{Spawn, VmProcs, remove_files, started};
 use crate::qemu::procs::{Proc, wait_agent_marker, wait_for_socket};
 use files::RunFiles;
 pub use template_build::Boot;
@@ -126,21 +126,15 @@ impl HullHypervisor {
     /// One attempt to start the VM; on failure whatever it started is stopped.
     async fn launch(&self, config: &VmConfig, boot: Boot) -> Result<HullVm, HypervisorError> {
         let files = RunFiles::new(&config.run_dir);
-        remove_files(&files);
+        remove_files(&files.transient());
         let _ = std::fs::remove_file(&files.console_log);
         let mut vm = HullVm {
             files,
             procs: VmProcs::new(exit_of),
             boot,
         };
-        match vm.launch(config, &self.config).await {
-            Ok(()) => Ok(vm),
-            Err(e) => {
-                tracing::warn!(error = %e, "VM start failed; cleaning up");
-                let _ = vm.stop(Duration::from_secs(1)).await;
-                Err(e)
-            }
-        }
+        let launched = vm.launch(config, &self.config).await;
+        started(vm, launched).await
     }
 }
 
@@ -188,12 +182,6 @@ fn validate(config: &VmConfig, programs: &HullConfig) -> Result<(), HypervisorEr
     files::vmm_config(config, &RunFiles::new(&config.run_dir))
         .validate()
         .map_err(|e| invalid(error_chain(&e)))
-}
-
-fn remove_files(files: &RunFiles) {
-    for f in files.transient() {
-        let _ = std::fs::remove_file(f);
-    }
 }
 
 #[async_trait::async_trait]

@@ -20,7 +20,7 @@ use argv::{Accel, RunFiles};
 use procs::wait_agent_marker;
 
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
-use crate::procvm::{Helper, Spawn, VmProcs};
+use crate::procvm::{Helper, Spawn, VmProcs, remove_files, started};
 
 /// Where the backend finds its programs, and how it accelerates.
 #[derive(Debug, Clone)]
@@ -154,12 +154,6 @@ fn validate(config: &VmConfig, programs: &QemuConfig) -> Result<(), HypervisorEr
     Ok(())
 }
 
-fn remove_files(files: &RunFiles) {
-    for f in files.transient() {
-        let _ = std::fs::remove_file(f);
-    }
-}
-
 #[async_trait::async_trait]
 impl Hypervisor for QemuHypervisor {
     fn backend(&self) -> Backend {
@@ -175,7 +169,7 @@ impl Hypervisor for QemuHypervisor {
             source,
         })?;
         let files = RunFiles::new(&config.run_dir);
-        remove_files(&files);
+        remove_files(&files.transient());
         let _ = std::fs::remove_file(&files.console_log);
         let tcg = self.use_tcg();
         tracing::info!(
@@ -188,14 +182,8 @@ impl Hypervisor for QemuHypervisor {
             files,
             procs: VmProcs::new(exit_of),
         };
-        match vm.launch(config, &self.config, tcg).await {
-            Ok(()) => Ok(Box::new(vm)),
-            Err(e) => {
-                tracing::warn!(error = %e, "VM start failed; cleaning up");
-                let _ = vm.stop(Duration::from_secs(1)).await;
-                Err(e)
-            }
-        }
+        let launched = vm.launch(config, &self.config, tcg).await;
+        Ok(Box::new(started(vm, launched).await?))
     }
 
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
