@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use crate::hypervisor::{HypervisorError, VmExit, VmHandle};
+use crate::hypervisor::{HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::qemu::procs::{Proc, open_netns, wait_for_socket};
 
 /// How long a helper gets to exit on SIGTERM at stop.
@@ -156,6 +156,49 @@ impl VmProcs {
         tracing::info!(?exit, "VM stopped");
         *stopped = Some(exit);
         Ok(exit)
+    }
+}
+
+/// Checks the VM's id before anything is named after it (run dir files, processes): 1-64
+/// of `[A-Za-z0-9_-]`.
+pub(crate) fn check_id(config: &VmConfig) -> Result<(), HypervisorError> {
+    let id = &config.id;
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(HypervisorError::InvalidConfig(format!(
+            "id {id:?} must be 1-64 of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+/// Checks that the pod's parts outside the VMM are there: the shared dir and `virtiofsd`
+/// (the program serving it) when there is one, the netns when there is one.
+pub(crate) fn check_pod_paths(config: &VmConfig, virtiofsd: &Path) -> Result<(), HypervisorError> {
+    if let Some(dir) = &config.shared_dir {
+        must_exist("shared dir", dir)?;
+        must_exist("virtiofsd (cargo install virtiofsd)", virtiofsd)?;
+    }
+    if let Some(ns) = &config.netns {
+        must_exist("netns", ns)?;
+    }
+    Ok(())
+}
+
+/// [`HypervisorError::Missing`] `what` unless `path` (a program or file a VM needs) exists.
+pub(crate) fn must_exist(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(HypervisorError::Missing {
+            what,
+            path: path.to_owned(),
+        })
     }
 }
 

@@ -26,7 +26,7 @@ pub mod template_build;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::procvm::{Spawn, VmProcs, remove_files, started};
+use crate::procvm::{Spawn, VmProcs, check_id, check_pod_paths, must_exist, remove_files, started};
 use crate::qemu::procs::{Proc, wait_agent_marker, wait_for_socket};
 use files::RunFiles;
 pub use template_build::Boot;
@@ -142,43 +142,15 @@ fn invalid(msg: String) -> HypervisorError {
     HypervisorError::InvalidConfig(msg)
 }
 
-fn must_exist(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
-    if path.exists() {
-        Ok(())
-    } else {
-        Err(HypervisorError::Missing {
-            what,
-            path: path.to_owned(),
-        })
-    }
-}
-
 /// Checks everything that can be checked before a process starts; hull-vmm's own
 /// validation of the generated config runs here too, so its errors come back typed.
 fn validate(config: &VmConfig, programs: &HullConfig) -> Result<(), HypervisorError> {
-    let id_ok = !config.id.is_empty()
-        && config.id.len() <= 64
-        && config
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !id_ok {
-        return Err(invalid(format!(
-            "id {:?} must be 1-64 of [A-Za-z0-9_-]",
-            config.id
-        )));
-    }
+    check_id(config)?;
     if config.cmdline.contains(['\n', '\0']) {
         return Err(invalid("kernel cmdline contains a newline or NUL".into()));
     }
     must_exist("hull-vmm", &programs.vmm)?;
-    if let Some(dir) = &config.shared_dir {
-        must_exist("shared dir", dir)?;
-        must_exist("virtiofsd (cargo install virtiofsd)", &programs.virtiofsd)?;
-    }
-    if let Some(ns) = &config.netns {
-        must_exist("netns", ns)?;
-    }
+    check_pod_paths(config, &programs.virtiofsd)?;
     files::vmm_config(config, &RunFiles::new(&config.run_dir))
         .validate()
         .map_err(|e| invalid(error_chain(&e)))

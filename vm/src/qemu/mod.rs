@@ -13,14 +13,16 @@ pub mod argv;
 /// Spawned and adopted helper processes, shared with the hull backend.
 pub(crate) mod procs;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use argv::{Accel, RunFiles};
 use procs::wait_agent_marker;
 
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
-use crate::procvm::{Helper, Spawn, VmProcs, remove_files, started};
+use crate::procvm::{
+    Helper, Spawn, VmProcs, check_id, check_pod_paths, must_exist, remove_files, started,
+};
 
 /// Where the backend finds its programs, and how it accelerates.
 #[derive(Debug, Clone)]
@@ -97,18 +99,7 @@ fn invalid(msg: String) -> HypervisorError {
 }
 
 fn validate(config: &VmConfig, programs: &QemuConfig) -> Result<(), HypervisorError> {
-    let id_ok = !config.id.is_empty()
-        && config.id.len() <= 64
-        && config
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !id_ok {
-        return Err(invalid(format!(
-            "id {:?} must be 1-64 of [A-Za-z0-9_-]",
-            config.id
-        )));
-    }
+    check_id(config)?;
     if !(1..=64).contains(&config.vcpus) || !(64..=1 << 20).contains(&config.memory_mib) {
         return Err(invalid(format!(
             "{} vCPUs / {} MiB out of range (1-64 / 64 MiB-1 TiB)",
@@ -124,16 +115,6 @@ fn validate(config: &VmConfig, programs: &QemuConfig) -> Result<(), HypervisorEr
         argv::check_qemu_value("tap", &net.tap).map_err(invalid)?;
         argv::check_qemu_value("mac", &net.mac.replace(':', "")).map_err(invalid)?;
     }
-    let must_exist = |what: &'static str, path: &Path| {
-        if path.exists() {
-            Ok(())
-        } else {
-            Err(HypervisorError::Missing {
-                what,
-                path: path.to_owned(),
-            })
-        }
-    };
     must_exist("kernel", &config.kernel)?;
     must_exist("initramfs", &config.initramfs)?;
     must_exist("qemu-system-x86_64", &programs.qemu)?;
@@ -141,13 +122,7 @@ fn validate(config: &VmConfig, programs: &QemuConfig) -> Result<(), HypervisorEr
         "vhost-device-vsock (cargo install vhost-device-vsock)",
         &programs.vhost_vsock,
     )?;
-    if let Some(dir) = &config.shared_dir {
-        must_exist("shared dir", dir)?;
-        must_exist("virtiofsd (cargo install virtiofsd)", &programs.virtiofsd)?;
-    }
-    if let Some(ns) = &config.netns {
-        must_exist("netns", ns)?;
-    }
+    check_pod_paths(config, &programs.virtiofsd)?;
     for p in [&config.kernel, &config.initramfs, &config.run_dir] {
         argv::check_qemu_value("path", &p.to_string_lossy()).map_err(invalid)?;
     }
