@@ -112,24 +112,12 @@ pub fn vmm_config(config: &VmConfig, files: &RunFiles) -> VmmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::NetConfig as PodNic;
 
+    /// The pod config of the qemu backend's tests, with a cmdline to trim.
     fn config() -> VmConfig {
         VmConfig {
-            id: "pod1".into(),
-            vcpus: 2,
-            memory_mib: 512,
-            kernel: "/k".into(),
-            initramfs: "/i".into(),
             cmdline: " RUST_LOG=debug ".into(),
-            run_dir: "/run/hull/sandboxes/pod1".into(),
-            netns: None,
-            net: Some(PodNic {
-                tap: "tap0".into(),
-                mac: "02:00:00:00:00:01".into(),
-                mtu: 1500,
-            }),
-            shared_dir: Some("/srv/share".into()),
+            ..argv::test_config()
         }
     }
 

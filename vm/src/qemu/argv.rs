@@ -224,29 +224,32 @@ pub fn check_qemu_value(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A pod's VM config with a NIC and a shared dir, for both backends' unit tests of what
+/// they build from one.
+#[cfg(test)]
+pub(crate) fn test_config() -> VmConfig {
+    use crate::hypervisor::NetConfig;
+    VmConfig {
+        id: "pod1".into(),
+        vcpus: 2,
+        memory_mib: 512,
+        kernel: "/k".into(),
+        initramfs: "/i".into(),
+        cmdline: "RUST_LOG=debug".into(),
+        run_dir: "/run/hull/sandboxes/pod1".into(),
+        netns: None,
+        net: Some(NetConfig {
+            tap: "tap0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 1500,
+        }),
+        shared_dir: Some("/srv/share".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::NetConfig;
-
-    fn config() -> VmConfig {
-        VmConfig {
-            id: "pod1".into(),
-            vcpus: 2,
-            memory_mib: 512,
-            kernel: "/k".into(),
-            initramfs: "/i".into(),
-            cmdline: "RUST_LOG=debug".into(),
-            run_dir: "/run/hull/sandboxes/pod1".into(),
-            netns: None,
-            net: Some(NetConfig {
-                tap: "tap0".into(),
-                mac: "02:00:00:00:00:01".into(),
-                mtu: 1500,
-            }),
-            shared_dir: Some("/srv/share".into()),
-        }
-    }
 
     fn joined(args: &[OsString]) -> String {
         args.iter()
@@ -257,7 +260,7 @@ mod tests {
 
     #[test]
     fn qemu_command_line_has_every_device() {
-        let cfg = config();
+        let cfg = test_config();
         let files = RunFiles::new(&cfg.run_dir);
         let line = joined(&qemu_args(&cfg, &files, true));
         for want in [
@@ -289,7 +292,7 @@ mod tests {
 
     #[test]
     fn optional_devices_are_left_out() {
-        let mut cfg = config();
+        let mut cfg = test_config();
         cfg.net = None;
         cfg.shared_dir = None;
         let line = joined(&qemu_args(&cfg, &RunFiles::new(&cfg.run_dir), true));
