@@ -9,6 +9,9 @@
 //! terminates the VMM (SIGTERM, SIGKILL after the grace period), then the helpers in
 //! reverse start order, then removes the run files it is given; every later call returns
 //! the first one's [`VmExit`].
+//!
+//! The config checks both backends make before any process starts are here too
+//! ([`check_id`], [`check_pod_paths`]).
 
 use std::ffi::OsString;
 use std::path::Path;
