@@ -30,5 +30,6 @@ step "dependencies" packaging/deps.sh
 step "guest kernel + initramfs" packaging/guest/build.sh all
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
 step "cargo test" cargo test --workspace --locked
 log "all tests passed"

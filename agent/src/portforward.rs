@@ -1,4 +1,4 @@
-//! `PortForward`: one TCP connection from the host to localhost:<port> in the guest, relayed
+//! `PortForward`: one TCP connection from the host to `localhost:<port>` in the guest, relayed
 //! over a bidirectional gRPC stream (hulld's streaming server speaks the Kubernetes
 //! port-forward protocols on the host side).
 

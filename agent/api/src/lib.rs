@@ -2,7 +2,7 @@
 //!
 //! The protocol between hulld (host) and hull-agent (guest PID 1): gRPC over vsock port
 //! 1024, served by the agent. On the host the connection goes through the VMM's hybrid-vsock
-//! unix socket (`CONNECT <port>\n` / `OK <port>\n`), see [`connect`]. The service
+//! unix socket (`CONNECT <port>\n` / `OK <port>\n`), see [`mod@connect`]. The service
 //! (`proto/agent.proto`) carries health/version, sandbox setup (hostname, DNS, interfaces,
 //! routes, sysctls, and what a VM restored from a template must not share with it: host
 //! entropy, the host's wall clock; the agent also mounts the virtio-fs share then),

@@ -1,5 +1,5 @@
 //! The tonic `RuntimeService`: each RPC calls one `do_*` method and maps its error in one
-//! place ([`CriError`](super::status::CriError) → `tonic::Status`). The `do_*` methods
+//! place ([`super::status::CriError`] → `tonic::Status`). The `do_*` methods
 //! live by CRI object: `sandbox*.rs` (pod sandboxes) and `container*.rs` (containers);
 //! each opens its span with the pod and container ids.
 //!

@@ -131,7 +131,7 @@ fn vm_pids(vmm_pid: u32, run_dir: &std::path::Path) -> Vec<u32> {
 }
 
 /// The pod netns' interfaces as the VMM (which runs in that netns) sees them in
-/// /proc/<pid>/net/dev: `eth0` (the CNI interface) is the default one; `lo` and the VM's
+/// `/proc/<pid>/net/dev`: `eth0` (the CNI interface) is the default one; `lo` and the VM's
 /// tap (a mirror of eth0's traffic) are left out.
 fn parse_net_dev(text: &str, ts: i64) -> Option<cri::NetworkUsage> {
     let value = |v: u64| Some(cri::UInt64Value { value: v });

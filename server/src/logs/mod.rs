@@ -1,5 +1,5 @@
 //! The CRI log writer: one per container, fed with the container's stdout/stderr chunks
-//! and writing the CRI log format (see [`format`]) to the container's log path.
+//! and writing the CRI log format (see [`mod@format`]) to the container's log path.
 //!
 //! Chunks go through a bounded queue to a writer on the blocking pool. With
 //! [`LogWriter::write`] the producer never waits on the disk for longer than

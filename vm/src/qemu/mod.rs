@@ -2,7 +2,7 @@
 //! processes, rust-vmm's `vhost-device-vsock` (the guest's vsock, exposed to the host as a
 //! hybrid-vsock unix socket) and `virtiofsd` (the pod's shared dir). All three run
 //! detached from hulld, with pid files in the VM's run dir, so a restarted hulld can
-//! [`Hypervisor::reattach`]. [`argv`] builds the command lines; [`procs`] runs them.
+//! [`Hypervisor::reattach`]. [`argv`] builds the command lines; `procs` runs them.
 //!
 //! Start order: helpers → wait for their vhost-user sockets → QEMU (inside the pod's netns
 //! when configured, for its tap). Any failure terminates what was started and removes the

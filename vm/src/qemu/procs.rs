@@ -29,7 +29,7 @@ pub struct Proc {
     status: Mutex<Option<ExitStatus>>,
 }
 
-/// The 22nd field of /proc/<pid>/stat (start time in clock ticks), and whether it is a zombie.
+/// The 22nd field of `/proc/<pid>/stat` (start time in clock ticks), and whether it is a zombie.
 fn stat(pid: i32) -> Option<(u64, bool)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields resume after its ')'.
@@ -39,7 +39,7 @@ fn stat(pid: i32) -> Option<(u64, bool)> {
     Some((fields.get(19)?.parse().ok()?, zombie))
 }
 
-/// Whether /proc/<pid>/cmdline mentions `needle` (our run dir): guards against pid reuse.
+/// Whether `/proc/<pid>/cmdline` mentions `needle` (our run dir): guards against pid reuse.
 pub fn cmdline_mentions(pid: i32, needle: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;

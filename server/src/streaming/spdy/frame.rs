@@ -1,6 +1,6 @@
 //! SPDY/3.1 frames: the binary layout (control frames with a version and a type, data
 //! frames with a stream id) and the header blocks inside SYN_STREAM/SYN_REPLY/HEADERS,
-//! zlib-compressed with [`DICTIONARY`](super::dictionary::DICTIONARY), one compression
+//! zlib-compressed with [`super::dictionary::DICTIONARY`], one compression
 //! context per direction for the whole connection.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};

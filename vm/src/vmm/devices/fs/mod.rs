@@ -40,7 +40,7 @@ use crate::vmm::memory::GuestMemoryMmap;
 pub const NUM_QUEUES: usize = 2;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 1024;
-/// `struct virtio_fs_config`: tag[36], num_request_queues (le32).
+/// `struct virtio_fs_config`: `tag[36]`, num_request_queues (le32).
 pub const CONFIG_LEN: usize = MAX_FS_TAG_LEN + 4;
 
 /// The vhost-user feature bit that enables protocol features (and vring enable/disable).

@@ -36,7 +36,7 @@ pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// MTUs we report: Linux's minimum, up to what fits [`queues::MAX_FRAME`] with an Ethernet
 /// and a VLAN header.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=(queues::MAX_FRAME as u32 - 18);
-/// `struct virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu (le16).
+/// `struct virtio_net_config` up to `mtu`: `mac[6]`, status, max_virtqueue_pairs, mtu (le16).
 const CONFIG_LEN: usize = 12;
 /// The MTU a device without a backend reports: what a pod tap has unless the CNI sets one.
 pub const DEFAULT_MTU: u32 = 1500;
