@@ -197,6 +197,24 @@ struct TemplateProcs {
     virtiofsd: Option<Proc>,
 }
 
+/// A template creation that is dropped half-way (the pod start or hulld's warm-up task
+/// cancelled, hulld shutting down) must not leave its VM running: nothing would ever ask it
+/// for a snapshot. [`TemplateProcs::cleanup`] has already stopped them on every other path.
+impl Drop for TemplateProcs {
+    fn drop(&mut self) {
+        for p in [&self.vmm, &self.virtiofsd].into_iter().flatten() {
+            if p.alive() {
+                tracing::warn!(
+                    what = p.what,
+                    pid = p.pid,
+                    "template creation abandoned; killing"
+                );
+                p.kill_now();
+            }
+        }
+    }
+}
+
 impl TemplateProcs {
     async fn cleanup(&self) {
         for p in [&self.vmm, &self.virtiofsd].into_iter().flatten() {

@@ -159,7 +159,8 @@ impl Proc {
         }
     }
 
-    fn kill_now(&self) {
+    /// SIGKILL and a short blocking wait for the exit (for paths that cannot await).
+    pub fn kill_now(&self) {
         self.signal(Signal::SIGKILL);
         let deadline = Instant::now() + KILL_WAIT;
         while self.alive() && Instant::now() < deadline {

@@ -163,3 +163,23 @@ async fn warm_makes_or_finds_the_template_and_reports_it() {
 fn hv_off(vmm: &Path) -> HullHypervisor {
     templated(vmm.to_owned()).with_templates(false)
 }
+
+#[tokio::test]
+async fn an_abandoned_template_creation_kills_its_vm() {
+    let s = setup();
+    // Never prints the ready line: the template boot waits until it is dropped.
+    let vmm = write_script(s.dir.path(), "hull-vmm", FAKE_VMM);
+    let hv = templated(vmm.clone());
+    let warm = tokio::time::timeout(Duration::from_millis(1500), hv.warm(&s.config)).await;
+    assert!(warm.is_err(), "the fake never gets ready: {warm:?}");
+    let key = template_key(&s.config, &vmm).expect("key");
+    let pid_file = TemplatePaths::new(&s.config.run_dir, &key)
+        .run_files()
+        .vmm_pid;
+    let pid = std::fs::read_to_string(&pid_file).expect("the template VM was started");
+    let pid = pid.trim();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "template hull-vmm {pid} still running after its creation was dropped"
+    );
+}
