@@ -133,6 +133,17 @@ impl VmProcs {
         Ok(self.vmm.insert(p))
     }
 
+    /// SIGKILLs every process still running, the VMM first, without awaiting: for an owner
+    /// that is dropped before it could stop them (a cancelled template creation).
+    pub fn kill_now(&self) {
+        for p in self.vmm.iter().chain(self.helpers.iter().rev()) {
+            if p.alive() {
+                tracing::warn!(what = p.what, pid = p.pid, "abandoned; killing");
+                p.kill_now();
+            }
+        }
+    }
+
     /// Stops the VM once (see the module doc) and removes `run_files` (sockets and pid
     /// files; logs stay); returns how it ended.
     pub async fn stop(

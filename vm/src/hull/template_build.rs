@@ -16,9 +16,10 @@ use super::template::{
     template_vmm_config,
 };
 use super::{EXIT_SNAPSHOTTED, HullConfig, error_chain};
-use crate::hypervisor::{HypervisorError, VmConfig};
+use crate::hypervisor::{HypervisorError, VmConfig, VmExit};
+use crate::procvm::{Spawn, VmProcs};
 use crate::qemu::argv;
-use crate::qemu::procs::{Proc, log_tail, wait_agent_marker, wait_for_socket};
+use crate::qemu::procs::{log_tail, wait_agent_marker, wait_for_socket};
 
 /// How long pods boot cold after a template for their key failed.
 pub const FAILURE_BACKOFF: Duration = Duration::from_secs(10 * 60);
@@ -190,11 +191,17 @@ pub async fn create(
     result
 }
 
-/// The processes of a template VM.
-#[derive(Default)]
-struct TemplateProcs {
-    vmm: Option<Proc>,
-    virtiofsd: Option<Proc>,
+/// The processes of a template VM: virtiofsd when its pods have a share, then hull-vmm.
+struct TemplateProcs(VmProcs);
+
+impl Default for TemplateProcs {
+    fn default() -> Self {
+        // Exit 7 (snapshot written) is how a template VM is meant to end.
+        Self(VmProcs::new(|status| match status.code() {
+            Some(EXIT_SNAPSHOTTED) => VmExit::Shutdown,
+            _ => super::exit_of(status),
+        }))
+    }
 }
 
 /// A template creation that is dropped half-way (the pod start or hulld's warm-up task
@@ -202,25 +209,14 @@ struct TemplateProcs {
 /// for a snapshot. [`TemplateProcs::cleanup`] has already stopped them on every other path.
 impl Drop for TemplateProcs {
     fn drop(&mut self) {
-        for p in [&self.vmm, &self.virtiofsd].into_iter().flatten() {
-            if p.alive() {
-                tracing::warn!(
-                    what = p.what,
-                    pid = p.pid,
-                    "template creation abandoned; killing"
-                );
-                p.kill_now();
-            }
-        }
+        self.0.kill_now();
     }
 }
 
 impl TemplateProcs {
     async fn cleanup(&self) {
-        for p in [&self.vmm, &self.virtiofsd].into_iter().flatten() {
-            if let Err(e) = p.terminate(CLEANUP_GRACE).await {
-                tracing::warn!(error = %e, what = p.what, "template process cleanup failed");
-            }
+        if let Err(e) = self.0.stop(CLEANUP_GRACE, &[]).await {
+            tracing::warn!(error = %e, "template process cleanup failed");
         }
     }
 }
@@ -233,35 +229,28 @@ async fn boot_and_snapshot(
 ) -> Result<(), TemplateError> {
     let files = paths.run_files();
     if config.shared_dir.is_some() {
-        let args = argv::virtiofsd_args(&argv::RunFiles::new(&paths.build), &paths.share);
-        let fs = Proc::spawn(
-            "virtiofsd",
-            &programs.virtiofsd,
-            &args,
-            &files.virtiofsd_log,
-            None,
-            &files.virtiofsd_pid,
-        )
-        .map_err(TemplateError::Virtiofsd)?;
-        let fs = procs.virtiofsd.insert(fs);
-        wait_for_socket(&files.fs_backend, fs, &files.virtiofsd_log)
+        let fs_files = argv::RunFiles::new(&paths.build);
+        let virtiofsd = argv::virtiofsd(&fs_files, &programs.virtiofsd, &paths.share);
+        procs
+            .0
+            .start_helpers(&[virtiofsd])
             .await
             .map_err(TemplateError::Virtiofsd)?;
     }
     let json = serde_json::to_vec_pretty(&template_vmm_config(config, paths))
         .map_err(|e| TemplateError::Vmm(HypervisorError::InvalidConfig(e.to_string())))?;
     std::fs::write(&files.vmm_config, json).map_err(dir_error(&files.vmm_config))?;
-    let args = ["--config".into(), files.vmm_config.clone().into_os_string()];
-    let vmm = Proc::spawn(
-        "hull-vmm",
-        &programs.vmm,
-        &args,
-        &files.vmm_log,
-        None,
-        &files.vmm_pid,
-    )
-    .map_err(TemplateError::Vmm)?;
-    let vmm = procs.vmm.insert(vmm);
+    let spawn = Spawn {
+        what: "hull-vmm",
+        program: &programs.vmm,
+        args: vec!["--config".into(), files.vmm_config.clone().into_os_string()],
+        log: &files.vmm_log,
+        pid_file: &files.vmm_pid,
+    };
+    let vmm = procs
+        .0
+        .spawn_vmm(&spawn, None)
+        .map_err(TemplateError::Vmm)?;
     wait_for_socket(&files.api_socket, vmm, &files.vmm_log)
         .await
         .map_err(TemplateError::Vmm)?;
