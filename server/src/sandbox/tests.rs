@@ -30,13 +30,18 @@ fn env() -> Env {
 }
 
 fn env_with_grace(stop_grace_secs: u64) -> Env {
+    env_with(|c| c.vm.stop_grace_secs = stop_grace_secs)
+}
+
+/// The fakes and a manager on a config that `tweak` has changed.
+fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         root_dir: dir.path().join("lib"),
         state_dir: dir.path().join("run"),
         ..Config::default()
     };
-    config.vm.stop_grace_secs = stop_grace_secs;
+    tweak(&mut config);
     std::fs::create_dir_all(&config.root_dir).unwrap();
     let config = Arc::new(config);
     let store = Store::open(&config.metadata_path(), &crate::state::tables()).unwrap();
@@ -486,21 +491,7 @@ async fn the_warmed_vm_template_is_the_one_a_default_pod_needs() {
 
 #[tokio::test]
 async fn no_warm_up_with_templates_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        root_dir: dir.path().join("root"),
-        state_dir: dir.path().join("state"),
-        ..Config::default()
-    };
-    config.vm.templates = false;
-    let store = Store::open(&dir.path().join("meta.db"), &crate::state::tables()).unwrap();
-    let vm = FakeHypervisor::default();
-    let backends = Backends {
-        network: Arc::new(FakePodNetwork::new()),
-        hypervisor: Ok(Arc::new(vm.clone())),
-        agent: Arc::new(FakeAgent::default()),
-    };
-    let mgr = Arc::new(SandboxManager::new(Arc::new(config), store, backends));
-    assert!(mgr.warm_vm_template().is_none());
-    assert!(vm.state.lock().unwrap().warmed.is_empty());
+    let e = env_with(|c| c.vm.templates = false);
+    assert!(e.mgr.warm_vm_template().is_none());
+    assert!(e.vm.state.lock().unwrap().warmed.is_empty());
 }
