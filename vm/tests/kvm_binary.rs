@@ -233,22 +233,7 @@ fn sigterm_stops_with_exit_code_5_even_with_device_threads() {
     let kernel = dir.path().join("spin.elf");
     std::fs::write(&kernel, pvh_elf(SPIN)).unwrap();
     let uds = dir.path().join("v.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
-        .arg("--kernel")
-        .arg(&kernel)
-        .args([
-            "--memory-mib",
-            "32",
-            "--rng",
-            "--vsock-cid",
-            "3",
-            "--vsock-uds",
-        ])
-        .arg(&uds)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = spawn_with_devices(&kernel, &uds, &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !uds.exists() {
         assert!(
@@ -282,6 +267,27 @@ const PRINT_SPIN_PRINT: &[u8] = &[
     0xb0, 0xfe, 0xe6, 0x64, 0xf4, // i8042 reset; hlt
 ];
 
+/// hull-vmm on `kernel` with 32 MiB, an rng and a vsock bridged to `uds`, plus `extra`.
+fn spawn_with_devices(kernel: &Path, uds: &Path, extra: &[std::ffi::OsString]) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .arg("--kernel")
+        .arg(kernel)
+        .args([
+            "--memory-mib",
+            "32",
+            "--rng",
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+        ])
+        .arg(uds)
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}
+
 fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !done() {
@@ -309,21 +315,14 @@ fn a_snapshot_taken_mid_loop_resumes_in_a_new_vmm() {
     let kernel = d.join("spin.elf");
     std::fs::write(&kernel, pvh_elf(PRINT_SPIN_PRINT)).unwrap();
     let vmm = |console: &str, api: &str, extra: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hull-vmm"));
-        cmd.arg("--kernel").arg(&kernel);
-        cmd.arg("--console-log").arg(d.join(console));
-        cmd.arg("--api-socket").arg(d.join(api));
-        cmd.args([
-            "--memory-mib",
-            "32",
-            "--rng",
-            "--vsock-cid",
-            "3",
-            "--vsock-uds",
-        ]);
-        cmd.arg(d.join(format!("{api}.vsock")));
-        cmd.args(extra).stderr(std::process::Stdio::piped());
-        KillOnDrop(cmd.spawn().unwrap())
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--console-log".into(),
+            d.join(console).into(),
+            "--api-socket".into(),
+            d.join(api).into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        spawn_with_devices(&kernel, &d.join(format!("{api}.vsock")), &args)
     };
     let mut first = vmm("c1.log", "a1.sock", &[]);
     let console = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
