@@ -25,22 +25,37 @@ struct Rig<'a> {
     peer: UnixDatagram,
 }
 
-fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
-    let rx = MockSplitQueue::create(mem, GuestAddress(0x1000), 16);
-    let tx = MockSplitQueue::create(mem, GuestAddress(0x3000), 16);
-    let (ours, peer) = UnixDatagram::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    peer.set_nonblocking(true).unwrap();
-    let tap = File::from(std::os::fd::OwnedFd::from(ours));
+/// RX and TX queues of 16 at guest addresses `at`, and the device side over them, its
+/// frames going to `tap` (`None`: no backend).
+fn queues<'a>(
+    mem: &'a GuestMemoryMmap,
+    at: (u64, u64),
+    tap: Option<File>,
+) -> (
+    MockSplitQueue<'a, GuestMemoryMmap>,
+    MockSplitQueue<'a, GuestMemoryMmap>,
+    NetQueues,
+) {
+    let rx = MockSplitQueue::create(mem, GuestAddress(at.0), 16);
+    let tx = MockSplitQueue::create(mem, GuestAddress(at.1), 16);
     let interrupt = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let q = NetQueues::new(
         mem.clone(),
         rx.create_queue().unwrap(),
         tx.create_queue().unwrap(),
         interrupt,
-        Some(tap),
+        tap,
         Arc::new(NetCounters::default()),
     );
+    (rx, tx, q)
+}
+
+fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
+    let (ours, peer) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let tap = File::from(std::os::fd::OwnedFd::from(ours));
+    let (rx, tx, q) = queues(mem, (0x1000, 0x3000), Some(tap));
     Rig { rx, tx, q, peer }
 }
 

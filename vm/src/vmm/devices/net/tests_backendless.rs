@@ -12,32 +12,10 @@ use crate::vmm::exit::ExitSignal;
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
 
-fn backendless_queues<'a>(
-    mem: &'a GuestMemoryMmap,
-    at: (u64, u64),
-) -> (
-    MockSplitQueue<'a, GuestMemoryMmap>,
-    MockSplitQueue<'a, GuestMemoryMmap>,
-    NetQueues,
-) {
-    let rx = MockSplitQueue::create(mem, GuestAddress(at.0), 16);
-    let tx = MockSplitQueue::create(mem, GuestAddress(at.1), 16);
-    let interrupt = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    let q = NetQueues::new(
-        mem.clone(),
-        rx.create_queue().unwrap(),
-        tx.create_queue().unwrap(),
-        interrupt,
-        None,
-        Arc::new(NetCounters::default()),
-    );
-    (rx, tx, q)
-}
-
 #[test]
 fn tx_chains_are_completed_and_counted_dropped() {
     let mem = test_memory();
-    let (_rx, tx, mut q) = backendless_queues(&mem, (0x1000, 0x3000));
+    let (_rx, tx, mut q) = queues(&mem, (0x1000, 0x3000), None);
     let f = frame(98, 0xcd);
     mem.write_slice(&f, GuestAddress(0x9000)).unwrap();
     add_chain(&tx, &[desc(0x8000, 12, false), desc(0x9000, 98, false)], 0);
@@ -60,7 +38,7 @@ fn tx_chains_are_completed_and_counted_dropped() {
 #[test]
 fn malformed_tx_chains_are_still_refused() {
     let mem = test_memory();
-    let (_rx, tx, mut q) = backendless_queues(&mem, (0x1000, 0x3000));
+    let (_rx, tx, mut q) = queues(&mem, (0x1000, 0x3000), None);
     add_chain(&tx, &[desc(0x8000, 100, true)], 0); // device-writable in TX
     add_chain(&tx, &[desc(0xfff0, 0x80, false)], 1); // partly outside guest memory
     add_chain(&tx, &[desc(0x8000, 12, false)], 2); // only a header
@@ -84,7 +62,7 @@ fn malformed_tx_chains_are_still_refused() {
 #[test]
 fn rx_does_nothing_and_leaves_guest_memory_alone() {
     let mem = test_memory();
-    let (rx, _tx, mut q) = backendless_queues(&mem, (0x1000, 0x3000));
+    let (rx, _tx, mut q) = queues(&mem, (0x1000, 0x3000), None);
     mem.write_slice(&[0x5a; 0x2000], GuestAddress(0x8000))
         .unwrap();
     add_chain(&rx, &[desc(0x9000, 1600, false)], 0); // malformed: not even refused
