@@ -38,36 +38,12 @@ pub enum ShareState {
     Absent,
 }
 
-/// Unescapes a mountinfo path field (the kernel writes space, tab, newline and `\` as
-/// `\ooo` octal escapes).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|o| bytes[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal.and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok()) {
-            Some(b) => {
-                out.push(b);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Whether `mountinfo` (the text of /proc/self/mountinfo) has a mount at `path`.
 pub fn is_mounted(mountinfo: &str, path: &str) -> bool {
     mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount_point| unescape(mount_point) == path)
+        .any(|mount_point| hull_agent_api::mountinfo::unescape(mount_point) == path)
 }
 
 /// Serializes [`ensure_mounted`], so concurrent calls cannot both mount (and stack) it.
@@ -133,9 +109,9 @@ mod tests {
     }
 
     #[test]
-    fn unescapes_octal_only() {
-        assert_eq!(unescape("/a\\040b\\011c\\134d"), "/a b\tc\\d");
-        assert_eq!(unescape("/a\\9b\\04"), "/a\\9b\\04");
+    fn an_escaped_mount_point_is_found() {
+        let line = "36 25 0:31 / /run/a\\040b rw - tmpfs tmpfs rw\n";
+        assert!(is_mounted(line, "/run/a b"));
     }
 
     #[test]

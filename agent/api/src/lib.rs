@@ -9,10 +9,12 @@
 //! container lifecycle (create from an OCI spec, start, exec, signal, wait,
 //! stdio streams, tty resize, remove), stats, OOM events and shutdown.
 //!
-//! Validation helpers shared by both sides live in [`validate`].
+//! Validation helpers shared by both sides live in [`validate`], mountinfo parsing in
+//! [`mountinfo`].
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod mountinfo;
 pub mod validate;
 
 /// Generated protobuf messages and the tonic client/server for `hull.agent.v1`.

@@ -209,7 +209,7 @@ fn submounts(target: &Path) -> Vec<(String, String)> {
     info.lines()
         .filter_map(|l| {
             let mut fields = l.split(' ').skip(4);
-            let point = unescape_mountinfo(fields.next()?);
+            let point = hull_agent_api::mountinfo::unescape(fields.next()?);
             let options = fields.next()?.to_owned();
             point.starts_with(&prefix).then_some((point, options))
         })
@@ -220,28 +220,6 @@ fn submounts(target: &Path) -> Vec<(String, String)> {
 /// paths escape space, tab, newline and backslash as octal).
 pub fn has_submounts(target: &Path) -> bool {
     !submounts(target).is_empty()
-}
-
-fn unescape_mountinfo(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts and removes every mount point of the container. Idempotent; errors are
@@ -380,7 +358,6 @@ mod tests {
         bad.recursive_read_only = true;
         let err = prepare(shared.path(), "/g", "c4", &[bad]).expect_err("rro without ro");
         assert!(matches!(err, VolumeError::RecursiveReadOnly { index: 0 }));
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         assert!(!has_submounts(Path::new("/nonexistent-hull")));
     }
 
