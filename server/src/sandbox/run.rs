@@ -5,6 +5,7 @@
 //! `ready`. Each phase's time is logged and kept in the record.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -262,22 +263,38 @@ impl SandboxManager {
         config: &PodSandboxConfig,
         net: &hull_network::PodNetworkStatus,
     ) -> VmConfig {
+        let nic = NetConfig {
+            tap: net.tap.clone(),
+            mac: net.mac.clone(),
+            mtu: net.mtu,
+        };
+        let mut vm = self.pod_vm_config(&sb.id, config, sb.run_dir.clone(), nic);
+        vm.netns = Some(net.netns.clone());
+        vm.shared_dir = Some(sb.shared_dir.clone());
+        vm
+    }
+
+    /// The VM of pod `id` sized for `config`, with a NIC and a share in `run_dir` (the
+    /// caller sets the netns and share of a real pod).
+    pub(super) fn pod_vm_config(
+        &self,
+        id: &str,
+        config: &PodSandboxConfig,
+        run_dir: PathBuf,
+        nic: NetConfig,
+    ) -> VmConfig {
         let size = super::sizing::vm_size(config, &self.config.vm);
         VmConfig {
-            id: sb.id.clone(),
+            id: id.to_owned(),
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
             kernel: self.config.vm.kernel.clone(),
             initramfs: self.config.vm.initramfs.clone(),
             cmdline: self.config.vm.kernel_params.clone(),
-            run_dir: sb.run_dir.clone(),
-            netns: Some(net.netns.clone()),
-            net: Some(NetConfig {
-                tap: net.tap.clone(),
-                mac: net.mac.clone(),
-                mtu: net.mtu,
-            }),
-            shared_dir: Some(sb.shared_dir.clone()),
+            netns: None,
+            net: Some(nic),
+            shared_dir: Some(run_dir.join("shared")),
+            run_dir,
         }
     }
 

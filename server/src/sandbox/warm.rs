@@ -17,24 +17,13 @@ const WARM_ID: &str = "vm-template-warmup";
 impl SandboxManager {
     /// The VM config of a pod without resource requests, as far as its template goes.
     pub(super) fn default_pod_vm_config(&self) -> VmConfig {
-        let size = super::sizing::vm_size(&PodSandboxConfig::default(), &self.config.vm);
+        let nic = NetConfig {
+            tap: "tap-unused".into(),
+            mac: "02:00:00:00:00:00".into(),
+            mtu: 1500,
+        };
         let run_dir = self.sandboxes_dir().join(WARM_ID);
-        VmConfig {
-            id: WARM_ID.into(),
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-            kernel: self.config.vm.kernel.clone(),
-            initramfs: self.config.vm.initramfs.clone(),
-            cmdline: self.config.vm.kernel_params.clone(),
-            netns: None,
-            net: Some(NetConfig {
-                tap: "tap-unused".into(),
-                mac: "02:00:00:00:00:00".into(),
-                mtu: 1500,
-            }),
-            shared_dir: Some(run_dir.join("shared")),
-            run_dir,
-        }
+        self.pod_vm_config(WARM_ID, &PodSandboxConfig::default(), run_dir, nic)
     }
 
     /// With `vm.templates` on, starts making the default-sized pods' VM template in the
