@@ -40,10 +40,7 @@ pub enum ShareState {
 
 /// Whether `mountinfo` (the text of /proc/self/mountinfo) has a mount at `path`.
 pub fn is_mounted(mountinfo: &str, path: &str) -> bool {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount_point| hull_agent_api::mountinfo::unescape(mount_point) == path)
+    hull_agent_api::mountinfo::mount_points(mountinfo).any(|point| point == path)
 }
 
 /// Serializes [`ensure_mounted`], so concurrent calls cannot both mount (and stack) it.

@@ -25,6 +25,14 @@ pub fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The mount point (5th field) of each line of `mountinfo`, unescaped.
+pub fn mount_points(mountinfo: &str) -> impl Iterator<Item = String> + '_ {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +42,13 @@ mod tests {
         assert_eq!(unescape("/a\\040b\\011c\\134d\\012e"), "/a b\tc\\d\ne");
         assert_eq!(unescape("/a\\9b\\04"), "/a\\9b\\04");
         assert_eq!(unescape("/a\\777"), "/a\\777", "above \\377 is no byte");
+    }
+
+    #[test]
+    fn mount_points_are_the_fifth_field() {
+        let info = "22 1 8:1 / / rw - ext4 /dev/vda rw\n\
+                    40 22 0:5 / /run/a\\040b rw shared:7 - tmpfs t rw\n\
+                    short line\n";
+        assert_eq!(mount_points(info).collect::<Vec<_>>(), ["/", "/run/a b"]);
     }
 }

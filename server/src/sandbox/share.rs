@@ -85,31 +85,9 @@ fn mount_points_under(dir: &Path) -> Result<Vec<PathBuf>, ShareError> {
 
 /// The mount point field (5th) of each mountinfo line, with its octal escapes undone.
 fn parse_mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+    hull_agent_api::mountinfo::mount_points(mountinfo)
+        .map(PathBuf::from)
         .collect()
-}
-
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Some(digits) = field.get(i + 1..i + 4)
-            && let Ok(v) = u8::from_str_radix(digits, 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -124,8 +102,6 @@ mod tests {
             parse_mount_points(info),
             [PathBuf::from("/"), PathBuf::from("/run/hull/a b/shared")]
         );
-        assert_eq!(unescape("x\\134y"), "x\\y");
-        assert_eq!(unescape("trailing\\04"), "trailing\\04");
     }
 
     #[test]
