@@ -2,6 +2,7 @@
 //! image, and (with the sandbox API) the container manager and exit watcher.
 
 pub mod etc;
+pub mod host_volumes;
 pub mod images;
 pub mod manager;
 pub mod oci;

@@ -192,7 +192,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<oci::Spec, SpecError> {
     }
     let mut linux = oci::Linux {
         namespaces: namespaces(&sc),
-        resources: resources.map(self::resources),
+        resources: Some(oci::Resources {
+            devices: device_rules(sc.privileged),
+            ..resources.map(self::resources).unwrap_or_default()
+        }),
         sysctl: input.pod_sysctls.clone(),
         seccomp,
         ..Default::default()
@@ -407,6 +410,42 @@ fn namespaces(sc: &cri::LinuxContainerSecurityContext) -> Vec<oci::Namespace> {
         .collect()
 }
 
+/// containerd's device cgroup rules: a privileged container may use every device; any
+/// other only the standard character devices (and mknod, which alone opens nothing).
+/// Enforced where the container's cgroup is v1 (host-isolation pods on a v1 node).
+pub fn device_rules(privileged: bool) -> Vec<oci::DeviceRule> {
+    let rule = |allow, kind, major, minor, access| oci::DeviceRule {
+        allow,
+        kind,
+        major,
+        minor,
+        access,
+    };
+    if privileged {
+        return vec![rule(true, None, None, None, "rwm")];
+    }
+    let mut out = vec![
+        rule(false, None, None, None, "rwm"),
+        rule(true, Some("c"), None, None, "m"),
+        rule(true, Some("b"), None, None, "m"),
+    ];
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+        (10, 200),
+    ] {
+        out.push(rule(true, Some("c"), Some(major), Some(minor), "rwm"));
+    }
+    out.push(rule(true, Some("c"), Some(136), None, "rwm"));
+    out
+}
+
 /// CRI resources → OCI cgroup resources (the agent writes them as cgroup v2 files).
 pub fn resources(r: &cri::LinuxContainerResources) -> oci::Resources {
     let positive = |v: i64| (v > 0).then_some(v);
@@ -443,6 +482,7 @@ pub fn resources(r: &cri::LinuxContainerResources) -> oci::Resources {
             })
             .collect(),
         unified,
+        devices: Vec::new(),
     }
 }
 
@@ -522,7 +562,11 @@ fn mounts(
         // left to the host side, which is read-only at the top only.
         let guest_ro = gm.readonly && (gm.recursive_readonly || !gm.host_submounts);
         let rw = if guest_ro { "ro" } else { "rw" };
-        out.push(m(dest, "bind", &gm.source, &["rbind", propagation, rw]));
+        let mut mount = m(dest, "bind", &gm.source, &["rbind", propagation, rw]);
+        if gm.recursive_readonly {
+            mount.options.push("rro".into());
+        }
+        out.push(mount);
     }
     // Parents before children (containerd sorts by path depth). A read-only rootfs is
     // `root.readonly`: the agent remounts the root read-only after every mount.

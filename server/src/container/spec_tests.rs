@@ -318,14 +318,15 @@ fn cri_mounts_override_and_sort() {
         strings(&["rbind", "rslave", "ro"])
     );
     // Read-only over host submounts: non-recursive is the host's job (a guest read-only
-    // bind would cover the submounts too), recursive is both sides'.
+    // bind would cover the submounts too), recursive is both sides' (`rro`: the agent's
+    // bind is read-only all the way down, which a host pod's only bind must be).
     assert_eq!(
         spec.mounts[pos("/nrro")].options,
         strings(&["rbind", "rprivate", "rw"])
     );
     assert_eq!(
         spec.mounts[pos("/rro")].options,
-        strings(&["rbind", "rprivate", "ro"])
+        strings(&["rbind", "rprivate", "ro", "rro"])
     );
     let bad = [GuestMount {
         container_path: "rel".into(),
@@ -518,4 +519,25 @@ fn stop_signals() {
     assert_eq!(stop_signal("9"), 9);
     assert_eq!(stop_signal("SIGNOPE"), 15);
     assert_eq!(stop_signal("999"), 15);
+}
+
+#[test]
+fn device_rules_deny_all_but_the_standard_devices_unless_privileged() {
+    let spec = build_with(&sc(|_| {}), &[]).expect("spec");
+    let devices = spec.linux.resources.expect("resources").devices;
+    assert_eq!(
+        (devices[0].allow, devices[0].kind),
+        (false, None),
+        "deny all first"
+    );
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.allow && d.kind == Some("c") && d.major == Some(1) && d.minor == Some(3))
+    );
+    assert!(!devices.iter().any(|d| d.allow && d.kind.is_none()));
+    let privileged = build_with(&sc(|s| s.privileged = true), &[]).expect("spec");
+    let devices = privileged.linux.resources.expect("resources").devices;
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].allow && devices[0].kind.is_none() && devices[0].access == "rwm");
 }

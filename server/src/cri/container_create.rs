@@ -9,8 +9,9 @@ use tracing::Instrument;
 
 use super::super::CriService;
 use super::super::status::CriError;
+use crate::config::Isolation;
 use crate::container::images::{ContainerImages, ImagesError};
-use crate::container::{etc, spec, volumes};
+use crate::container::{etc, host_volumes, spec, volumes};
 use crate::sandbox::Sandbox;
 use crate::state::{ContainerRecord, ContainerState};
 
@@ -52,8 +53,13 @@ impl Undo<'_> {
 }
 
 /// Creates every mount point in the rootfs on the host, so that a read-only rootfs can
-/// still take its mounts in the guest. Best effort: the agent reports what fails.
-fn make_mount_points(rootfs: &Path, mounts: &[spec::GuestMount], host_mounts: &Path) {
+/// still take its mounts in the guest. `source_is_dir` says which mounts are dirs. Best
+/// effort: the agent reports what fails.
+fn make_mount_points(
+    rootfs: &Path,
+    mounts: &[spec::GuestMount],
+    source_is_dir: impl Fn(usize, &spec::GuestMount) -> bool,
+) {
     for (i, m) in mounts.iter().enumerate() {
         let rel = m.container_path.trim_start_matches('/');
         if rel.is_empty() || rel.split('/').any(|c| c == "..") {
@@ -63,13 +69,28 @@ fn make_mount_points(rootfs: &Path, mounts: &[spec::GuestMount], host_mounts: &P
         if target.symlink_metadata().is_ok() {
             continue;
         }
-        if host_mounts.join(i.to_string()).is_dir() {
+        if source_is_dir(i, m) {
             let _ = std::fs::create_dir_all(&target);
         } else if let Some(parent) = target.parent() {
             let _ = std::fs::create_dir_all(parent);
             let _ = std::fs::File::create(&target);
         }
     }
+}
+
+/// A hostNetwork pod has the node's hostname (as with containerd): its sandbox config with
+/// that hostname, for `/etc/hostname`; `None` for other pods.
+fn host_network_hostname(
+    pod: &cri::PodSandboxConfig,
+) -> Result<Option<cri::PodSandboxConfig>, CriError> {
+    if !crate::sandbox::handlers::NodeNamespacesOf::of(pod).network || !pod.hostname.is_empty() {
+        return Ok(None);
+    }
+    let name = nix::unistd::gethostname()
+        .map_err(|e| CriError::internal("Reading the node's hostname", e))?;
+    let mut with_name = pod.clone();
+    with_name.hostname = name.to_string_lossy().into_owned();
+    Ok(Some(with_name))
 }
 
 impl CriService {
@@ -164,19 +185,34 @@ impl CriService {
             .await
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
-        let guest_shared = Sandbox::GUEST_SHARED_DIR;
-        let mut mounts = volumes::prepare(&shared, guest_shared, id, &config.mounts)
-            .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
+        let host = sandbox.isolation() == Isolation::Host;
+        let agent_shared = sandbox.agent_shared_dir();
+        let guest_shared = agent_shared.as_str();
+        let invalid =
+            |e: &dyn std::error::Error| CriError::InvalidArgument(crate::sandbox::error_chain(e));
+        let mut mounts = if host {
+            host_volumes::prepare(&config.mounts).map_err(|e| invalid(&e))?
+        } else {
+            volumes::prepare(&shared, guest_shared, id, &config.mounts).map_err(|e| invalid(&e))?
+        };
+        let node_hostname = host_network_hostname(sandbox_config)?;
         let etc_files = etc::prepare(
             &shared,
             guest_shared,
             id,
-            (sandbox_config, &config),
+            (node_hostname.as_ref().unwrap_or(sandbox_config), &config),
             Path::new("/etc/resolv.conf"),
         )
         .map_err(|e| CriError::internal("Writing /etc/hostname and /etc/resolv.conf", e))?;
         mounts.extend(etc_files);
-        make_mount_points(&rootfs, &mounts, &volumes::mounts_dir(&shared, id));
+        let vm_mounts = volumes::mounts_dir(&shared, id);
+        make_mount_points(&rootfs, &mounts, |i, m| {
+            if host {
+                Path::new(&m.source).is_dir()
+            } else {
+                vm_mounts.join(i.to_string()).is_dir()
+            }
+        });
         let sysctls: BTreeMap<String, String> = sandbox_config
             .linux
             .as_ref()

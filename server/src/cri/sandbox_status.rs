@@ -45,6 +45,9 @@ fn verbose_info(sb: &Sandbox, rec: &SandboxRecord) -> Result<HashMap<String, Str
     let r = &rec.resources;
     let vm = sb.vm();
     let doc = serde_json::json!({
+        // "vm": a microVM; "host": the containers run on the node (hull-agent in host
+        // mode, whose pid is vmmPid).
+        "isolation": r.isolation.as_str(),
         "vmmPid": vm.as_ref().map(|v| v.pid()).unwrap_or(r.vmm_pid),
         "vmRunning": vm.as_ref().is_some_and(|v| v.is_running()),
         "backend": r.backend,
