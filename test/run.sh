@@ -31,5 +31,8 @@ step "guest kernel + initramfs" packaging/guest/build.sh all
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
+# hull-agent's binary for host-isolation pods (server/tests/host_pods.rs runs it in host
+# mode from the target dir); cargo test builds only the test harnesses of a bin crate.
+step "cargo build hull-agent" cargo build --locked -p hull-agent
 step "cargo test" cargo test --workspace --locked
 log "all tests passed"
