@@ -457,6 +457,7 @@ async fn policy_refuses_cleanly_and_handlers_select_isolation() {
             let ip = exec_sh(&mut rt, &c, "ip -4 -o addr show eth0").await;
             assert!(ip.contains("inet "), "CNI gave the pod an address: {ip}");
             assert!(!pod_cgroups(&id).is_empty());
+            stats_and_update(&mut rt, &id, &c).await;
         })
         .await
     };
@@ -472,4 +473,54 @@ async fn policy_refuses_cleanly_and_handlers_select_isolation() {
     );
     left.extend(env.network_leftovers());
     assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// A host pod's stats come from the node's cgroups, and UpdateContainerResources writes
+/// them (v1 files on this machine, v2 elsewhere).
+async fn stats_and_update(rt: &mut RuntimeServiceClient<Channel>, pod: &str, ctr: &str) {
+    let stats = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: ctr.into(),
+        })
+        .await
+        .expect("container stats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let mem = stats.memory.and_then(|m| m.usage_bytes).map(|v| v.value);
+    assert!(mem.is_some_and(|m| m > 0), "memory of the container's cgroup: {mem:?}");
+    let pod_stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await
+        .expect("pod stats")
+        .into_inner()
+        .stats
+        .and_then(|s| s.linux)
+        .expect("linux stats");
+    let pod_mem = pod_stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
+    assert!(pod_mem.is_some_and(|m| m > 0), "{pod_mem:?}");
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: ctr.into(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            cpu_shares: 256,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("update resources");
+    let limits: Vec<String> = pod_cgroups(pod)
+        .iter()
+        .flat_map(|d| {
+            ["memory.limit_in_bytes", "memory.max", "cpu.shares", "cpu.weight"]
+                .map(|f| std::fs::read_to_string(d.join(ctr).join(f)).unwrap_or_default())
+        })
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    assert!(limits.contains(&(96u64 << 20).to_string()), "{limits:?}");
+    assert!(limits.iter().any(|v| v == "256" || v == "10"), "cpu shares/weight: {limits:?}");
 }

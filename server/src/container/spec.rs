@@ -347,12 +347,32 @@ fn cap_name(c: &str) -> Result<String, SpecError> {
     }
 }
 
-/// The default set, then drops, then adds ("ALL" in either); all of them when privileged.
+/// A privileged container's capabilities: every one hulld's bounding set has
+/// (`CapBnd` of `/proc/<pid>/status`), as containerd's `WithAllCurrentCapabilities`: a node
+/// whose init dropped some (this project's build machines drop CAP_SYS_RESOURCE) cannot
+/// give them to a host pod's container, where the agent's capset would fail. Every cap if
+/// the status cannot be read.
+fn current_caps(status: &str) -> Vec<String> {
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1 << bit) != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect()
+}
+
+/// The default set, then drops, then adds ("ALL" in either); all of the node's when
+/// privileged.
 pub fn capabilities(
     sc: &cri::LinuxContainerSecurityContext,
 ) -> Result<oci::Capabilities, SpecError> {
     let mut caps: Vec<String> = if sc.privileged {
-        ALL_CAPS.iter().map(|s| (*s).to_owned()).collect()
+        current_caps(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
     } else {
         let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect();
         let empty = cri::Capability::default();

@@ -541,3 +541,13 @@ fn device_rules_deny_all_but_the_standard_devices_unless_privileged() {
     assert_eq!(devices.len(), 1);
     assert!(devices[0].allow && devices[0].kind.is_none() && devices[0].access == "rwm");
 }
+
+#[test]
+fn privileged_gets_the_caps_of_the_bounding_set() {
+    let all = current_caps("Name:\thulld\nCapBnd:\t000001ffffffffff\n");
+    assert_eq!(all.len(), ALL_CAPS.len());
+    let dropped = current_caps("CapBnd:\t000001fffeffffff\n");
+    assert!(!dropped.iter().any(|c| c == "CAP_SYS_RESOURCE"), "{dropped:?}");
+    assert_eq!(dropped.len(), ALL_CAPS.len() - 1);
+    assert_eq!(current_caps("garbage").len(), ALL_CAPS.len());
+}

@@ -230,7 +230,7 @@ impl CriService {
             host_rootfs: &rootfs,
             guest_rootfs: &guest_rootfs,
             mounts: &mounts,
-            hostname: &sandbox_config.hostname,
+            hostname: &node_hostname.as_ref().unwrap_or(sandbox_config).hostname,
             pod_sysctls: &sysctls,
         })
         .map_err(|e| CriError::InvalidArgument(e.to_string()))?;

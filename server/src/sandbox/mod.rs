@@ -48,6 +48,8 @@ mod warm;
 #[cfg(test)]
 mod fakes;
 #[cfg(test)]
+mod host_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
