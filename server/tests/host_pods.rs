@@ -488,7 +488,10 @@ async fn stats_and_update(rt: &mut RuntimeServiceClient<Channel>, pod: &str, ctr
         .stats
         .expect("stats");
     let mem = stats.memory.and_then(|m| m.usage_bytes).map(|v| v.value);
-    assert!(mem.is_some_and(|m| m > 0), "memory of the container's cgroup: {mem:?}");
+    assert!(
+        mem.is_some_and(|m| m > 0),
+        "memory of the container's cgroup: {mem:?}"
+    );
     let pod_stats = rt
         .pod_sandbox_stats(cri::PodSandboxStatsRequest {
             pod_sandbox_id: pod.into(),
@@ -499,7 +502,10 @@ async fn stats_and_update(rt: &mut RuntimeServiceClient<Channel>, pod: &str, ctr
         .stats
         .and_then(|s| s.linux)
         .expect("linux stats");
-    let pod_mem = pod_stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
+    let pod_mem = pod_stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
     assert!(pod_mem.is_some_and(|m| m > 0), "{pod_mem:?}");
     rt.update_container_resources(cri::UpdateContainerResourcesRequest {
         container_id: ctr.into(),
@@ -515,12 +521,20 @@ async fn stats_and_update(rt: &mut RuntimeServiceClient<Channel>, pod: &str, ctr
     let limits: Vec<String> = pod_cgroups(pod)
         .iter()
         .flat_map(|d| {
-            ["memory.limit_in_bytes", "memory.max", "cpu.shares", "cpu.weight"]
-                .map(|f| std::fs::read_to_string(d.join(ctr).join(f)).unwrap_or_default())
+            [
+                "memory.limit_in_bytes",
+                "memory.max",
+                "cpu.shares",
+                "cpu.weight",
+            ]
+            .map(|f| std::fs::read_to_string(d.join(ctr).join(f)).unwrap_or_default())
         })
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
         .collect();
     assert!(limits.contains(&(96u64 << 20).to_string()), "{limits:?}");
-    assert!(limits.iter().any(|v| v == "256" || v == "10"), "cpu shares/weight: {limits:?}");
+    assert!(
+        limits.iter().any(|v| v == "256" || v == "10"),
+        "cpu shares/weight: {limits:?}"
+    );
 }

@@ -191,7 +191,10 @@ fn vm_usage(sb: &Sandbox, rec: &SandboxRecord) -> Option<(u64, u64)> {
 fn host_containers_usage(containers: &[(cri::ContainerStats, u64)]) -> (u64, u64) {
     let of = |v: Option<&cri::UInt64Value>| v.map(|v| v.value).unwrap_or(0);
     containers.iter().fold((0, 0), |(cpu, mem), (c, _)| {
-        let c_cpu = of(c.cpu.as_ref().and_then(|u| u.usage_core_nano_seconds.as_ref()));
+        let c_cpu = of(c
+            .cpu
+            .as_ref()
+            .and_then(|u| u.usage_core_nano_seconds.as_ref()));
         let c_mem = of(c.memory.as_ref().and_then(|u| u.working_set_bytes.as_ref()));
         (cpu.saturating_add(c_cpu), mem.saturating_add(c_mem))
     })

@@ -107,7 +107,10 @@ async fn a_host_network_pod_runs_on_the_host_backend_without_a_pod_network() {
     let e = env();
     let id = e.mgr.run(request("kube-system", true, "")).await.unwrap();
     let sb = e.mgr.get(&id).unwrap();
-    assert_eq!((sb.state(), sb.isolation()), (SandboxState::Ready, Isolation::Host));
+    assert_eq!(
+        (sb.state(), sb.isolation()),
+        (SandboxState::Ready, Isolation::Host)
+    );
     assert!(e.net.live().is_empty(), "no CNI for hostNetwork");
     assert_eq!(e.host.live(), vec![id.clone()]);
     assert!(e.vm.live().is_empty());
@@ -115,7 +118,10 @@ async fn a_host_network_pod_runs_on_the_host_backend_without_a_pod_network() {
     let host = started.host.expect("a host pod config");
     assert!(host.node_network && host.node_uts && !host.node_pid && !host.node_ipc);
     assert_eq!(host.cgroup_parent, "/kubepods/pod1");
-    assert_eq!(started.netns, None, "the node's network is hulld's own here");
+    assert_eq!(
+        started.netns, None,
+        "the node's network is hulld's own here"
+    );
     assert_eq!(sb.agent_shared_dir(), sb.shared_dir().display().to_string());
     let setup = e.agent.state.lock().unwrap().setups[0].clone();
     assert!(setup.interfaces.is_empty() && setup.routes.is_empty() && setup.entropy.is_empty());
@@ -127,7 +133,13 @@ async fn a_host_network_pod_runs_on_the_host_backend_without_a_pod_network() {
 
 #[tokio::test]
 async fn a_host_handler_pod_gets_cni_without_a_tap_and_unwinds_at_every_step() {
-    for step in ["none", "network", "vm_start", "agent_connect", "agent_setup"] {
+    for step in [
+        "none",
+        "network",
+        "vm_start",
+        "agent_connect",
+        "agent_setup",
+    ] {
         let e = env();
         match step {
             "network" => e.net.set_failures(FakeFailures {
@@ -162,9 +174,19 @@ async fn a_host_handler_pod_gets_cni_without_a_tap_and_unwinds_at_every_step() {
 async fn policy_refusals_take_nothing() {
     let e = env();
     let denied = e.mgr.run(request("default", true, "")).await.unwrap_err();
-    assert!(matches!(denied, SandboxError::HostIsolationDenied { .. }), "{denied}");
-    let unknown = e.mgr.run(request("kube-system", false, "gvisor")).await.unwrap_err();
-    assert!(matches!(unknown, SandboxError::UnknownHandler { .. }), "{unknown}");
+    assert!(
+        matches!(denied, SandboxError::HostIsolationDenied { .. }),
+        "{denied}"
+    );
+    let unknown = e
+        .mgr
+        .run(request("kube-system", false, "gvisor"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, SandboxError::UnknownHandler { .. }),
+        "{unknown}"
+    );
     e.assert_nothing_left();
     assert_eq!(e.net.calls(), (0, 0));
     // The name was never reserved: the same pod runs once allowed.

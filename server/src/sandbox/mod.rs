@@ -41,6 +41,7 @@ pub mod handlers;
 pub mod host;
 mod run;
 pub mod share;
+pub mod share_ns;
 pub mod sizing;
 mod stop;
 mod warm;
