@@ -87,6 +87,7 @@ scenario_bench() {
     start_control_plane
     start_hulld 1
     start_kubelet 1 "$WORK/node1.kubeconfig"
+    wait_for 120 "node1 registers" k get node node1
     k wait --for=condition=Ready node/node1 --timeout=180s >/dev/null || die "node1 not Ready"
     wait_for 120 "service account" k get serviceaccount default || die "no service account"
     local since=$SECONDS
@@ -116,6 +117,7 @@ scenario_bench() {
     since=$SECONDS
     start_containerd 2
     start_kubelet 2 "$WORK/node2.kubeconfig"
+    wait_for 120 "node2 registers" k get node node2
     k wait --for=condition=Ready node/node2 --timeout=180s >/dev/null || die "node2 (containerd) not Ready"
     bench_pods node2
     startup_figures 2 | tail -n "$BENCH_PODS" >"$WORK/containerd.txt"

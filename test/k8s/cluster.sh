@@ -30,6 +30,8 @@ no_pods_on() { [[ -z $(cri "$1" pods -q) ]]; }
 delete_pods() { k delete pod "$@" --wait=false --ignore-not-found >/dev/null 2>&1; }
 
 test_node_ready() {
+    # kubelet answers its healthz before it has registered the node.
+    wait_for 120 "node1 registers" k get node node1
     k wait --for=condition=Ready node/node1 --timeout=180s >/dev/null || fail "node1 not Ready: $(k get node node1 -o json | jq -c .status.conditions)"
     local rt
     rt=$(k get node node1 -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')

@@ -12,6 +12,7 @@ spread_ready_on() { # <node1 count> <node2 count>
 }
 
 test_second_node_ready() {
+    wait_for 120 "node2 registers" k get node node2
     k wait --for=condition=Ready node/node2 --timeout=180s >/dev/null ||
         fail "node2 not Ready: $(k get node node2 -o json | jq -c .status.conditions)"
     [[ $(k get nodes -o name | wc -l) == 2 ]] || fail "nodes: $(k get nodes)"
