@@ -12,7 +12,7 @@ set -euo pipefail
 
 # cargo from rustup may not be on a non-login shell's PATH.
 export HOME="${HOME:-/root}"
-export PATH="$PATH:$HOME/.cargo/bin"
+export PATH="$PATH:$HOME/.cargo/bin:/usr/local/go/bin"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 log() { printf '[test %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -35,4 +35,8 @@ step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps 
 # mode from the target dir); cargo test builds only the test harnesses of a bin crate.
 step "cargo build hull-agent" cargo build --locked -p hull-agent
 step "cargo test" cargo test --workspace --locked
+# Real Kubernetes on hulld (test/k8s/README.md). The binaries are built once per version
+# and cached (cold: see that README); the suite boots its pods' VMs like the tests above.
+step "kubernetes binaries (test/k8s/build.sh)" test/k8s/build.sh
+step "kubernetes suite (test/k8s/run.sh)" test/k8s/run.sh
 log "all tests passed"
