@@ -51,36 +51,48 @@ const BUILD_IMAGES: &str = r#"
 set -euo pipefail
 REG=$1 SRC=$2 HOST=$3
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+gcc -static -O2 -o "$W/attacker" "$SRC/server/tests/hostile/attacker.c"
+gcc -static -Os -o "$W/suid" "$SRC/test/critest/src/nnp.c"
 umoci init --layout "$W/oci"
+# base ROOTFS ETC: busybox, the attacker, a setuid-root program, a 0666 device node,
+# passwd and group in ETC
+base() {
+    local R=$1 E=$2
+    mkdir -p "$R/bin" "$E" "$R/dev" "$R/proc" "$R/sys" "$R/mnt"
+    mkdir -m 1777 "$R/tmp"
+    cp /bin/busybox "$R/bin/busybox"
+    for a in sh cat ls mkdir mount mv printf sleep echo mknod chmod cp ln rm touch stat wc; do
+        ln "$R/bin/busybox" "$R/bin/$a"
+    done
+    printf 'root:x:0:0::/root:/bin/sh
+' >"$E/passwd"
+    printf 'root:x:0:
+' >"$E/group"
+    cp "$W/attacker" "$R/bin/attacker"
+    install -m 4755 "$W/suid" "$R/bin/suid"
+    mknod -m 666 "$R/dev/hostile-null" c 1 3
+}
+image() {
+    local TAG=$1 NAME=$2
+    umoci repack --image "$W/oci:$TAG" "$W/$TAG"
+    umoci config --image "$W/oci:$TAG" --os linux --architecture amd64         --config.cmd /bin/sh --config.env PATH=/bin
+    skopeo copy --quiet --dest-tls-verify=false "oci:$W/oci:$TAG" "docker://$REG/$NAME:latest"
+}
 umoci new --image "$W/oci:h"
-umoci unpack --image "$W/oci:h" "$W/b"
-R=$W/b/rootfs
-mkdir -p "$R/bin" "$R/etc" "$R/dev" "$R/proc" "$R/sys" "$R/mnt"
-mkdir -m 1777 "$R/tmp"
-cp /bin/busybox "$R/bin/busybox"
-for a in sh cat ls mkdir mount mv printf sleep echo mknod chmod cp ln rm touch stat; do
-    ln "$R/bin/busybox" "$R/bin/$a"
-done
-printf 'root:x:0:0::/root:/bin/sh\n' >"$R/etc/passwd"
-printf 'root:x:0:\n' >"$R/etc/group"
-gcc -static -O2 -o "$R/bin/attacker" "$SRC/server/tests/hostile/attacker.c"
-gcc -static -Os -o "$R/bin/suid" "$SRC/test/critest/src/nnp.c"
-chmod 4755 "$R/bin/suid"
-mknod -m 666 "$R/dev/hostile-null" c 1 3
-umoci repack --image "$W/oci:h" "$W/b"
-umoci config --image "$W/oci:h" --os linux --architecture amd64 \
-    --config.cmd /bin/sh --config.env PATH=/bin
-skopeo copy --quiet --dest-tls-verify=false "oci:$W/oci:h" "docker://$REG/hostile:latest"
-umoci unpack --image "$W/oci:h" "$W/l"
+umoci unpack --image "$W/oci:h" "$W/h"
+base "$W/h/rootfs" "$W/h/rootfs/etc"
+image h hostile
+# hostile-links: /etc, /escape and /up point at $HOST/... outside the rootfs; the image
+# carries its own $HOST/image and $HOST/image-etc, so the links work in the guest.
+umoci new --image "$W/oci:l"
+umoci unpack --image "$W/oci:l" "$W/l"
 L=$W/l/rootfs
-mkdir -p "$L$HOST/image" "$L$HOST/image-etc"
-mv "$L/etc/passwd" "$L/etc/group" "$L$HOST/image-etc/"
-rm -rf "$L/etc"
+base "$L" "$L$HOST/image-etc"
+mkdir -p "$L$HOST/image"
 ln -s "$HOST/image-etc" "$L/etc"
 ln -s "$HOST/image" "$L/escape"
 ln -s "../../../../../../../../../../../../..$HOST/image" "$L/up"
-umoci repack --image "$W/oci:l" "$W/l"
-skopeo copy --quiet --dest-tls-verify=false "oci:$W/oci:l" "docker://$REG/hostile-links:latest"
+image l hostile-links
 "#;
 
 fn push_images(registry: &str, host: &Path) {
