@@ -58,8 +58,8 @@ umoci init --layout "$W/oci"
 # passwd and group in ETC
 base() {
     local R=$1 E=$2
-    mkdir -p "$R/bin" "$E" "$R/dev" "$R/proc" "$R/sys" "$R/mnt"
     mkdir -m 1777 "$R/tmp"
+    mkdir -p "$R/bin" "$E" "$R/dev" "$R/proc" "$R/sys" "$R/mnt"
     cp /bin/busybox "$R/bin/busybox"
     for a in sh cat ls mkdir mount mv printf sleep echo mknod chmod cp ln rm touch stat wc; do
         ln "$R/bin/busybox" "$R/bin/$a"
