@@ -1,7 +1,11 @@
 //! A hostile guest against the host side of the pod's virtio-fs share (issue 19, items
 //! 1-4 and 8): each attack runs inside a real pod VM (QEMU TCG here) from a privileged
-//! container that mounts the share itself (`mount -t virtiofs hullshare /mnt`), which is
-//! what a container escape to guest root can do. Each test asserts the host is untouched:
+//! container, which reaches the agent's mount of the share through `/proc/1/root` (issue
+//! 19 item 9) and does what guest root can do there. (Mounting the `hullshare` tag again
+//! does not give the share's root: the guest kernel hands back the newest virtio-fs
+//! superblock, a submount such as the container's own rootfs.) If containers stop seeing
+//! the agent's PID namespace, the tests say so instead of passing. Each test asserts the
+//! host is untouched:
 //!
 //! - symlinks planted in every container dir of the share, ahead of hulld and in a race
 //!   with it (a static C attacker, `hostile/attacker.c`, looping for a fixed time while the
@@ -40,6 +44,8 @@ use tonic::transport::Channel;
 
 const IMAGE: &str = "registry.k8s.io/hostile:latest";
 const LINKS_IMAGE: &str = "registry.k8s.io/hostile-links:latest";
+/// The pod's share as a privileged container reaches it: the agent's mount.
+const SHARE: &str = "/proc/1/root/run/hull/shared";
 /// How long the attacker plants symlinks, and the test races it.
 const RACE: Duration = Duration::from_secs(30);
 
@@ -61,7 +67,7 @@ base() {
     mkdir -m 1777 "$R/tmp"
     mkdir -p "$R/bin" "$E" "$R/dev" "$R/proc" "$R/sys" "$R/mnt"
     cp /bin/busybox "$R/bin/busybox"
-    for a in sh cat ls mkdir mount mv printf sleep echo mknod chmod cp ln rm touch stat wc; do
+    for a in sh cat ls mkdir mount mv printf sleep echo mknod chmod cp ln rm touch stat wc grep; do
         ln "$R/bin/busybox" "$R/bin/$a"
     done
     printf 'root:x:0:0::/root:/bin/sh
@@ -206,15 +212,12 @@ impl Lab {
             .map(drop)
     }
 
-    /// A privileged container that mounts the share at /mnt, then runs `script`.
+    /// A privileged container running `script` (`$SHARE` is the share's root), once it
+    /// reaches the share.
     async fn attacker(&mut self, script: &str) -> String {
         let mut config = self.config(
             IMAGE,
-            &[
-                "sh",
-                "-c",
-                &format!("mount -t virtiofs hullshare /mnt && {script}"),
-            ],
+            &["sh", "-c", &format!("SHARE={SHARE}; {script}")],
         );
         config.linux = Some(cri::LinuxContainerConfig {
             resources: None,
@@ -224,15 +227,12 @@ impl Lab {
             }),
         });
         let id = cri_common::create_start(&mut self.rt, &self.pod_id, &self.pod, config).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mounts = self.exec(&id, "cat /proc/mounts").await.1;
-            if mounts.contains(" /mnt virtiofs ") {
-                return id;
-            }
-            assert!(Instant::now() < deadline, "the attacker did not mount the share: {mounts}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let (code, out) = self.exec(&id, &format!("ls {SHARE}")).await;
+        assert!(
+            code == 0 && out.contains(&id),
+            "the privileged container cannot reach the share at {SHARE} ({code}): {out}"
+        );
+        id
     }
 
     /// ExecSync `sh -c script`: exit code and stdout+stderr.
@@ -390,7 +390,7 @@ async fn a_symlink_in_the_share_never_makes_hulld_unmount_a_host_mount() {
     let mut lab = Lab::new("hostile-release", |_| {}).await;
     let checks = async {
         let (host, victim) = (lab.host().to_owned(), lab.host().join("victim"));
-        let script = format!("exec attacker /mnt 600 {} {}", host.display(), victim.display());
+        let script = format!("exec attacker $SHARE 600 {} {}", host.display(), victim.display());
         lab.attacker(&script).await;
         let vol = tempfile::tempdir().unwrap();
         for round in 0..3 {
@@ -416,7 +416,7 @@ async fn symlinks_raced_into_the_share_never_redirect_hulld() {
     let mut lab = Lab::new("hostile-race", |_| {}).await;
     let checks = async {
         let host = lab.host().to_owned();
-        let script = format!("exec attacker /mnt {} {} -", RACE.as_secs() + 30, host.display());
+        let script = format!("exec attacker $SHARE {} {} -", RACE.as_secs() + 30, host.display());
         lab.attacker(&script).await;
         let (vol, vol2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let end = Instant::now() + RACE;
@@ -501,7 +501,7 @@ async fn non_utf8_renames_never_keep_mounts_alive() {
         let id = lab.create(config).await.expect("create");
         let bad = r"$(printf '\377\376')";
         let script = format!(
-            "mv /mnt/{id}/mounts/0/a /mnt/{id}/mounts/0/{bad}; mv /mnt/{id} /mnt/{bad}; ls /mnt | wc -c"
+            "S={SHARE}; mv $S/{id}/mounts/0/a $S/{id}/mounts/0/{bad}; mv $S/{id} $S/{bad}; ls $S | wc -c"
         );
         let (_, out) = lab.exec(&attacker, &script).await;
         eprintln!("renames in the share: {out}");
@@ -524,7 +524,7 @@ async fn a_read_only_volume_stays_read_only_for_the_guest() {
         config.mounts = vec![hostpath(vol.path(), "/ro", true)];
         let id = lab.create(config).await.expect("create");
         let script = format!(
-            "echo guest > /mnt/{id}/mounts/0/keep; touch /mnt/{id}/mounts/0/new; cat /mnt/{id}/mounts/0/keep"
+            "V={SHARE}/{id}/mounts/0; echo guest > $V/keep; touch $V/new; cat $V/keep"
         );
         let (_, out) = lab.exec(&attacker, &script).await;
         let keep = std::fs::read_to_string(vol.path().join("keep")).unwrap();

@@ -1,5 +1,5 @@
 /* The hostile guest of server/tests/hostile_share.rs: run in a privileged container that
- * mounted the pod's virtio-fs share at MNT, it plants symlinks to host paths wherever
+ * reaches the pod's virtio-fs share at SHARE, it plants symlinks to host paths wherever
  * hulld creates something in the share, as fast as it can, for SECONDS seconds, then
  * prints what it planted and sleeps. Every target is a path of the test's host dirs:
  *
@@ -10,7 +10,7 @@
  *                                       (not planted when VICTIM is "-")
  *   <ctr>/rootfs/race  -> HOST/rootfs   hulld makes the volume mount points there
  *
- * usage: attacker MNT SECONDS HOST VICTIM
+ * usage: attacker SHARE SECONDS HOST VICTIM
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -58,7 +58,7 @@ static void attack(int share, const char *ctr)
 int main(int argc, char **argv)
 {
 	if (argc != 5) {
-		fprintf(stderr, "usage: attacker MNT SECONDS HOST VICTIM\n");
+		fprintf(stderr, "usage: attacker SHARE SECONDS HOST VICTIM\n");
 		return 2;
 	}
 	const char *host = argv[3];
