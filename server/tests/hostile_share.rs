@@ -456,10 +456,14 @@ async fn image_symlinks_keep_mount_points_and_users_in_the_rootfs() {
             hostpath(&file, "/escape/planted-file", false),
             hostpath(vol.path(), "/up/planted-up", false),
         ];
-        let id = lab.create(config).await.expect("create");
+        // The guest may refuse the container (its agent cannot follow the links either):
+        // what counts is what hulld did on the host before asking it.
+        let created = lab.create(config).await;
         let damage = lab.damage();
-        lab.remove(&id).await.expect("remove");
-        assert!(damage.is_empty(), "{damage:?}");
+        if let Ok(id) = &created {
+            lab.remove(id).await.expect("remove");
+        }
+        assert!(damage.is_empty(), "{damage:?} (create: {created:?})");
         // `hostonly` is only in the host's $HOST/image-etc/passwd, not in the image's.
         let mut config = lab.config(LINKS_IMAGE, &["sleep", "1000"]);
         config.linux = Some(cri::LinuxContainerConfig {
@@ -474,7 +478,11 @@ async fn image_symlinks_keep_mount_points_and_users_in_the_rootfs() {
             let _ = lab.remove(id).await;
         }
         let err = created.expect_err("a user only the host's passwd knows must be unknown");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(
+            err.code() == tonic::Code::InvalidArgument
+                && err.message().contains("\"hostonly\" is not in the image's /etc/passwd"),
+            "{err}"
+        );
     };
     let checks = run_checks(checks).await;
     lab.finish(checks).await;
@@ -576,15 +584,17 @@ async fn setuid_files_and_device_nodes_are_out_of_host_users_reach() {
             .filter(|(p, t, _)| t == "overlay" && p.starts_with(&root))
             .collect();
         assert!(!overlays.is_empty(), "no rootfs overlay under {}", root.display());
+        let mut problems: Vec<String> = reachable
+            .iter()
+            .map(|p| format!("uid 65534 reaches {}", p.display()))
+            .collect();
         for (p, _, opts) in &overlays {
             let o: Vec<&str> = opts.split(',').collect();
-            assert!(
-                o.contains(&"nosuid") && o.contains(&"nodev"),
-                "overlay {} mounted {opts}",
-                p.display()
-            );
+            if !(o.contains(&"nosuid") && o.contains(&"nodev")) {
+                problems.push(format!("overlay {} mounted {opts}", p.display()));
+            }
         }
-        assert!(reachable.is_empty(), "nobody reaches {reachable:?}");
+        assert!(problems.is_empty(), "{problems:#?}");
     };
     let checks = run_checks(checks).await;
     lab.finish(checks).await;
