@@ -137,7 +137,15 @@ impl Lab {
         let env = PodEnv::new();
         let host = tempfile::tempdir().expect("tempdir");
         let h = host.path();
-        for d in ["etc", "mounts", "rootfs", "image", "bind", "image-etc", "victim"] {
+        for d in [
+            "etc",
+            "mounts",
+            "rootfs",
+            "image",
+            "bind",
+            "image-etc",
+            "victim",
+        ] {
             std::fs::create_dir(h.join(d)).unwrap();
         }
         std::fs::write(h.join("etc/hostname"), "original\n").unwrap();
@@ -155,12 +163,19 @@ impl Lab {
         before_start(hulld.root());
         hulld.start_in_own_mount_ns();
         let lab_victim = h.join("victim");
-        let ok = nsenter(hulld.pid(), &["mount", "-t", "tmpfs", "-o", "size=1m", "hostile-victim"])
-            .arg(&lab_victim)
-            .status()
-            .unwrap();
+        let ok = nsenter(
+            hulld.pid(),
+            &["mount", "-t", "tmpfs", "-o", "size=1m", "hostile-victim"],
+        )
+        .arg(&lab_victim)
+        .status()
+        .unwrap();
         assert!(ok.success(), "mount the victim tmpfs in hulld's namespace");
-        std::fs::write(proc_root(hulld.pid(), &lab_victim.join("canary")), "alive\n").unwrap();
+        std::fs::write(
+            proc_root(hulld.pid(), &lab_victim.join("canary")),
+            "alive\n",
+        )
+        .unwrap();
         let mut images = hulld.images().await;
         cri_common::pull(&mut images, IMAGE).await;
         cri_common::pull(&mut images, LINKS_IMAGE).await;
@@ -215,10 +230,7 @@ impl Lab {
     /// A privileged container running `script` (`$SHARE` is the share's root), once it
     /// reaches the share.
     async fn attacker(&mut self, script: &str) -> String {
-        let mut config = self.config(
-            IMAGE,
-            &["sh", "-c", &format!("SHARE={SHARE}; {script}")],
-        );
+        let mut config = self.config(IMAGE, &["sh", "-c", &format!("SHARE={SHARE}; {script}")]);
         config.linux = Some(cri::LinuxContainerConfig {
             resources: None,
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -320,14 +332,21 @@ impl Lab {
             std::panic::resume_unwind(panic);
         }
         removed.expect("remove the pod");
-        assert!(left.is_empty(), "mounts left after RemovePodSandbox: {left:?}");
+        assert!(
+            left.is_empty(),
+            "mounts left after RemovePodSandbox: {left:?}"
+        );
     }
 }
 
 /// `nsenter` into hulld's mount namespace, running `args`.
 fn nsenter(pid: u32, args: &[&str]) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg("-t").arg(pid.to_string()).arg("-m").arg("--").args(args);
+    cmd.arg("-t")
+        .arg(pid.to_string())
+        .arg("-m")
+        .arg("--")
+        .args(args);
     cmd
 }
 
@@ -348,7 +367,11 @@ fn mounts_of(pid: u32) -> Vec<(PathBuf, String, String)> {
             let point = unescape(fields.get(4)?);
             let fstype = String::from_utf8_lossy(fields.get(dash + 1)?).into_owned();
             let opts = String::from_utf8_lossy(fields.get(5)?).into_owned();
-            Some((PathBuf::from(std::ffi::OsStr::from_bytes(&point)), fstype, opts))
+            Some((
+                PathBuf::from(std::ffi::OsStr::from_bytes(&point)),
+                fstype,
+                opts,
+            ))
         })
         .collect()
 }
@@ -357,9 +380,9 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
-        let octal = field.get(i + 1..i + 4).filter(|o| {
-            field[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c))
-        });
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|o| field[i] == b'\\' && o.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal {
             Some(o) => {
                 out.push((o[0] - b'0') * 64 + (o[1] - b'0') * 8 + (o[2] - b'0'));
@@ -390,7 +413,11 @@ async fn a_symlink_in_the_share_never_makes_hulld_unmount_a_host_mount() {
     let mut lab = Lab::new("hostile-release", |_| {}).await;
     let checks = async {
         let (host, victim) = (lab.host().to_owned(), lab.host().join("victim"));
-        let script = format!("exec attacker $SHARE 600 {} {}", host.display(), victim.display());
+        let script = format!(
+            "exec attacker $SHARE 600 {} {}",
+            host.display(),
+            victim.display()
+        );
         lab.attacker(&script).await;
         let vol = tempfile::tempdir().unwrap();
         for round in 0..3 {
@@ -416,7 +443,11 @@ async fn symlinks_raced_into_the_share_never_redirect_hulld() {
     let mut lab = Lab::new("hostile-race", |_| {}).await;
     let checks = async {
         let host = lab.host().to_owned();
-        let script = format!("exec attacker $SHARE {} {} -", RACE.as_secs() + 30, host.display());
+        let script = format!(
+            "exec attacker $SHARE {} {} -",
+            RACE.as_secs() + 30,
+            host.display()
+        );
         lab.attacker(&script).await;
         let (vol, vol2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let end = Instant::now() + RACE;
@@ -480,7 +511,9 @@ async fn image_symlinks_keep_mount_points_and_users_in_the_rootfs() {
         let err = created.expect_err("a user only the host's passwd knows must be unknown");
         assert!(
             err.code() == tonic::Code::InvalidArgument
-                && err.message().contains("\"hostonly\" is not in the image's /etc/passwd"),
+                && err
+                    .message()
+                    .contains("\"hostonly\" is not in the image's /etc/passwd"),
             "{err}"
         );
     };
@@ -499,10 +532,13 @@ async fn non_utf8_renames_never_keep_mounts_alive() {
         let vol = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(vol.path().join("a/sub")).unwrap();
         let sub = vol.path().join("a/sub");
-        let ok = nsenter(lab.hulld.pid(), &["mount", "-t", "tmpfs", "-o", "size=1m", "hostile-sub"])
-            .arg(&sub)
-            .status()
-            .unwrap();
+        let ok = nsenter(
+            lab.hulld.pid(),
+            &["mount", "-t", "tmpfs", "-o", "size=1m", "hostile-sub"],
+        )
+        .arg(&sub)
+        .status()
+        .unwrap();
         assert!(ok.success());
         let mut config = lab.config(IMAGE, &["sleep", "1000"]);
         config.mounts = vec![hostpath(vol.path(), "/vol", false)];
@@ -531,15 +567,17 @@ async fn a_read_only_volume_stays_read_only_for_the_guest() {
         let mut config = lab.config(IMAGE, &["sleep", "1000"]);
         config.mounts = vec![hostpath(vol.path(), "/ro", true)];
         let id = lab.create(config).await.expect("create");
-        let script = format!(
-            "V={SHARE}/{id}/mounts/0; echo guest > $V/keep; touch $V/new; cat $V/keep"
-        );
+        let script =
+            format!("V={SHARE}/{id}/mounts/0; echo guest > $V/keep; touch $V/new; cat $V/keep");
         let (_, out) = lab.exec(&attacker, &script).await;
         let keep = std::fs::read_to_string(vol.path().join("keep")).unwrap();
         let created = vol.path().join("new").exists();
         lab.remove(&id).await.expect("remove");
         assert_eq!(keep, "host\n", "the guest wrote a read-only volume: {out}");
-        assert!(!created, "the guest created a file in a read-only volume: {out}");
+        assert!(
+            !created,
+            "the guest created a file in a read-only volume: {out}"
+        );
     };
     let checks = run_checks(checks).await;
     lab.finish(checks).await;
@@ -571,10 +609,20 @@ async fn setuid_files_and_device_nodes_are_out_of_host_users_reach() {
         );
         let mut reachable = Vec::new();
         for p in &found {
-            let st = nsenter(pid, &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "stat", "--"])
-                .arg(p)
-                .output()
-                .unwrap();
+            let st = nsenter(
+                pid,
+                &[
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "stat",
+                    "--",
+                ],
+            )
+            .arg(p)
+            .output()
+            .unwrap();
             if st.status.success() {
                 reachable.push(p.clone());
             }
@@ -583,7 +631,11 @@ async fn setuid_files_and_device_nodes_are_out_of_host_users_reach() {
             .into_iter()
             .filter(|(p, t, _)| t == "overlay" && p.starts_with(&root))
             .collect();
-        assert!(!overlays.is_empty(), "no rootfs overlay under {}", root.display());
+        assert!(
+            !overlays.is_empty(),
+            "no rootfs overlay under {}",
+            root.display()
+        );
         let mut problems: Vec<String> = reachable
             .iter()
             .map(|p| format!("uid 65534 reaches {}", p.display()))
