@@ -1,5 +1,6 @@
 //! `/etc/hostname` and `/etc/resolv.conf` in every container, as containerd gives them:
-//! hulld writes both into `<shared_dir>/<container>/etc/` from the pod config (its
+//! hulld writes both into `<staging>/<container>/etc/` (the pod's share, read-only for the
+//! guest, so nothing there is a guest's symlink) from the pod config (its
 //! hostname, or its name cut to 63 bytes; its DNS config, or the host's resolv.conf when
 //! it has none) and the spec bind-mounts their guest paths over the container's files,
 //! unless the CRI config already mounts that path.
@@ -63,13 +64,13 @@ pub fn resolv_conf(dns: &cri::DnsConfig) -> String {
 /// guest mounts for the paths the CRI mounts leave free. `host_resolv` is the file copied
 /// when the pod has no DNS config (`/etc/resolv.conf` in hulld).
 pub fn prepare(
-    shared_dir: &Path,
+    staging_dir: &Path,
     guest_shared_dir: &str,
     container_id: &str,
     (sandbox, config): (&cri::PodSandboxConfig, &cri::ContainerConfig),
     host_resolv: &Path,
 ) -> Result<Vec<GuestMount>, EtcError> {
-    let dir = shared_dir.join(container_id).join("etc");
+    let dir = staging_dir.join(container_id).join("etc");
     let taken = |p: &str| config.mounts.iter().any(|m| m.container_path == p);
     let readonly = config
         .linux
