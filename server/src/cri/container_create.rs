@@ -185,8 +185,8 @@ impl CriService {
         (image_ref, resolved): (&str, crate::container::images::ResolvedImage),
         undo: &mut Undo<'_>,
     ) -> Result<(), CriError> {
-        let (run_dir, staging) = (sandbox.run_dir().to_owned(), sandbox.staging_dir());
-        let rootfs = staging.join(id).join("rootfs");
+        let run_dir = sandbox.run_dir().to_owned();
+        let rootfs = sandbox.staging_dir().join(id).join("rootfs");
         std::fs::create_dir_all(&rootfs)
             .map_err(|e| CriError::internal("Creating the rootfs dir", e))?;
         images
@@ -195,17 +195,21 @@ impl CriService {
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
         let guest_shared = Sandbox::GUEST_SHARED_DIR;
-        let mut mounts = volumes::prepare(&run_dir, guest_shared, id, &config.mounts)
-            .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
+        let files = images.files_dir(id).ok_or_else(|| {
+            CriError::internal(
+                "The container's files dir",
+                format!("bad container id {id}"),
+            )
+        })?;
         let etc_files = etc::prepare(
-            &staging,
-            guest_shared,
-            id,
+            &files,
             (sandbox_config, &config),
             Path::new("/etc/resolv.conf"),
         )
         .map_err(|e| CriError::internal("Writing /etc/hostname and /etc/resolv.conf", e))?;
-        mounts.extend(etc_files);
+        let all: Vec<cri::Mount> = config.mounts.iter().cloned().chain(etc_files).collect();
+        let mounts = volumes::prepare(&run_dir, guest_shared, id, &all)
+            .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
         make_mount_points(&rootfs, &mounts, &volumes::mounts_dir(&run_dir, id));
         let sysctls: BTreeMap<String, String> = sandbox_config
             .linux
