@@ -370,7 +370,7 @@ const MAX_USAGE_DEPTH: usize = 128;
 /// without following symlinks and subdirs opened with `O_NOFOLLOW` relative to their
 /// parent, never crossing into another file system, so a guest that swaps a dir for a
 /// symlink mid-walk cannot send the walk into the host's tree. Levels past
-/// [`MAX_USAGE_DEPTH`] are not counted.
+/// `MAX_USAGE_DEPTH` (128) are not counted.
 pub fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
     use nix::fcntl::{AtFlags, OFlag, open, openat};
     use nix::sys::stat::{Mode, SFlag, fstat, fstatat};

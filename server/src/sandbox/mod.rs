@@ -189,7 +189,7 @@ impl Sandbox {
 
     /// hulld's working tree for the share (`<run_dir>/staging`), which the guest sees
     /// read-only at [`Sandbox::GUEST_SHARED_DIR`]: container dirs, rootfs overlays, volume
-    /// binds and `/etc` files are made here (see [`share`]).
+    /// and `/etc` file binds are made here (see [`share`]).
     pub fn staging_dir(&self) -> PathBuf {
         share::staging_dir(&self.run_dir)
     }

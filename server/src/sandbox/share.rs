@@ -4,7 +4,7 @@
 //! The guest is hostile: a container escape gives it root in the VM, and root can mount the
 //! virtio-fs tag anywhere and do whatever virtiofsd (root on the host) allows in the shared
 //! tree. hulld works in that tree as root in the host's mount namespace: it creates each
-//! container's dirs, writes its `/etc` files, mounts its rootfs overlay and binds its volumes
+//! container's dirs, mounts its rootfs overlay and binds its volumes and `/etc` files
 //! there, and unmounts and deletes all of it again. If the guest could create, rename or
 //! replace entries in those dirs, it could swap any of them for a symlink between two of
 //! hulld's steps and make hulld write, mount or unmount anywhere on the host (Kata's
@@ -18,13 +18,16 @@
 //! - `staging/`: hulld's working tree, the only place it creates, mounts and deletes. A
 //!   mount point of its own with shared propagation, in a peer group of its own (made
 //!   private first, so pod mounts never propagate into the rest of the host).
-//! - `shared/`: what virtiofsd serves ([`Sandbox::shared_dir`](super::Sandbox::shared_dir)):
+//! - `shared/`: what virtiofsd serves (both VMM backends hand virtiofsd
+//!   `VmConfig::shared_dir`, which RunPodSandbox sets to
+//!   [`Sandbox::shared_dir`](super::Sandbox::shared_dir)):
 //!   a bind of `staging/`, a peer of it, remounted **read-only, nosuid, nodev, noexec**.
 //!   Mounts made under `staging/` later (rootfs overlays, volume binds) propagate into it and
 //!   into virtiofsd's namespace, each with its own flags (mount flags are per mount), so the
-//!   guest can write inside a rootfs overlay and a read-write volume, and nowhere else: it
+//!   guest can write inside a rootfs overlay, a read-write volume and its own `/etc/hostname`
+//!   and `/etc/resolv.conf` (file binds, so only their content), and nowhere else: it
 //!   cannot create, rename, delete or symlink anything in the container dirs, their
-//!   `mounts/` and `etc/` dirs, or the share's root.
+//!   `mounts/` dirs, or the share's root.
 //! - `scratch/`: a private mount point where a volume bind gets its final flags (read-only,
 //!   recursively read-only, propagation) before it is moved under `staging/`. A flag changed
 //!   by a remount does not propagate, so a bind made read-only *after* it appeared under
