@@ -68,10 +68,11 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    /// Creates the state dirs and opens the metadata store.
+    /// Creates the state dirs (0700: image layers, container rootfs and pod shares are
+    /// root's only) and opens the metadata store.
     pub fn open(config: Config) -> Result<Self, DaemonError> {
         for dir in [&config.root_dir, &config.state_dir] {
-            create_dir(dir, None)?;
+            create_dir(dir, Some(0o700))?;
         }
         let store = Store::open(&config.metadata_path(), &state::tables())?;
         tracing::info!(

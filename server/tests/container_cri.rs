@@ -182,6 +182,11 @@ async fn checks(
         out,
         "cri-path\nsearch hulltest.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
     );
+    // The container may rewrite them (containerd's are writable too).
+    let script = "echo nameserver 10.0.0.1 >> /etc/resolv.conf && echo renamed > /etc/hostname \
+                  && tail -n1 /etc/resolv.conf && cat /etc/hostname";
+    let out = exec(rt, &sleeper, script).await;
+    assert_eq!(out, "nameserver 10.0.0.1\nrenamed\n");
     rt.stop_container(cri::StopContainerRequest {
         container_id: sleeper.clone(),
         timeout: 2,

@@ -81,8 +81,8 @@ async fn container_in_pod(
     info: &serde_json::Value,
     peer_ip: &str,
 ) -> hull_agent_api::AgentClient<Channel> {
-    let shared = std::path::PathBuf::from(info["sharedDir"].as_str().unwrap());
-    busybox_rootfs(&shared.join("c1/rootfs"));
+    let staging = std::path::PathBuf::from(info["stagingDir"].as_str().unwrap());
+    busybox_rootfs(&staging.join("c1/rootfs"));
     let socket = std::path::PathBuf::from(info["agentSocket"].as_str().unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut agent = hull_agent_api::connect(&socket, hull_agent_api::AGENT_VSOCK_PORT, deadline)

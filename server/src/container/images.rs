@@ -32,6 +32,9 @@ pub trait ContainerImages: Send + Sync {
     async fn remove_rootfs(&self, container_id: &str, target: &Path) -> Result<(), ImagesError>;
     /// The dir holding the container's changes (its writable layer).
     fn writable_dir(&self, container_id: &str) -> Option<PathBuf>;
+    /// A dir for files hulld makes for the container (its /etc/hostname and resolv.conf):
+    /// host-private, on the writable layer's file system, deleted by `remove_rootfs`.
+    fn files_dir(&self, container_id: &str) -> Option<PathBuf>;
 }
 
 fn service(e: hull_image::ImageError) -> ImagesError {
@@ -77,5 +80,11 @@ impl ContainerImages for hull_image::ImageService {
         self.container_dir(container_id)
             .ok()
             .map(|d| d.join("upper"))
+    }
+
+    fn files_dir(&self, container_id: &str) -> Option<PathBuf> {
+        self.container_dir(container_id)
+            .ok()
+            .map(|d| d.join("files"))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod etc;
 pub mod images;
+pub mod inroot;
 pub mod manager;
 pub mod oci;
 pub mod recover;

@@ -362,27 +362,63 @@ pub fn to_cri_stats(
     }
 }
 
-/// Bytes and inodes under `dir` (the container's writable layer), not following symlinks
-/// or crossing into other file systems.
+/// Deepest level [`dir_usage`] descends to (each level holds one open directory).
+const MAX_USAGE_DEPTH: usize = 128;
+
+/// Bytes and inodes under `dir` (the container's writable layer, which the guest writes
+/// while hulld walks it). Walked by descriptor, one name at a time: entries are `fstatat`'d
+/// without following symlinks and subdirs opened with `O_NOFOLLOW` relative to their
+/// parent, never crossing into another file system, so a guest that swaps a dir for a
+/// symlink mid-walk cannot send the walk into the host's tree. Levels past
+/// `MAX_USAGE_DEPTH` (128) are not counted.
 pub fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(root) = std::fs::symlink_metadata(dir) else {
+    use nix::fcntl::{AtFlags, OFlag, open, openat};
+    use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
+    use std::os::fd::{AsRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(top) = open(dir, flags, Mode::empty()) else {
         return (0, 0);
     };
-    let dev = root.dev();
-    let mut stack = vec![dir.to_path_buf()];
+    let Ok(dev) = fstat(&top).map(|st| st.st_dev) else {
+        return (0, 0);
+    };
+    // The names in an open dir, listed through its descriptor's magic link.
+    let names = |d: &OwnedFd| -> std::vec::IntoIter<std::ffi::OsString> {
+        let listed = std::fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd()));
+        let all: Vec<_> = listed
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        all.into_iter()
+    };
+    let first = names(&top);
+    let mut stack = vec![(top, first)];
     let (mut bytes, mut inodes) = (0u64, 0u64);
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
+    loop {
+        let depth = stack.len();
+        let Some((d, pending)) = stack.last_mut() else {
+            break;
+        };
+        let Some(name) = pending.next() else {
+            stack.pop();
             continue;
         };
-        for e in entries.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            inodes += 1;
-            bytes += m.blocks() * 512;
-            if m.is_dir() && m.dev() == dev {
-                stack.push(e.path());
-            }
+        let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        let Ok(st) = fstatat(&*d, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        inodes += 1;
+        bytes += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
+        let is_dir = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR;
+        if !is_dir || st.st_dev != dev || depth >= MAX_USAGE_DEPTH {
+            continue;
+        }
+        if let Ok(sub) = openat(&*d, name, flags, Mode::empty()) {
+            let pending = names(&sub);
+            stack.push((sub, pending));
         }
     }
     (bytes, inodes)
@@ -449,5 +485,14 @@ mod tests {
         assert_eq!(inodes, 2);
         assert!(bytes >= 10_000, "{bytes}");
         assert_eq!(dir_usage(&dir.path().join("missing")), (0, 0));
+        // A symlink (to a big tree) counts as one inode and is never walked into.
+        std::os::unix::fs::symlink("/usr", dir.path().join("sub/usr")).expect("symlink");
+        assert_eq!(dir_usage(dir.path()).1, 3);
+        std::os::unix::fs::symlink("/usr", dir.path().join("top")).expect("symlink");
+        assert_eq!(
+            dir_usage(&dir.path().join("top")),
+            (0, 0),
+            "the top is no link either"
+        );
     }
 }

@@ -53,6 +53,7 @@ fn verbose_info(sb: &Sandbox, rec: &SandboxRecord) -> Result<HashMap<String, Str
         "netns": r.netns,
         "runDir": r.run_dir,
         "sharedDir": r.shared_dir,
+        "stagingDir": crate::sandbox::share::staging_dir(&r.run_dir),
         "vcpus": r.vm.as_ref().map(|v| v.vcpus),
         "memoryMib": r.vm.as_ref().map(|v| v.memory_mib),
         "ips": r.ips,

@@ -12,8 +12,8 @@
 //! let _guard = sb.lock().await;        // per-pod lock: serializes with Stop/Remove of the pod
 //! if sb.state() != SandboxState::Ready { /* FailedPrecondition */ }
 //! let mut agent = sb.agent().await?;   // AgentClient<Channel>, connected (cached, reconnects)
-//! let host_dir = sb.shared_dir();      // host side of the virtio-fs share ...
-//! let guest_dir = Sandbox::GUEST_SHARED_DIR; // ... which the guest sees here
+//! let host_dir = sb.staging_dir();     // hulld's side of the virtio-fs share (see share.rs) ...
+//! let guest_dir = Sandbox::GUEST_SHARED_DIR; // ... which the guest sees here, read-only
 //! let netns = sb.netns();              // Option<PathBuf>: /run/netns/hull-<id>
 //! let rec = sb.record();               // SandboxRecord snapshot (config, labels, ips, ...)
 //! ```
@@ -181,9 +181,22 @@ impl Sandbox {
         lock(&self.record).state
     }
 
-    /// Host side of the virtio-fs share (`<run_dir>/shared`).
+    /// What virtiofsd serves (`<run_dir>/shared`): a read-only view of
+    /// [`Sandbox::staging_dir`]. hulld never writes through it.
     pub fn shared_dir(&self) -> &Path {
         &self.shared_dir
+    }
+
+    /// hulld's working tree for the share (`<run_dir>/staging`), which the guest sees
+    /// read-only at [`Sandbox::GUEST_SHARED_DIR`]: container dirs, rootfs overlays, volume
+    /// and `/etc` file binds are made here (see [`share`]).
+    pub fn staging_dir(&self) -> PathBuf {
+        share::staging_dir(&self.run_dir)
+    }
+
+    /// Where volume binds get their flags before they move into the staging dir.
+    pub fn scratch_dir(&self) -> PathBuf {
+        share::scratch_dir(&self.run_dir)
     }
 
     /// `<state_dir>/sandboxes/<id>`: VMM sockets, pid files, console log.

@@ -346,23 +346,19 @@ impl SandboxManager {
 }
 
 fn create_dirs(sb: &Sandbox, undo: &mut Unwind) -> Result<(), SandboxError> {
-    std::fs::create_dir_all(&sb.run_dir).map_err(|source| SandboxError::CreateDir {
-        path: sb.run_dir.clone(),
-        source,
-    })?;
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = sb.run_dir.clone();
-    let shared = sb.shared_dir.clone();
-    let prepared = super::share::prepare(&shared);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| SandboxError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+    let prepared = super::share::prepare(&dir);
     undo.push("dirs", async move {
-        if let Err(e) = super::share::release(&shared) {
-            return Err(format!("unmounting {}: {e}", shared.display()));
-        }
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("removing {}: {e}", dir.display()))
-            }
-            _ => Ok(()),
-        }
+        super::share::release(&dir)
+            .and_then(|()| Ok(crate::mounts::remove_unmounted_tree(&dir)?))
+            .map_err(|e| format!("removing {}: {}", dir.display(), super::error_chain(&e)))
     });
     prepared.map_err(SandboxError::from)
 }

@@ -54,7 +54,26 @@ impl Hulld {
 
     /// Spawns hulld and waits until its socket accepts connections.
     pub fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_hulld"))
+        self.spawn(Command::new(env!("CARGO_BIN_EXE_hulld")));
+    }
+
+    /// Like [`Hulld::start`], but hulld (and so its VMMs and virtiofsd) runs in a mount
+    /// namespace of its own, a slave copy of the host's: whatever mounts it makes, or a
+    /// hostile guest makes it make or lose, stay out of the host's mount table.
+    pub fn start_in_own_mount_ns(&mut self) {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "slave", "--"])
+            .arg(env!("CARGO_BIN_EXE_hulld"));
+        self.spawn(cmd);
+    }
+
+    /// The pid of the running hulld.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("hulld is running").id()
+    }
+
+    fn spawn(&mut self, mut cmd: Command) {
+        let child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .stdout(Stdio::null())
