@@ -10,8 +10,7 @@
 # and pull from a real registry they start on 127.0.0.1. Then the clients users run against
 # hulld: crictl's command check and critest, both built from cri-tools at a pinned version
 # (test/tools/cri-tools.sh, cached by version), critest compared with its expected-results
-# list (test/critest/expected-failures.txt). Last, the server's integration tests once more,
-# on hull-vmm inside the nested KVM test host (test/nested/server-tests.sh).
+# list (test/critest/expected-failures.txt).
 set -euo pipefail
 
 # cargo from rustup may not be on a non-login shell's PATH.
@@ -51,7 +50,4 @@ export HULLD="${CARGO_TARGET_DIR:-$REPO/target}/debug/hulld"
 step "cri-tools v$CRI_TOOLS_VERSION (crictl, critest)" cri_tools
 step "crictl check" test/crictl/check.sh
 step "critest v$CRI_TOOLS_VERSION" test/critest/run.sh --expected test/critest/expected-failures.txt
-# The server suite again, on hull-vmm (vm.vmm = "hull", templates on) inside the nested test
-# host, where KVM boots stock guests (cargo test above ran it on QEMU, TCG here).
-step "server tests on hull-vmm (nested test host)" test/nested/server-tests.sh
 log "all tests passed"

@@ -161,10 +161,13 @@ pub fn flush_neighbours(dev: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One of an [`Identity`]'s fields that must differ between pods.
+type Field = fn(&Identity) -> &str;
+
 /// Every pair of pods differs in MAC, boot id and random numbers: one `NESTED-POD-UNIQUE`
 /// line per property that holds.
 fn check_distinct(ids: &[Identity], violations: &mut Vec<String>) {
-    let props: [(&str, fn(&Identity) -> &str); 3] = [
+    let props: [(&str, Field); 3] = [
         ("mac", |i| &i.mac),
         ("boot_id", |i| &i.boot_id),
         ("random", |i| &i.random),
