@@ -404,7 +404,9 @@ async fn checks(p: &mut Pod) {
         matches!(err, Err(runtime::RuntimeError::Timeout { .. })),
         "{err:?}"
     );
-    assert!(start.elapsed() < Duration::from_secs(15));
+    // The typed Timeout is the outcome. The bound only tells "cut at the timeout" from "ran
+    // the command's 100 s", with room for a TCG guest on a loaded machine.
+    assert!(start.elapsed() < Duration::from_secs(60));
     let mut agent = p.agent.clone();
     let s1 = agent
         .container_stats(pb::ContainerStatsRequest {
@@ -430,15 +432,23 @@ async fn checks(p: &mut Pod) {
         s1.cpu_usage_usec,
         s2.cpu_usage_usec
     );
+    // The container ignores SIGTERM: only the SIGKILL after the 3 s timeout ends it. What is
+    // checked is the order (no kill before the timeout: a lower bound, which load cannot
+    // trip) and the outcome (killed: 137). The outer timeout only keeps a stop that never
+    // kills from hanging the test.
     let start = Instant::now();
-    runtime::stop(p.agent.clone(), "run1", 15, Duration::from_secs(3))
-        .await
-        .expect("stop");
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        runtime::stop(p.agent.clone(), "run1", 15, Duration::from_secs(3)),
+    )
+    .await
+    .expect("stop never killed the TERM-ignoring container")
+    .expect("stop");
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(30),
-        "stop took {took:?}"
+        took >= Duration::from_secs(3),
+        "killed before the timeout: {took:?}"
     );
-    let done = p.wait_exit("run1", Duration::from_secs(10)).await;
+    let done = p.wait_exit("run1", Duration::from_secs(60)).await;
     assert_eq!(done.exit_code, 137);
 }

@@ -15,11 +15,12 @@ fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 /// Behaves like hull-vmm as far as the backend can see: reads `--config FILE`, creates the
-/// API socket named in it, runs until SIGTERM, then exits 5.
+/// API socket named in it, runs until SIGTERM, then exits 5. The trap comes before the
+/// socket: the backend may stop the VM as soon as the socket is there.
 const FAKE_VMM: &str = r#"[ "$1" = --config ] || exit 1
+trap 'exit 5' TERM
 api=$(sed -n 's/.*"api_socket": "\(.*\)".*/\1/p' "$2")
 touch "$api"
-trap 'exit 5' TERM
 while :; do sleep 0.05; done"#;
 
 struct Setup {
