@@ -32,6 +32,8 @@ pub trait ContainerImages: Send + Sync {
     async fn remove_rootfs(&self, container_id: &str, target: &Path) -> Result<(), ImagesError>;
     /// The dir holding the container's changes (its writable layer).
     fn writable_dir(&self, container_id: &str) -> Option<PathBuf>;
+    /// The ids of every container with a writable layer.
+    fn container_ids(&self) -> Vec<String>;
 }
 
 fn service(e: hull_image::ImageError) -> ImagesError {
@@ -77,5 +79,12 @@ impl ContainerImages for hull_image::ImageService {
         self.container_dir(container_id)
             .ok()
             .map(|d| d.join("upper"))
+    }
+
+    fn container_ids(&self) -> Vec<String> {
+        hull_image::ImageService::container_ids(self).unwrap_or_else(|e| {
+            tracing::warn!(error = %crate::sandbox::error_chain(&e), "cannot list the containers' writable layers");
+            Vec::new()
+        })
     }
 }

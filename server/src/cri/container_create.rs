@@ -164,6 +164,7 @@ impl CriService {
             .await
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
+        hull_image::faults::pause_at("create_container.rootfs").await;
         let guest_shared = Sandbox::GUEST_SHARED_DIR;
         let mut mounts = volumes::prepare(&shared, guest_shared, id, &config.mounts)
             .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
@@ -212,6 +213,7 @@ impl CriService {
             })
             .await
             .map_err(|e| CriError::internal("Agent CreateContainer", e))?;
+        hull_image::faults::pause_at("create_container.agent").await;
         let log_path = if sandbox_config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
         } else {

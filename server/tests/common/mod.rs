@@ -54,9 +54,15 @@ impl Hulld {
 
     /// Spawns hulld and waits until its socket accepts connections.
     pub fn start(&mut self) {
+        self.start_env(&[]);
+    }
+
+    /// [`Hulld::start`] with extra environment variables (e.g. test pause points).
+    pub fn start_env(&mut self, vars: &[(&str, &str)]) {
         let child = Command::new(env!("CARGO_BIN_EXE_hulld"))
             .arg("--config")
             .arg(&self.config_path)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
