@@ -284,6 +284,15 @@ pub fn extract(
     Ok(count)
 }
 
+/// A numeric header field as Go's `archive/tar` reads it: a field of only NULs and spaces
+/// is 0 (the tar crate refuses it; found by the property tests).
+fn numeric(field: &[u8], parsed: std::io::Result<u64>) -> std::io::Result<u64> {
+    match parsed {
+        Err(_) if field.iter().all(|b| matches!(b, 0 | b' ')) => Ok(0),
+        other => other,
+    }
+}
+
 struct Extractor<'a> {
     layer: &'a str,
     max: u64,
@@ -328,9 +337,11 @@ impl Extractor<'_> {
         }
         let path = parent.join(name);
         let h = entry.header();
-        let mode = h.mode().map_err(|e| self.read_err(e))? & 0o7777;
-        let uid = h.uid().map_err(|e| self.read_err(e))?;
-        let gid = h.gid().map_err(|e| self.read_err(e))?;
+        let old = h.as_old();
+        let mode = numeric(&old.mode, h.mode().map(u64::from)).map_err(|e| self.read_err(e))?;
+        let mode = (mode & 0o7777) as u32;
+        let uid = numeric(&old.uid, h.uid()).map_err(|e| self.read_err(e))?;
+        let gid = numeric(&old.gid, h.gid()).map_err(|e| self.read_err(e))?;
         let mtime = filetime::FileTime::from_unix_time(h.mtime().unwrap_or(0) as i64, 0);
         if kind != EntryType::Directory {
             self.clear(&path)?;
