@@ -151,6 +151,9 @@ async fn a_failing_plugin_del_leaks_nothing_and_its_attachment_is_reaped() {
     std::fs::remove_file(&flag).unwrap();
     set_cleanup_interval(&hulld, 1);
     hulld.start();
+    // The socket is bound before recovery; a served call means the start-up pass ran.
+    let mut rt = hulld.runtime().await;
+    rt.version(cri::VersionRequest::default()).await.unwrap();
     assert!(
         cached(&hulld).is_empty(),
         "start-up pass left {:?}",
