@@ -126,6 +126,7 @@ async fn killed_in_run_pod_sandbox_leaves_nothing() {
     for point in [
         "run_sandbox.recorded",
         "run_sandbox.network",
+        "run_sandbox.vm_spawned",
         "run_sandbox.vm_started",
     ] {
         let req = pod_request("crash", logs.path());

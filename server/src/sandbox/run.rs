@@ -220,6 +220,7 @@ impl SandboxManager {
                 .await
                 .map_err(SandboxError::VmStart)?,
         );
+        pause_at("run_sandbox.vm_spawned").await;
         let stopper = Arc::clone(&vm);
         undo.push("vm", async move {
             stopper
