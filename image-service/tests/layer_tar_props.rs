@@ -197,7 +197,10 @@ fn cut_archives_are_whole_or_refused() {
 }
 
 /// Entries that try to leave the layer (kind, name, link target, data), and harmless ones.
-const HOSTILE: &[(tar::EntryType, &[u8], &[u8], &[u8])] = &[
+/// (kind, name, link target, data) of one raw entry.
+type RawEntry = (tar::EntryType, &'static [u8], &'static [u8], &'static [u8]);
+
+const HOSTILE: &[RawEntry] = &[
     (tar::EntryType::Regular, b"../outside/dotdot", b"", b"x"),
     (tar::EntryType::Regular, b"/outside/abs", b"", b"x"),
     (tar::EntryType::Symlink, b"up", b"../outside", b""),

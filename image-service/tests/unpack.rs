@@ -181,11 +181,11 @@ fn two_file_layer() -> (Vec<u8>, usize) {
 }
 
 fn extract_bytes(tar: &[u8]) -> (tempfile::TempDir, hull_image::Result<u64>) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("tempdir");
     let blob = tmp.path().join("blob");
-    std::fs::write(&blob, tar).unwrap();
+    std::fs::write(&blob, tar).expect("write blob");
     let dest = tmp.path().join("fs");
-    std::fs::create_dir(&dest).unwrap();
+    std::fs::create_dir(&dest).expect("create dest");
     let r = extract(&blob, Compression::None, &dest, &Digest::of(tar), LIMITS);
     (tmp, r)
 }

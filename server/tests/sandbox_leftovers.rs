@@ -124,7 +124,7 @@ async fn failed_run(env: &PodEnv, hulld: &common::Hulld, name: &str) -> String {
     assert!(left.is_empty(), "left behind by a failing DEL: {left:#?}");
     assert_eq!(
         cached(hulld),
-        [id.clone()],
+        vec![id.clone()],
         "the attachment stays for a retried DEL"
     );
     id
@@ -144,7 +144,7 @@ async fn a_failing_plugin_del_leaks_nothing_and_its_attachment_is_reaped() {
     hulld.start();
     let first = failed_run(&env, &hulld, "web").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(cached(&hulld), [first.clone()]);
+    assert_eq!(cached(&hulld), vec![first.clone()]);
 
     // At start-up, hulld finds the attachment no sandbox owns and DELs it (now it can).
     hulld.stop_with(nix::sys::signal::Signal::SIGKILL);
@@ -164,7 +164,7 @@ async fn a_failing_plugin_del_leaks_nothing_and_its_attachment_is_reaped() {
     std::fs::write(&flag, "").unwrap();
     let second = failed_run(&env, &hulld, "web2").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(cached(&hulld), [second.clone()], "kept while DEL fails");
+    assert_eq!(cached(&hulld), vec![second.clone()], "kept while DEL fails");
     std::fs::remove_file(&flag).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cached(&hulld).is_empty() {

@@ -69,7 +69,6 @@ fn panicker() -> cri::ContainerConfig {
             privileged: true,
             ..Default::default()
         }),
-        ..Default::default()
     });
     c
 }

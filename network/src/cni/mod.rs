@@ -80,7 +80,7 @@ pub enum CniError {
         others: String,
         /// The first failure.
         #[source]
-        source: ExecError,
+        source: Box<ExecError>,
     },
     #[error("CNI CHECK failed for {container_id}")]
     Check {
@@ -391,7 +391,7 @@ impl Cni {
                 } else {
                     others.join("; ")
                 },
-                source: first,
+                source: Box::new(first),
             });
         }
         self.cache.remove(&att.container_id)?;
