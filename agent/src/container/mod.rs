@@ -19,6 +19,7 @@ mod caps;
 pub mod cgroup;
 pub mod helper;
 mod process;
+mod pty;
 mod rootfs;
 mod seccomp;
 pub mod spec;
@@ -291,6 +292,7 @@ impl Containers {
                 process.terminal,
                 process.console_size,
                 Some(start_r),
+                None,
                 &reaper,
             )?;
             Ok((spawned, File::from(start_w)))
@@ -343,6 +345,7 @@ impl Containers {
         let path = c.state_dir.join(format!("exec-{exec_id}.json"));
         write_config(&path, &config)?;
         let reaper = self.reaper.clone();
+        let ptmx = pty::ptmx_of(c.init.pid);
         tracing::info!(container_id = id, exec_id, "exec");
         let spawned = blocking(move || {
             let spawned = process::spawn(
@@ -351,6 +354,7 @@ impl Containers {
                 process.terminal,
                 process.console_size,
                 None,
+                Some(&ptmx),
                 &reaper,
             );
             let _ = std::fs::remove_file(&path);
