@@ -15,7 +15,7 @@ use hull_vm::hypervisor::VmHandle;
 use tracing::{Instrument, info_span, warn};
 
 use super::{Sandbox, SandboxManager, lock};
-use crate::state::SandboxState;
+use crate::state::{SandboxRecord, SandboxState};
 
 /// How often a ready pod's VM processes are checked (a `kill(0)`-like `/proc` read each).
 pub const VM_WATCH_POLL: Duration = Duration::from_millis(200);
@@ -74,12 +74,19 @@ impl SandboxManager {
         }
         *lock(&sb.vm) = None;
         *sb.agent.lock().await = None;
-        if let Err(e) = sb.update(&self.store, |r| {
+        // An update, not a put: a record removed meanwhile (by another hulld instance's
+        // recovery, in tests) is not brought back.
+        let updated = self.store.update::<SandboxRecord>(&sb.id, |r| {
             r.state = SandboxState::NotReady;
             r.resources.vmm_pid = 0;
             r.resources.error = message.clone();
-        }) {
-            warn!(error = %super::error_chain(&e), "cannot record the VM's death");
+        });
+        match updated {
+            Ok(Some(rec)) => *lock(&sb.record) = rec,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %super::error_chain(&e), "cannot record the VM's death");
+            }
         }
         if let Some(hook) = self.vm_death.get() {
             hook(&sb.id, &message);
