@@ -98,6 +98,7 @@ impl Daemon {
             crate::events::Events::new(),
         ));
         containers.set_images(Arc::new(images.clone()));
+        sandboxes.on_vm_death(crate::container::lost_with_vm(&containers));
         let streaming = Arc::new(crate::streaming::StreamingServer::bind(
             &config.streaming.address,
         )?);
@@ -153,6 +154,24 @@ pub async fn serve(
     // Before the first call: reattach to running VMs, unwind half-created sandboxes.
     daemon.sandboxes.recover().await;
     crate::container::recover::recover(&daemon.containers, &daemon.sandboxes).await;
+    crate::container::orphans::remove_orphans(&daemon.containers, &daemon.sandboxes).await;
+    // Blobs and layers of pulls a crash cut short (no image refers to them).
+    match daemon.images.gc().await {
+        Ok(stats) => tracing::info!(?stats, "unreferenced image content collected"),
+        Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+    }
+    // What no sandbox owns (a crash, a failed cleanup): now, then every interval.
+    let leftovers = daemon.sandboxes.remove_leftovers().await;
+    tracing::info!(
+        removed = leftovers.removed.len(),
+        failed = leftovers.failed.len(),
+        "leftovers of unknown sandboxes checked"
+    );
+    daemon
+        .sandboxes
+        .clean_leftovers_every(std::time::Duration::from_secs(
+            daemon.config.cleanup_interval_secs,
+        ));
     // In the background: a pod that comes meanwhile waits for the template or makes it.
     let _warming = daemon.sandboxes.warm_vm_template();
     let streaming = tokio::spawn(Arc::clone(&daemon.streaming).serve());

@@ -194,6 +194,7 @@ impl CriService {
             .await
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
+        hull_image::faults::pause_at("create_container.rootfs").await;
         let guest_shared = Sandbox::GUEST_SHARED_DIR;
         let files = images.files_dir(id).ok_or_else(|| {
             CriError::internal(
@@ -246,6 +247,7 @@ impl CriService {
             })
             .await
             .map_err(|e| CriError::internal("Agent CreateContainer", e))?;
+        hull_image::faults::pause_at("create_container.agent").await;
         let log_path = if sandbox_config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
         } else {

@@ -54,7 +54,12 @@ impl Hulld {
 
     /// Spawns hulld and waits until its socket accepts connections.
     pub fn start(&mut self) {
-        self.spawn(Command::new(env!("CARGO_BIN_EXE_hulld")));
+        self.spawn(Command::new(env!("CARGO_BIN_EXE_hulld")), &[]);
+    }
+
+    /// [`Hulld::start`] with extra environment variables (e.g. test pause points).
+    pub fn start_env(&mut self, vars: &[(&str, &str)]) {
+        self.spawn(Command::new(env!("CARGO_BIN_EXE_hulld")), vars);
     }
 
     /// Like [`Hulld::start`], but hulld (and so its VMMs and virtiofsd) runs in a mount
@@ -64,7 +69,7 @@ impl Hulld {
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "slave", "--"])
             .arg(env!("CARGO_BIN_EXE_hulld"));
-        self.spawn(cmd);
+        self.spawn(cmd, &[]);
     }
 
     /// The pid of the running hulld.
@@ -72,10 +77,11 @@ impl Hulld {
         self.child.as_ref().expect("hulld is running").id()
     }
 
-    fn spawn(&mut self, mut cmd: Command) {
+    fn spawn(&mut self, mut cmd: Command, vars: &[(&str, &str)]) {
         let child = cmd
             .arg("--config")
             .arg(&self.config_path)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

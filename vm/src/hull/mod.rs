@@ -188,7 +188,8 @@ impl Hypervisor for HullHypervisor {
 
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
         let files = RunFiles::new(&config.run_dir);
-        if !files.vmm_pid.exists() {
+        // virtiofsd alone (hulld killed before hull-vmm started) is adopted too.
+        if !files.vmm_pid.exists() && !files.virtiofsd_pid.exists() {
             return Err(HypervisorError::Missing {
                 what: "hull-vmm pid file",
                 path: files.vmm_pid.clone(),
@@ -299,6 +300,10 @@ impl VmHandle for HullVm {
 
     fn is_running(&self) -> bool {
         self.procs.is_running()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.procs.failure()
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {

@@ -163,7 +163,10 @@ impl Hypervisor for QemuHypervisor {
 
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
         let files = RunFiles::new(&config.run_dir);
-        if !files.qemu_pid.exists() {
+        // A hulld killed between the helpers' start and QEMU's leaves only helpers: they
+        // are adopted too, so stopping the VM stops them.
+        let pid_files = [&files.qemu_pid, &files.vsock_pid, &files.virtiofsd_pid];
+        if !pid_files.iter().any(|p| p.exists()) {
             return Err(HypervisorError::Missing {
                 what: "QEMU pid file",
                 path: files.qemu_pid.clone(),
@@ -251,6 +254,10 @@ impl VmHandle for QemuVm {
 
     fn is_running(&self) -> bool {
         self.procs.is_running()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.procs.failure()
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
