@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use hull_vm::error_chain;
 use hull_vm::vmm::builder;
-use hull_vm::vmm::config::{BlkConfig, FsConfig, NetConfig, VmmConfig, VsockConfig};
 use hull_vm::vmm::event_loop::EventLoop;
 use hull_vm::vmm::exit::ExitReason;
+use hull_vmm_api::config::{BlkConfig, FsConfig, NetConfig, VmmConfig, VsockConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", about = "hull's microVM monitor (KVM)")]

@@ -2,6 +2,7 @@
 //! way. Requests: `{"op":"status"}`, `{"op":"metrics"}`, `{"op":"shutdown"}`, and
 //! `{"op":"snapshot","dir":"/abs/dir"}`: stop the VM and save it into `dir` (an existing,
 //! empty directory) as a template; hull-vmm exits with code 7 once the snapshot is written.
+//! The messages themselves are in `hull_vmm_api::control`, shared with the hull backend.
 //!
 //! ```text
 //! $ echo '{"op":"metrics"}' | socat - UNIX-CONNECT:/run/hull/sandboxes/<id>/vmm.sock
@@ -15,12 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::devices::net::{NetCounters, NetStats};
+use hull_vmm_api::control::{MAX_REQUEST_BYTES, MetricsReply, Request, StatusReply};
+
+use super::devices::net::NetCounters;
 use super::exit::{ExitReason, ExitSignal};
 use super::vcpu::VcpuMetrics;
 
-/// Longest request line we read.
-pub const MAX_REQUEST_BYTES: u64 = 4096;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -48,45 +49,6 @@ pub struct VmmInfo {
     pub net: Option<Arc<NetCounters>>,
     /// Where a `snapshot` request asked the VM to be saved.
     pub snapshot_dir: std::sync::Mutex<Option<PathBuf>>,
-}
-
-/// A request.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Metrics,
-    Shutdown,
-    Snapshot { dir: PathBuf },
-}
-
-/// Answer to `status`.
-#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct StatusReply {
-    pub id: String,
-    pub state: String,
-    pub pid: u32,
-    pub uptime_ms: u64,
-    pub vcpus: usize,
-    pub memory_mib: u64,
-}
-
-/// Answer to `metrics`.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct MetricsReply {
-    pub exits: u64,
-    pub io_exits: u64,
-    pub mmio_exits: u64,
-    pub unhandled: u64,
-    /// Resident memory of the whole process.
-    pub rss_kb: u64,
-    /// Resident guest RAM (the memfd mapping).
-    pub guest_ram_rss_kb: u64,
-    /// Everything else: the VMM's own overhead.
-    pub vmm_rss_kb: u64,
-    /// virtio-net frames, drops and refused descriptor chains (absent without a NIC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub net: Option<NetStats>,
 }
 
 /// Sum `Rss:` of the guest-RAM mappings and of everything else in a smaps text.
@@ -228,6 +190,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hull_vmm_api::control::NetStats;
     use std::io::Read;
 
     fn info() -> Arc<VmmInfo> {

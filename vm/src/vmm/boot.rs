@@ -16,6 +16,10 @@ use super::layout;
 use super::memory::GuestRam;
 use super::regs::BootEntry;
 
+/// Arguments hull-vmm always puts first on the kernel command line.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule \
+    i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
 /// Errors from loading the kernel and writing boot data, named after the step.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

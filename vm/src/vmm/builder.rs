@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::boot::{self, BootError, LoadedInitrd};
-use super::config::{BASE_CMDLINE, ConfigError, VmmConfig};
+use hull_vmm_api::config::{ConfigError, VmmConfig};
+
+use super::boot::{self, BASE_CMDLINE, BootError, LoadedInitrd};
 use super::devices::blk::Blk;
 use super::devices::bus::{Bus, BusError};
 use super::devices::fs::{Fs, FsError};

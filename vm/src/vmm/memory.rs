@@ -15,10 +15,8 @@ use super::layout;
 /// The guest memory type every part of hull-vmm uses.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
-/// Smallest VM we build: the kernel, its page tables and an initramfs need room.
-pub const MIN_MEMORY_MIB: u64 = 16;
-/// Largest VM we build (keeps the address arithmetic far from overflow).
-pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// The size limits, stated with the config that is checked against them.
+pub use hull_vmm_api::config::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 
 /// Errors from creating guest memory.
 #[derive(Debug, thiserror::Error)]

@@ -3,13 +3,12 @@
 //! Layout follows Firecracker's `vstate/` + `devices/` split: thin owners of KVM fds
 //! ([`kvm`], [`vcpu`], [`memory`]), boot-time CPU state ([`regs`]) and guest data ([`boot`],
 //! [`layout`]), devices on two buses ([`devices`]), and [`builder`], a flat recipe that
-//! assembles a VM from a [`config::VmmConfig`]. The `hull-vmm` binary is a thin shell around
+//! assembles a VM from a `hull_vmm_api::config::VmmConfig`. The `hull-vmm` binary is a thin shell around
 //! [`builder::build`] and [`event_loop`].
 
 pub mod api;
 pub mod boot;
 pub mod builder;
-pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;

@@ -2,9 +2,9 @@
 //! which IOAPIC and which interrupt routing it has (Firecracker `arch/x86_64/mptable.rs`).
 //! Written byte by byte, so no `ByteValued` impls (and no `unsafe`) are needed.
 
+use hull_vmm_api::config::MAX_VCPUS;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
-use super::config::MAX_VCPUS;
 use super::layout;
 use super::memory::GuestMemoryMmap;
 

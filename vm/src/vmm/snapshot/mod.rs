@@ -27,10 +27,7 @@ use super::kvm::KvmVm;
 pub use cpu::{CpuStateError, VcpuState};
 pub use memory::{restore_memory, save_memory};
 
-/// The state file in a snapshot directory.
-pub const STATE_FILE: &str = "vm.json";
-/// The guest RAM file in a snapshot directory.
-pub const MEMORY_FILE: &str = "memory";
+pub use hull_vmm_api::snapshot::{MEMORY_FILE, STATE_FILE};
 /// Bumped whenever [`VmState`] changes meaning.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -20,6 +20,7 @@ mod tests;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use hull_vmm_api::config::MAX_FS_TAG_LEN;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -32,7 +33,6 @@ use super::virtio::{
     ActivateError, Activation, ActivationSender, INT_VRING, VIRTIO_F_VERSION_1, VirtioDevice,
     device_type, expect_queues, read_config_bytes, spawn_device_thread,
 };
-use crate::vmm::config::MAX_FS_TAG_LEN;
 use crate::vmm::exit::ExitReason;
 use crate::vmm::memory::GuestMemoryMmap;
 

@@ -15,6 +15,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use hull_vmm_api::control::NetStats;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
@@ -58,19 +59,6 @@ pub enum NetError {
     ReadTap(#[source] std::io::Error),
     #[error("Failed to raise the interrupt")]
     Interrupt(#[source] std::io::Error),
-}
-
-/// A snapshot of the counters (reported by the control API's `metrics`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NetStats {
-    pub rx_frames: u64,
-    pub tx_frames: u64,
-    /// Tap frames larger than the guest's buffer.
-    pub rx_dropped: u64,
-    /// Guest frames the tap refused (link down), or sent while the device has no tap.
-    pub tx_dropped: u64,
-    /// Malformed descriptor chains.
-    pub rejected: u64,
 }
 
 /// The live counters, shared between the device thread and the control API.

@@ -1,15 +1,15 @@
-//! What one hull-vmm process runs: read from a JSON file (`--config`) or CLI flags.
+//! What one hull-vmm process runs: read from a JSON file (`--config`, written by the hull
+//! backend) or CLI flags, and validated before anything is created.
 
 use std::path::PathBuf;
-
-use super::memory::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 
 /// Most vCPUs we give one VM (the MP table and IOAPIC routing are sized for this).
 pub const MAX_VCPUS: u32 = 32;
 
-/// Arguments hull-vmm always puts first on the kernel command line.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule \
-    i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// Smallest VM hull-vmm builds: the kernel, its page tables and an initramfs need room.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// Largest VM hull-vmm builds (keeps the address arithmetic far from overflow).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
 /// The guest's vsock device, bridged to a host unix socket (hybrid vsock).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -85,7 +85,8 @@ pub struct VmmConfig {
     pub kernel: PathBuf,
     #[serde(default)]
     pub initramfs: Option<PathBuf>,
-    /// Extra command-line arguments, after [`BASE_CMDLINE`] and the virtio-mmio devices.
+    /// Extra command-line arguments, after hull-vmm's own (`console=ttyS0 ...`) and the
+    /// virtio-mmio devices.
     #[serde(default)]
     pub cmdline: String,
     /// Where the serial console goes (default: discarded).
