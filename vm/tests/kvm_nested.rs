@@ -8,39 +8,53 @@
 //! side-by-side boot time and memory numbers (vm/examples/nested_pod).
 //!
 //! Needs: the guest built (packaging/guest/build.sh, $HULL_GUEST_DIR or /var/lib/hull/guest),
-//! the `nested_pod` example built next to this test (`cargo test --workspace` builds it;
-//! alone: `cargo build -p hull-vm --example nested_pod`), qemu-system-x86, busybox-static,
-//! iproute2, cpio, xz-utils, zstd, bc, virtiofsd, and a reachable Debian mirror for
-//! `apt-get download linux-image-amd64` (cached in /var/cache/hull-nested). A missing
-//! prerequisite fails the test with the harness's message. Takes about 2-4 minutes.
+//! the `nested_pod` example and the `hull-vmm` binary (crate `hull-vmm`, vm/vmm) built next
+//! to this test from the current sources (`cargo test --workspace` builds both; alone:
+//! `cargo build -p hull-vmm` and `cargo build -p hull-vm --example nested_pod`),
+//! qemu-system-x86, busybox-static, iproute2, cpio, xz-utils, zstd, bc, virtiofsd, and a
+//! reachable Debian mirror for `apt-get download linux-image-amd64` (cached in
+//! /var/cache/hull-nested). A missing prerequisite fails the test with the harness's
+//! message. Takes about 2-4 minutes.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The `nested_pod` example of this build: `<target>/<profile>/examples/nested_pod`, this
-/// test being `<target>/<profile>/deps/kvm_nested-<hash>`.
-fn pod_client() -> PathBuf {
+/// `program` of this build, `<target>/<profile>/<program>` (this test being
+/// `<target>/<profile>/deps/kvm_nested-<hash>`). Neither program is this test's package's
+/// binary (no `CARGO_BIN_EXE_*`) and `cargo test --test kvm_nested` builds neither, so the
+/// test refuses one that is missing or older than a source file cargo built it from (the
+/// `<program>.d` dep-info next to it) rather than test a stale build.
+fn built(program: &str, build: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    profile_dir.join("examples/nested_pod")
+    let path = exe.parent().and_then(Path::parent).unwrap().join(program);
+    let mtime = |p: &Path| p.metadata().and_then(|m| m.modified());
+    let at = mtime(&path).unwrap_or_else(|e| panic!("{} ({e}): `{build}`", path.display()));
+    let dep_info = std::fs::read_to_string(path.with_extension("d")).unwrap_or_default();
+    let sources = dep_info.split_once(": ").map_or("", |(_, deps)| deps);
+    if let Some(newer) = sources
+        .split_whitespace()
+        .find(|src| mtime(Path::new(src)).is_ok_and(|m| m > at))
+    {
+        panic!("{} is older than {newer}: `{build}`", path.display());
+    }
+    path
 }
 
 #[test]
 fn hull_backend_runs_a_pod_in_a_nested_test_host_and_benchmarks_against_qemu() {
-    let client = pod_client();
-    assert!(
-        client.is_file(),
-        "{} is missing: build it with `cargo build -p hull-vm --example nested_pod` \
-         (cargo test --workspace builds it)",
-        client.display()
+    let vmm = built("hull-vmm", "cargo build -p hull-vmm");
+    let client = built(
+        "examples/nested_pod",
+        "cargo build -p hull-vm --example nested_pod",
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/nested/run.sh");
     let t0 = std::time::Instant::now();
     let out = Command::new("bash")
         .arg(&script)
-        .args(["--hull-vmm", env!("CARGO_BIN_EXE_hull-vmm")])
+        .arg("--hull-vmm")
+        .arg(&vmm)
         .arg("--pod-client")
         .arg(&client)
         .args(["--timeout", "240", "--runs", "3", "--compare-qemu"])

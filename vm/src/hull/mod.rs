@@ -1,4 +1,4 @@
-//! The hull backend: hull-vmm (this crate's own monitor, `vm/src/vmm`) plus `virtiofsd`
+//! The hull backend: hull-vmm (hull's own monitor, crate `hull-vmm` in vm/vmm) plus `virtiofsd`
 //! for the pod's shared dir. Same process model as the qemu backend: both run detached
 //! from hulld (own session, pid files in the VM's run dir), hull-vmm inside the pod's netns
 //! for its tap, so a restarted hulld can [`Hypervisor::reattach`]. hull-vmm serves the
