@@ -17,6 +17,7 @@
 # usage: test/nested/run.sh --hull-vmm PATH --pod-client PATH [--guest-dir DIR] [--runs N]
 #          [--compare-qemu] [--no-fs] [--no-net] [--timeout SECS] [--shmem-thp MODE]
 #          [--guest-cmdline ARGS] [--icount SHIFT] [--no-templates]
+#   --hull-vmm: the hull-vmm binary (cargo build -p hull-vmm)
 #   --pod-client: the nested_pod example (cargo build -p hull-vm --example nested_pod)
 #   --no-fs/--no-net: leave the virtio-fs share / the NIC out of the pod check
 #   --no-templates: the pod check boots both pods cold (the benchmark still restores)
@@ -69,7 +70,7 @@ done
 
 die() { echo "nested: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || die "$1 not found: install $2"; }
-[ -n "$HULL_VMM" ] && [ -x "$HULL_VMM" ] || die "hull-vmm binary not found (--hull-vmm '$HULL_VMM')"
+[ -n "$HULL_VMM" ] && [ -x "$HULL_VMM" ] || die "hull-vmm binary not found (--hull-vmm '$HULL_VMM'): cargo build -p hull-vmm"
 [ -n "$POD_CLIENT" ] && [ -x "$POD_CLIENT" ] ||
     die "pod client not found (--pod-client '$POD_CLIENT'): cargo build -p hull-vm --example nested_pod"
 for f in vmlinux initramfs.img; do
