@@ -1,4 +1,4 @@
-//! The hull backend: hull-vmm (this crate's own monitor, `vm/src/vmm`) plus `virtiofsd`
+//! The hull backend: hull-vmm (hull's own monitor, crate `hull-vmm` in vm/vmm) plus `virtiofsd`
 //! for the pod's shared dir. Same process model as the qemu backend: both run detached
 //! from hulld (own session, pid files in the VM's run dir), hull-vmm inside the pod's netns
 //! for its tap, so a restarted hulld can [`Hypervisor::reattach`]. hull-vmm serves the
@@ -26,6 +26,8 @@ pub mod template_build;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hull_vmm_api::exit::ExitReason;
+
 use crate::procvm::{Spawn, VmProcs, check_id, check_pod_paths, must_exist, remove_files, started};
 use crate::qemu::procs::{Proc, wait_agent_marker, wait_for_socket};
 use files::RunFiles;
@@ -37,10 +39,10 @@ use crate::error_chain;
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::qemu::{argv, find_program};
 
-/// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API), see `ExitReason`.
-const EXIT_API_SHUTDOWN: i32 = 5;
-/// hull-vmm's exit code after it wrote a snapshot (`ExitReason::Snapshotted`).
-pub const EXIT_SNAPSHOTTED: i32 = 7;
+/// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API).
+const EXIT_API_SHUTDOWN: i32 = ExitReason::ApiShutdown.code();
+/// hull-vmm's exit code after it wrote a snapshot.
+pub const EXIT_SNAPSHOTTED: i32 = ExitReason::Snapshotted.code();
 
 /// Where the backend finds its programs.
 #[derive(Debug, Clone)]
@@ -226,7 +228,7 @@ pub struct HullVm {
 }
 
 impl HullVm {
-    /// hull-vmm's control API socket (status, metrics, shutdown; see `vmm::api`).
+    /// hull-vmm's control API socket (status, metrics, shutdown; see `hull_vmm_api::control`).
     pub fn api_socket(&self) -> &Path {
         &self.files.api_socket
     }

@@ -67,7 +67,7 @@ async fn start_reattach_stop_and_cleanup() {
     let files = RunFiles::new(&s.config.run_dir);
     assert!(vm.is_running());
     assert!(files.vmm_config.is_file() && files.vmm_pid.is_file());
-    let written: crate::vmm::config::VmmConfig =
+    let written: hull_vmm_api::config::VmmConfig =
         serde_json::from_slice(&std::fs::read(&files.vmm_config).expect("read config"))
             .expect("parse config");
     assert_eq!(written.vsock.expect("vsock").uds_path, files.agent_socket);
