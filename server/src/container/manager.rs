@@ -18,9 +18,12 @@ use crate::state::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("Container {0:?} not found")]
+    #[error("Container {} not found", crate::cri::status::quote(.0))]
     NotFound(String),
-    #[error("Container id prefix {prefix:?} matches {count} containers")]
+    #[error(
+        "Container id prefix {} matches {count} containers",
+        crate::cri::status::quote(prefix)
+    )]
     Ambiguous { prefix: String, count: usize },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -241,10 +241,12 @@ fn pod_stats(
 
 impl CriService {
     fn pod_sandbox_lookup(&self, id: &str) -> Result<std::sync::Arc<Sandbox>, CriError> {
-        self.daemon
-            .sandboxes
-            .get(id)
-            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))
+        self.daemon.sandboxes.get(id).ok_or_else(|| {
+            CriError::NotFound(format!(
+                "pod sandbox {} not found",
+                crate::cri::status::quote(id)
+            ))
+        })
     }
 
     pub(crate) async fn do_pod_sandbox_status(

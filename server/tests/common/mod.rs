@@ -54,11 +54,26 @@ impl Hulld {
 
     /// Spawns hulld and waits until its socket accepts connections.
     pub fn start(&mut self) {
+        self.spawn(Stdio::inherit());
+    }
+
+    /// Where [`Hulld::start_logging`] sends hulld's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.root().join("hulld.log")
+    }
+
+    /// Like [`Hulld::start`], with hulld's log in [`Hulld::log_path`] for the test to read.
+    pub fn start_logging(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("create hulld.log");
+        self.spawn(Stdio::from(log));
+    }
+
+    fn spawn(&mut self, stderr: Stdio) {
         let child = Command::new(env!("CARGO_BIN_EXE_hulld"))
             .arg("--config")
             .arg(&self.config_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn hulld");
         self.child = Some(child);
