@@ -241,6 +241,7 @@ impl CriService {
             reason: String::new(),
             message: String::new(),
             log_path,
+            runtime_spec: serde_json::to_value(&oci).ok(),
         };
         self.daemon
             .containers
