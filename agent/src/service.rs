@@ -110,9 +110,10 @@ impl Agent for AgentService {
         let span = tracing::info_span!("setup_sandbox", sandbox_id = %req.sandbox_id);
         let _enter = span.enter();
         sandbox::setup(&req).map_err(|e| match e {
-            SandboxError::Validate(_) | SandboxError::NoInterface(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            // What the request asks for is wrong (hulld passes it on as the client's
+            // mistake); a missing NIC is the VM's, not the request's.
+            SandboxError::Validate(_) => Status::invalid_argument(e.to_string()),
+            SandboxError::NoInterface(_) => Status::failed_precondition(e.to_string()),
             other => Status::internal(format!("{other}: {}", source_chain(&other))),
         })?;
         tracing::info!("sandbox set up");

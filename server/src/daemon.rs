@@ -8,6 +8,7 @@ use hull_cri_api::server::{ImageServiceServer, RuntimeServiceServer};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::authority::AnyAuthority;
 use crate::config::Config;
 use crate::cri::CriService;
 use crate::sandbox::{Backends, SandboxManager};
@@ -195,7 +196,7 @@ pub async fn serve(
         .layer(crate::cri::rpc_log::RpcLogLayer)
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
     let result = tokio::select! {
         r = server => r,
         _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
@@ -209,6 +210,15 @@ pub async fn serve(
     }
     tracing::info!("hulld stopped");
     result.map_err(DaemonError::from)
+}
+
+/// The CRI socket's connections, each behind [`AnyAuthority`] so that clients sending
+/// the socket path as `:authority` (grpcio, grpc-java, older crictl) are served.
+fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AnyAuthority<tokio::net::UnixStream>>> {
+    use tokio_stream::StreamExt;
+    UnixListenerStream::new(listener).map(|conn| conn.map(AnyAuthority::new))
 }
 
 /// Installs SIGTERM/SIGINT handlers now (before the socket is bound, so a signal that

@@ -14,7 +14,7 @@ pub struct ResolvedImage {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
-    #[error("Image {0:?} not found (pull it first)")]
+    #[error("Image {} not found (pull it first)", crate::cri::status::quote(.0))]
     NotFound(String),
     #[error("Image service: {0}")]
     Service(String),

@@ -18,9 +18,12 @@ use crate::state::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("Container {0:?} not found")]
+    #[error("Container {} not found", crate::cri::status::quote(.0))]
     NotFound(String),
-    #[error("Container id prefix {prefix:?} matches {count} containers")]
+    #[error(
+        "Container id prefix {} matches {count} containers",
+        crate::cri::status::quote(prefix)
+    )]
     Ambiguous { prefix: String, count: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -36,6 +39,22 @@ pub struct Exit {
     pub exit_code: i32,
     pub oom_killed: bool,
     pub finished_at: i64,
+}
+
+/// `info` of a verbose ContainerStatus, shaped like containerd's (`crictl inspect`, and
+/// tools that run `jq .info.config` or `jq .info.runtimeSpec`): JSON objects, the CRI
+/// config as the client sent it and the OCI spec the agent ran.
+pub(crate) fn verbose_info(r: &ContainerRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "sandboxID": r.sandbox_id,
+        "imageRef": r.image_ref,
+        "imageID": r.image_id,
+        "logPath": r.log_path,
+        "runtimeType": crate::cri::RUNTIME_NAME,
+        "config": serde_json::to_value(&r.config).unwrap_or(serde_json::Value::Null),
+        "runtimeSpec": r.runtime_spec,
+    })
 }
 
 /// Every container hulld knows; cheap to share behind an `Arc`.
@@ -124,11 +143,7 @@ impl ContainerManager {
         let r = self.get(id)?;
         let mut info = HashMap::new();
         if verbose {
-            let json = serde_json::json!({
-                "id": r.id, "sandboxID": r.sandbox_id, "imageRef": r.image_ref,
-                "imageID": r.image_id, "logPath": r.log_path, "config": format!("{:?}", r.config),
-            });
-            info.insert("info".to_owned(), json.to_string());
+            info.insert("info".to_owned(), verbose_info(&r).to_string());
         }
         Ok(cri::ContainerStatusResponse {
             status: Some(view::to_status(&r)),

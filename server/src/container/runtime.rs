@@ -444,6 +444,7 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             log_path: String::new(),
+            runtime_spec: None,
         };
         let s = pb::ContainerStatsResponse {
             cpu_usage_usec: 1500,

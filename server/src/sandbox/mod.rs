@@ -81,7 +81,7 @@ pub enum SandboxError {
     NewId(#[source] std::io::Error),
     #[error("The sandbox task failed: {0}")]
     Task(String),
-    #[error("Pod sandbox {0} not found")]
+    #[error("Pod sandbox {} not found", crate::cri::status::quote(.0))]
     NotFound(String),
     #[error("Pod sandbox {id} is not ready ({state:?})")]
     NotReady { id: String, state: SandboxState },

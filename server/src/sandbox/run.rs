@@ -54,8 +54,8 @@ pub(super) fn validate(req: &RunPodSandboxRequest) -> Result<&PodSandboxConfig, 
     }
     if !HANDLERS.contains(&req.runtime_handler.as_str()) {
         return Err(invalid(&format!(
-            "runtime handler {:?} is unknown (hull serves \"\" and \"hull\")",
-            req.runtime_handler
+            "runtime handler {} is unknown (hull serves \"\" and \"hull\")",
+            crate::cri::status::quote(&req.runtime_handler)
         )));
     }
     let network = config
@@ -257,7 +257,15 @@ impl SandboxManager {
             .agent
             .setup_sandbox(client, setup)
             .await
-            .map_err(|s| SandboxError::AgentSetup(format!("{:?}: {}", s.code(), s.message())))?;
+            .map_err(|s| match s.code() {
+                // The second wall (the agent's own checks, or what only the guest knows,
+                // such as which sysctls its kernel has): still the client's mistake.
+                tonic::Code::InvalidArgument => SandboxError::InvalidRequest(format!(
+                    "the guest agent refused it: {}",
+                    s.message()
+                )),
+                code => SandboxError::AgentSetup(format!("{code:?}: {}", s.message())),
+            })?;
         timings.insert("agent_setup".to_owned(), ms(t.elapsed()));
         timings.insert("total".to_owned(), ms(t0.elapsed()));
         sb.update(&self.store, |r| {
