@@ -399,6 +399,7 @@ async fn tty_exec(client: &mut Client) {
         container_id: "long".into(),
         exec_id: "tty".into(),
         stream: OutputStream::Stdout as i32,
+        limit: 0,
     };
     let mut stream = client
         .read_output(req)

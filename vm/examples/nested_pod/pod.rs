@@ -283,6 +283,7 @@ async fn run_container(
             container_id: "c1".into(),
             exec_id: String::new(),
             stream: OutputStream::Stdout as i32,
+            limit: 0,
         };
         let mut s = reader.read_output(req).await?.into_inner();
         let mut out = Vec::new();
