@@ -59,6 +59,7 @@ pub async fn pods(opts: &Opts) -> anyhow::Result<()> {
     let hv = HullHypervisor::new(HullConfig {
         vmm: opts.path("--hull-vmm")?,
         virtiofsd: opts.path("--virtiofsd").unwrap_or_default(),
+        jail: true,
     })
     .with_templates(templates);
     let mut boots = Vec::new();

@@ -21,6 +21,7 @@ fn templated(vmm: PathBuf) -> HullHypervisor {
     HullHypervisor::new(HullConfig {
         vmm,
         virtiofsd: "/nonexistent/virtiofsd".into(),
+        jail: true,
     })
 }
 
