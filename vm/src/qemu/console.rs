@@ -42,7 +42,7 @@ impl ConsolePump {
             .open(log)
             .map_err(io("console log", log))?;
         let used = file.metadata().map_err(io("console log", log))?.len();
-        let stream = UnixStream::connect(socket).map_err(io("console socket", socket))?;
+        let stream = connect(socket).map_err(io("console socket", socket))?;
         let reader = stream.try_clone().map_err(io("console socket", socket))?;
         let left = cap.saturating_sub(used);
         if left == 0 {
@@ -71,6 +71,25 @@ impl ConsolePump {
                 tracing::warn!(error = %e, "cannot re-attach to the guest console");
                 None
             }
+        }
+    }
+}
+
+/// How long QEMU may take from binding the console socket to listening on it.
+const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects to `socket`, retrying while it exists but refuses (bound, not listening yet).
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + LISTEN_WAIT;
+    loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
         }
     }
 }
