@@ -404,10 +404,10 @@ async fn console_flood_is_capped() {
             t.elapsed()
         );
         assert_eq!(out.exit_code, 0, "{out:?}");
-        let cap = hull_vm::qemu::console::MAX_CONSOLE_BYTES;
+        let note = hull_vm::qemu::console::FULL_NOTE.len() as u64;
         assert!(
-            size <= cap + 4096,
-            "console.log grew to {size} bytes (cap {cap})"
+            size <= CONSOLE_CAP + note,
+            "console.log grew to {size} bytes (cap {CONSOLE_CAP})"
         );
         pod.remove(&p).await;
         pod.assert_healthy("console flood").await;
