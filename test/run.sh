@@ -12,7 +12,7 @@ set -euo pipefail
 
 # cargo from rustup may not be on a non-login shell's PATH.
 export HOME="${HOME:-/root}"
-export PATH="$PATH:$HOME/.cargo/bin"
+export PATH="$PATH:$HOME/.cargo/bin:/usr/local/go/bin"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 log() { printf '[test %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -32,4 +32,8 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
 step "cargo test" cargo test --workspace --locked
+# Real Kubernetes on hulld (test/k8s/README.md). The binaries are built once per version
+# and cached (cold: see that README); the suite boots its pods' VMs like the tests above.
+step "kubernetes binaries (test/k8s/build.sh)" test/k8s/build.sh
+step "kubernetes suite (test/k8s/run.sh)" test/k8s/run.sh
 log "all tests passed"

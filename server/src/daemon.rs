@@ -172,6 +172,7 @@ pub async fn serve(
         notify.notify_one();
     };
     let server = tonic::transport::Server::builder()
+        .layer(crate::cri::rpc_log::RpcLogLayer)
         .add_service(runtime)
         .add_service(image)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);

@@ -219,3 +219,58 @@ async fn checks(
     .await
     .expect("create left");
 }
+
+/// kubelet removes a pod's dead containers while it stops the pod (a static pod's
+/// manifest edited): each RemoveContainer during StopPodSandbox succeeds, whatever moment
+/// of the guest's shutdown it meets, instead of failing on the agent going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_containers_while_the_pod_stops() {
+    let env = PodEnv::new();
+    let reg = registry::TestRegistry::start();
+    let h = reg.host();
+    common::push_test_images(&h);
+    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
+    cri_common::mirror_registry_k8s_io(&hulld, &h);
+    hulld.start();
+    let mut images = hulld.images().await;
+    let mut rt = hulld.runtime().await;
+    let image = "registry.k8s.io/busybox:latest";
+    cri_common::pull(&mut images, image).await;
+    let logs = tempfile::tempdir().unwrap();
+    let pod_config = cri_common::pod_config("rm-while-stopping", logs.path());
+    let pod_id = cri_common::run_pod(&mut rt, &pod_config).await;
+
+    let mut dead = Vec::new();
+    for i in 0..8 {
+        let name = format!("dead{i}");
+        let config = container(&name, image, &["true"]);
+        let id = create_start(&mut rt, &pod_id, &pod_config, config).await;
+        wait_exited(&mut rt, &id, Duration::from_secs(60)).await;
+        dead.push(id);
+    }
+    let stop = {
+        let mut rt = rt.clone();
+        let pod_sandbox_id = pod_id.clone();
+        tokio::spawn(async move {
+            rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id })
+                .await
+        })
+    };
+    // One removal every 150 ms: they meet the guest's shutdown at different moments.
+    let mut removed = Vec::new();
+    for id in &dead {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = rt
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        removed.push((id.clone(), r.map(|_| ())));
+    }
+    let stopped = stop.await.expect("stop task");
+    cri_common::stop_remove_pod(&mut rt, &pod_id).await;
+    stopped.expect("StopPodSandbox");
+    for (id, r) in removed {
+        r.unwrap_or_else(|e| panic!("RemoveContainer {id} while the pod stopped: {e}"));
+    }
+}

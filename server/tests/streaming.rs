@@ -277,8 +277,9 @@ async fn spdy_exec_with_stdin_and_exit_code(rt: &mut RuntimeServiceClient<Channe
     assert_eq!(again.code, 404, "{}{}", again.head, again.body);
 }
 
-/// A terminal: output has CRLF line ends, the resize stream sets the size, and a
-/// successful command ends with a Success status.
+/// A terminal: output has CRLF line ends, the resize stream sets the size, `tty` names
+/// the terminal under the container's own /dev/pts, and a successful command ends with a
+/// Success status.
 async fn spdy_exec_with_tty(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
     let url = exec_url(
         rt,
@@ -286,7 +287,7 @@ async fn spdy_exec_with_tty(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
         &[
             "sh",
             "-c",
-            "sleep 2; stty size; [ -t 0 ] && [ -t 1 ] && echo is-a-tty",
+            "sleep 2; stty size; tty; [ -t 0 ] && [ -t 1 ] && echo is-a-tty",
         ],
         true,
     )
@@ -302,7 +303,7 @@ async fn spdy_exec_with_tty(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
     let mut got = Received::default();
     c.collect(&[stdout, error], LIMIT, &mut got).await;
     let out = printable(&got).remove(&stdout).unwrap_or_default();
-    assert!(out.starts_with("45 123\r\n"), "{out:?}");
+    assert!(out.starts_with("45 123\r\n/dev/pts/"), "{out:?}");
     assert!(out.ends_with("is-a-tty\r\n"), "{out:?}");
     assert_eq!(status(&got, error)["status"], "Success");
 }

@@ -9,7 +9,8 @@
 # Every image is busybox-static's /bin/busybox plus what the test needs; see README.md
 # ("Test images") for what each stand-in reproduces. Multi-arch images are pushed as OCI
 # indexes with a linux/amd64 entry (the real image) and a linux/arm64 entry that holds
-# only a marker file, so platform selection is exercised. Needs umoci, skopeo, jq,
+# only a marker file, so platform selection is exercised. IMAGES_SUBSET=e2e stops after
+# busybox, pause, nginx and httpd (all that test/k8s needs). Needs umoci, skopeo, jq,
 # busybox-static and gcc with a static libc (build-essential).
 set -euo pipefail
 
@@ -176,10 +177,12 @@ build_images() {
 
     web_server nginx 80 nginx "nginx: stand-in (busybox httpd) listening on :80"
     push_multi nginx "$K8S/nginx:1.14-2"
-    web_server hostnet-nginx 12003 nginx "nginx: stand-in (busybox httpd) listening on :12003"
-    push hostnet-nginx "$CRI/hostnet-nginx-amd64:latest"
     web_server httpd 80 httpd "httpd: stand-in for Apache httpd 2.4.39 (busybox httpd) listening on :80"
     push_multi httpd "$K8S/httpd:2.4.39-4"
+    # The Kubernetes suite (test/k8s) needs only the e2e-test-images above.
+    [[ ${IMAGES_SUBSET:-} == e2e ]] && return
+    web_server hostnet-nginx 12003 nginx "nginx: stand-in (busybox httpd) listening on :12003"
+    push hostnet-nginx "$CRI/hostnet-nginx-amd64:latest"
 
     # nonewprivs: a setuid-root program (src/nnp.c) printing its effective uid.
     r=$(stage nnp)

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod helper;
 mod pause;
 mod process;
+mod pty;
 mod rootfs;
 mod seccomp;
 pub mod spec;
@@ -329,6 +330,7 @@ impl Containers {
                 process.terminal,
                 process.console_size,
                 fds,
+                None,
                 &reaper,
             )?;
             Ok((spawned, File::from(start_w)))
@@ -381,6 +383,7 @@ impl Containers {
         let path = c.state_dir.join(format!("exec-{exec_id}.json"));
         write_config(&path, &config)?;
         let reaper = self.reaper.clone();
+        let ptmx = pty::ptmx_of(c.init.pid);
         tracing::info!(container_id = id, exec_id, "exec");
         let spawned = blocking(move || {
             let spawned = process::spawn(
@@ -389,6 +392,7 @@ impl Containers {
                 process.terminal,
                 process.console_size,
                 process::HelperFds::default(),
+                Some(&ptmx),
                 &reaper,
             );
             let _ = std::fs::remove_file(&path);

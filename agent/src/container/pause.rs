@@ -91,13 +91,6 @@ impl PodNamespace {
             .map(OwnedFd::from)
             .map_err(ProcessError::Spawn)
     }
-
-    /// The pid of `hull-pause` (in the agent's namespace), if it runs.
-    #[cfg(test)]
-    pub fn pid(&self) -> Option<i32> {
-        let held = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        held.as_ref().map(|ns| ns.pid)
-    }
 }
 
 /// Spawns the helper and waits for `hull-pause` to be set up.

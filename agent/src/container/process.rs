@@ -72,10 +72,34 @@ pub(super) fn high(fd: OwnedFd, what: &'static str) -> Result<OwnedFd, ProcessEr
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
 }
 
+/// A terminal from the devpts whose multiplexer is `ptmx` (an exec's: the container's,
+/// see [`super::pty`]), else from the agent's own.
+fn open_pty(
+    ptmx: Option<&Path>,
+    ws: Option<&nix::pty::Winsize>,
+) -> Result<(OwnedFd, OwnedFd), ProcessError> {
+    if let Some(ptmx) = ptmx {
+        match super::pty::open(ptmx, ws) {
+            Ok(pair) => return Ok(pair),
+            Err(e) => tracing::warn!(
+                ptmx = %ptmx.display(),
+                error = %e,
+                "no terminal from the container's devpts; using the agent's"
+            ),
+        }
+    }
+    let pty = nix::pty::openpty(ws, None).map_err(|source| ProcessError::Fds {
+        what: "pty",
+        source,
+    })?;
+    Ok((pty.master, pty.slave))
+}
+
 /// Stdio for a new process: the child's three ends and the agent's ends.
 fn make_stdio(
     terminal: bool,
     size: Option<ConsoleSize>,
+    ptmx: Option<&Path>,
 ) -> Result<([OwnedFd; 3], Stdio3), ProcessError> {
     if terminal {
         let ws = size.map(|s| nix::pty::Winsize {
@@ -84,13 +108,10 @@ fn make_stdio(
             ws_xpixel: 0,
             ws_ypixel: 0,
         });
-        let pty = nix::pty::openpty(ws.as_ref(), None).map_err(|source| ProcessError::Fds {
-            what: "pty",
-            source,
-        })?;
+        let (master, slave) = open_pty(ptmx, ws.as_ref())?;
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(ProcessError::Spawn);
-        let child = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
-        let master = File::from(pty.master);
+        let child = [dup(&slave)?, dup(&slave)?, slave];
+        let master = File::from(master);
         let ours = Stdio3 {
             stdin: Some(master.try_clone().map_err(ProcessError::Spawn)?),
             stdout: Some(master.try_clone().map_err(ProcessError::Spawn)?),
@@ -138,15 +159,17 @@ pub struct HelperFds {
 }
 
 /// Spawns `hull-agent <mode> <config>` and reads its report up to the `R` line.
+/// `ptmx`: where its terminal comes from (an exec: the container's devpts).
 pub fn spawn(
     mode: &str,
     config: &Path,
     terminal: bool,
     size: Option<ConsoleSize>,
     fds: HelperFds,
+    ptmx: Option<&Path>,
     reaper: &Reaper,
 ) -> Result<Spawned, ProcessError> {
-    let ([child_in, child_out, child_err], mut ours) = make_stdio(terminal, size)?;
+    let ([child_in, child_out, child_err], mut ours) = make_stdio(terminal, size, ptmx)?;
     let (report_r, report_w) = pipe("report pipe")?;
     let report_w = high(report_w, "report pipe")?;
     let start = fds.start.map(|fd| high(fd, "start pipe")).transpose()?;

@@ -116,6 +116,10 @@ impl CriService {
             Err(e) => return Err(manager_error(e)),
         };
         if let Some(sandbox) = self.daemon.sandboxes.get(&r.sandbox_id) {
+            // Not while the pod stops (kubelet removes a pod's dead containers as it kills
+            // the pod): after the stop, the guest and what the container had in it are
+            // gone, and agent() says NotReady instead of a call failing half-way.
+            let _pod = sandbox.lock().await;
             if let Ok(mut agent) = sandbox.agent().await {
                 let rm = hull_agent_api::v1::RemoveContainerRequest {
                     container_id: r.id.clone(),

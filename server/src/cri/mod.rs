@@ -2,6 +2,7 @@
 
 mod container;
 mod image;
+pub mod rpc_log;
 mod runtime;
 mod runtime_info;
 mod sandbox;
