@@ -108,6 +108,9 @@ pub struct VmSection {
     /// its own CRNG seed, clock and MAC from hulld at SetupSandbox. hulld makes the template
     /// of pods without resource requests when it starts.
     pub templates: bool,
+    /// Bytes of a QEMU pod VM's guest console kept in its `console.log`; the rest is
+    /// dropped (a guest cannot fill `/run`). hull-vmm keeps the same 64 MiB.
+    pub console_log_max_bytes: u64,
 }
 
 /// CNI plugin configuration.
@@ -165,6 +168,7 @@ impl Default for VmSection {
             memory_overhead_mib: 64,
             stop_grace_secs: 5,
             templates: true,
+            console_log_max_bytes: hull_vm::qemu::console::MAX_CONSOLE_BYTES,
         }
     }
 }

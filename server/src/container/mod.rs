@@ -2,6 +2,7 @@
 //! image, and (with the sandbox API) the container manager and exit watcher.
 
 pub mod etc;
+mod exec_sync;
 pub mod images;
 pub mod inroot;
 pub mod manager;

@@ -19,6 +19,7 @@
 
 pub mod detect;
 pub mod files;
+pub mod jail;
 pub mod probe;
 pub mod template;
 pub mod template_build;
@@ -49,6 +50,9 @@ pub const EXIT_SNAPSHOTTED: i32 = ExitReason::Snapshotted.code();
 pub struct HullConfig {
     pub vmm: PathBuf,
     pub virtiofsd: PathBuf,
+    /// Run hull-vmm jailed (its own uid, a mount namespace holding only its files, see
+    /// [`jail`]); on by default.
+    pub jail: bool,
 }
 
 impl Default for HullConfig {
@@ -62,6 +66,7 @@ impl Default for HullConfig {
         Self {
             vmm: beside.unwrap_or_else(|| find_program("hull-vmm")),
             virtiofsd: find_program("virtiofsd"),
+            jail: true,
         }
     }
 }
@@ -255,7 +260,7 @@ impl HullVm {
             what: format!("hull-vmm config {}", f.vmm_config.display()),
             source,
         })?;
-        let args = match &self.boot {
+        let mut args = match &self.boot {
             Boot::Cold => vec!["--config".into(), f.vmm_config.clone().into_os_string()],
             Boot::Restored { dir, .. } => {
                 let text = format!("{}\n", dir.display());
@@ -266,6 +271,9 @@ impl HullVm {
                 template::restore_args(&f.vmm_config, dir)
             }
         };
+        if programs.jail {
+            args.extend(jail::args(&config.id, &config.run_dir, &[]));
+        }
         let vmm = Spawn {
             what: "hull-vmm",
             program: &programs.vmm,

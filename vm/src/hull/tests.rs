@@ -54,6 +54,7 @@ fn hv(vmm: PathBuf) -> HullHypervisor {
     HullHypervisor::new(HullConfig {
         vmm,
         virtiofsd: "/nonexistent/virtiofsd".into(),
+        jail: true,
     })
     .with_templates(false)
 }
@@ -152,6 +153,7 @@ async fn invalid_configs_are_refused_before_anything_starts() {
     let missing = HullHypervisor::new(HullConfig {
         vmm: s.dir.path().join("no-such-vmm"),
         virtiofsd: "/x".into(),
+        jail: true,
     });
     assert!(missing.templates.is_some(), "templates are on by default");
     assert!(matches!(

@@ -32,6 +32,8 @@ pub enum EventLoopError {
     StartApi(#[source] super::api::ApiError),
     #[error("Failed to start vCPU threads")]
     StartVcpus(#[source] super::vcpu::VcpuError),
+    #[error("Failed to drop privileges")]
+    Jail(#[source] super::jail::JailError),
 }
 
 /// Something the event loop wakes when its fd is readable.
@@ -55,6 +57,8 @@ pub struct EventLoop {
     exit: Arc<ExitSignal>,
     signals: SignalFd,
     handlers: Vec<Box<dyn EventHandler>>,
+    /// The jail's uid and gid, taken once the API socket is bound, before the vCPUs run.
+    drop_to: Option<(u32, u32)>,
 }
 
 const EXIT_TOKEN: u64 = u64::MAX;
@@ -81,6 +85,7 @@ impl EventLoop {
             exit,
             signals,
             handlers: Vec::new(),
+            drop_to: None,
         };
         this.watch(this.exit.eventfd().as_raw_fd(), EXIT_TOKEN)?;
         this.watch(this.signals.as_raw_fd(), SIGNAL_TOKEN)?;
@@ -95,6 +100,12 @@ impl EventLoop {
                 EpollEvent::new(EventSet::IN, token),
             )
             .map_err(|e| EventLoopError::AddFd(fd, e))
+    }
+
+    /// Drop to `uid`/`gid` (see [`super::jail::drop_privileges`]) before any vCPU runs.
+    pub fn with_privilege_drop(mut self, uid: u32, gid: u32) -> Self {
+        self.drop_to = Some((uid, gid));
+        self
     }
 
     /// Watch `handler`'s fd.
@@ -142,6 +153,10 @@ impl EventLoop {
             let on_start = || seccomp::apply(ThreadKind::Api).map_err(|e| e.to_string());
             api::spawn(path, info.clone(), self.exit.clone(), on_start)
                 .map_err(EventLoopError::StartApi)?;
+        }
+        if let Some((uid, gid)) = self.drop_to {
+            super::jail::drop_privileges(uid, gid).map_err(EventLoopError::Jail)?;
+            tracing::info!(uid, gid, "privileges dropped");
         }
         for vcpu in vmm.vcpus.drain(..) {
             let on_start = || seccomp::apply(ThreadKind::Vcpu).map_err(|e| e.to_string());

@@ -77,6 +77,39 @@ struct Args {
     probe_vsock: Option<PathBuf>,
     #[arg(long, default_value_t = AGENT_VSOCK_PORT)]
     probe_port: u32,
+    /// Jail hull-vmm (see `hull_vmm::jail`): an empty dir whose tmpfs becomes the
+    /// root of a mount namespace holding only what the VM needs; needs --jail-uid/gid.
+    #[arg(long)]
+    jail_root: Option<PathBuf>,
+    /// The unprivileged uid hull-vmm drops to before the guest runs.
+    #[arg(long)]
+    jail_uid: Option<u32>,
+    #[arg(long)]
+    jail_gid: Option<u32>,
+    /// Another path to keep in the jail (a dir the API's `snapshot` writes into).
+    #[arg(long)]
+    jail_path: Vec<PathBuf>,
+}
+
+/// The jail asked for: root dir, uid, gid, extra paths.
+struct JailArgs {
+    root: PathBuf,
+    uid: u32,
+    gid: u32,
+    extra: Vec<PathBuf>,
+}
+
+fn jail_args(args: &mut Args) -> anyhow::Result<Option<JailArgs>> {
+    match (args.jail_root.take(), args.jail_uid, args.jail_gid) {
+        (Some(root), Some(uid), Some(gid)) => Ok(Some(JailArgs {
+            root,
+            uid,
+            gid,
+            extra: std::mem::take(&mut args.jail_path),
+        })),
+        (None, None, None) if args.jail_path.is_empty() => Ok(None),
+        _ => anyhow::bail!("--jail-root, --jail-uid and --jail-gid go together"),
+    }
 }
 
 /// The hybrid-vsock handshake, as hulld's agent client does it.
@@ -158,9 +191,10 @@ fn config_from(args: Args) -> anyhow::Result<VmmConfig> {
     Ok(config)
 }
 
-fn run(args: Args) -> ExitReason {
+fn run(mut args: Args) -> ExitReason {
     let restore = args.restore.clone();
-    let config = match config_from(args) {
+    let parsed = jail_args(&mut args).and_then(|jail| Ok((jail, config_from(args)?)));
+    let (jail, config) = match parsed {
         Ok(c) => c,
         Err(err) => {
             eprintln!("hull-vmm: {err:#}");
@@ -169,6 +203,15 @@ fn run(args: Args) -> ExitReason {
     };
     let span = tracing::info_span!("vmm", sandbox_id = %config.id);
     let _enter = span.enter();
+    if let Some(j) = &jail {
+        let mut keep = hull_vmm::jail::needed_paths(&config, restore.as_deref());
+        keep.extend(j.extra.iter().cloned());
+        if let Err(err) = hull_vmm::jail::enter_mount_namespace(&j.root, &keep) {
+            eprintln!("hull-vmm: {}", error_chain(&err));
+            return ExitReason::SetupError;
+        }
+        tracing::info!(root = %j.root.display(), "mount namespace jail entered");
+    }
     let started = std::time::Instant::now();
     let built = match &restore {
         Some(dir) => builder::restore(config, dir),
@@ -187,7 +230,10 @@ fn run(args: Args) -> ExitReason {
         "VM built"
     );
     let event_loop = match EventLoop::new(vmm.exit.clone()) {
-        Ok(l) => l,
+        Ok(l) => match &jail {
+            Some(j) => l.with_privilege_drop(j.uid, j.gid),
+            None => l,
+        },
         Err(err) => {
             eprintln!("hull-vmm: {:#}", anyhow::Error::from(err));
             return ExitReason::SetupError;

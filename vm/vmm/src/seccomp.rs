@@ -35,8 +35,12 @@ pub enum ThreadKind {
     Vcpu,
     /// The control API: accept, read a line, answer (reads /proc/self/smaps).
     Api,
-    /// A virtio device worker: epoll, eventfds, guest memory, (vsock) unix sockets.
+    /// A virtio device worker: epoll, eventfds, guest memory, I/O on sockets it was
+    /// given (virtio-fs' vhost-user connection); it cannot create a socket.
     Device,
+    /// The vsock device worker: as [`ThreadKind::Device`], plus accepting host
+    /// connections and connecting the guest's to `<uds>_<port>` (`AF_UNIX` only).
+    VsockDevice,
 }
 
 /// Errors from building or installing a filter.
@@ -138,6 +142,15 @@ const COMMON: &[(i64, &str)] = &[
     (libc::SYS_exit, "thread exit"),
     (libc::SYS_exit_group, "process exit"),
     (libc::SYS_restart_syscall, "interrupted sleeps"),
+    // The jail's uid drop (vm/src/vmm/jail.rs) runs after the device threads started;
+    // glibc makes every thread change its credentials. Once dropped, a thread can only
+    // "change" to the ids it has.
+    (libc::SYS_setresuid, "the jail's uid drop, in every thread"),
+    (libc::SYS_setresgid, "the jail's gid drop, in every thread"),
+    (
+        libc::SYS_setgroups,
+        "the jail's group drop, in every thread",
+    ),
 ];
 
 const EPOLL: &[(i64, &str)] = &[
@@ -147,10 +160,8 @@ const EPOLL: &[(i64, &str)] = &[
     (libc::SYS_epoll_pwait, "event loop"),
 ];
 
-const SOCKETS: &[(i64, &str)] = &[
-    (libc::SYS_accept4, "host connections"),
-    (libc::SYS_socket, "guest-initiated vsock connections"),
-    (libc::SYS_connect, "guest-initiated vsock connections"),
+/// I/O on sockets a thread was given; no `socket()`, `connect()` or `accept4()`.
+const SOCKET_IO: &[(i64, &str)] = &[
     (libc::SYS_recvfrom, "unix stream reads"),
     (libc::SYS_sendto, "unix stream writes"),
     (libc::SYS_recvmsg, "unix stream reads"),
@@ -187,12 +198,13 @@ pub fn rules(
         }
         ThreadKind::Vcpu => {}
         ThreadKind::Api => {
-            allow(SOCKETS);
+            allow(SOCKET_IO);
+            allow(&[(libc::SYS_accept4, "API connections")]);
             allow(&[(libc::SYS_openat, "reading /proc/self/smaps for metrics")]);
         }
-        ThreadKind::Device => {
+        ThreadKind::Device | ThreadKind::VsockDevice => {
             allow(EPOLL);
-            allow(SOCKETS);
+            allow(SOCKET_IO);
             allow(&[
                 (libc::SYS_pread64, "virtio-blk reads"),
                 (libc::SYS_pwrite64, "virtio-blk writes"),
@@ -200,9 +212,29 @@ pub fn rules(
             ]);
         }
     }
+    if kind == ThreadKind::VsockDevice {
+        allow(&[
+            (
+                libc::SYS_accept4,
+                "host connections to the hybrid-vsock socket",
+            ),
+            (
+                libc::SYS_connect,
+                "guest-initiated connections to <uds>_<port>",
+            ),
+        ]);
+        // socket(AF_UNIX, ...) only: no network sockets, whatever the address family.
+        let unix = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?;
+        rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![unix])?]);
+    }
     let ioctls: Vec<u64> = match kind {
         ThreadKind::Vcpu => vec![KVM_RUN],
-        ThreadKind::Device => vec![FIONBIO],
+        ThreadKind::Device | ThreadKind::VsockDevice => vec![FIONBIO],
         ThreadKind::Vmm => snapshot_ioctls::all(),
         ThreadKind::Api => Vec::new(),
     };
@@ -247,9 +279,81 @@ mod tests {
             ThreadKind::Vcpu,
             ThreadKind::Api,
             ThreadKind::Device,
+            ThreadKind::VsockDevice,
         ] {
             assert!(!filter(kind).unwrap().is_empty());
         }
+    }
+
+    #[test]
+    fn only_the_vsock_thread_may_make_sockets_and_only_unix_ones() {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::Api,
+            ThreadKind::Device,
+        ] {
+            let r = rules(kind).unwrap();
+            assert!(
+                !r.contains_key(&libc::SYS_socket),
+                "{kind:?} may create sockets"
+            );
+            assert!(!r.contains_key(&libc::SYS_connect), "{kind:?} may connect");
+        }
+        let r = rules(ThreadKind::VsockDevice).unwrap();
+        assert_eq!(r[&libc::SYS_socket].len(), 1, "one rule: AF_UNIX");
+        assert!(r.contains_key(&libc::SYS_connect));
+    }
+
+    /// Runs `check` in a child process under `kind`'s filter; the child's exit status.
+    fn in_filtered_child(
+        test: &str,
+        kind: ThreadKind,
+        check: impl FnOnce(),
+    ) -> Option<std::process::ExitStatus> {
+        if std::env::var_os("HULL_SECCOMP_CHILD").is_some() {
+            let bpf = filter(kind).unwrap();
+            seccompiler::apply_filter(&bpf).unwrap();
+            check();
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture"])
+            .env("HULL_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        Some(out.status)
+    }
+
+    #[test]
+    fn the_vsock_thread_cannot_make_a_network_socket() {
+        use std::os::unix::process::ExitStatusExt;
+        let test = "vmm::seccomp::tests::the_vsock_thread_cannot_make_a_network_socket";
+        let status = in_filtered_child(test, ThreadKind::VsockDevice, || {
+            // A unix socket is allowed; an inet one is not.
+            let _ = std::os::unix::net::UnixStream::connect("/nonexistent/hull.sock");
+            let _ = std::net::TcpStream::connect("127.0.0.1:9");
+        });
+        assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGSYS));
+    }
+
+    #[test]
+    fn the_vsock_thread_may_connect_a_unix_socket() {
+        let test = "vmm::seccomp::tests::the_vsock_thread_may_connect_a_unix_socket";
+        let status = in_filtered_child(test, ThreadKind::VsockDevice, || {
+            let _ = std::os::unix::net::UnixStream::connect("/nonexistent/hull.sock");
+        });
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
+    }
+
+    #[test]
+    fn a_device_thread_cannot_make_any_socket() {
+        use std::os::unix::process::ExitStatusExt;
+        let test = "vmm::seccomp::tests::a_device_thread_cannot_make_any_socket";
+        let status = in_filtered_child(test, ThreadKind::Device, || {
+            let _ = std::os::unix::net::UnixStream::connect("/run/hull/hull.sock");
+        });
+        assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGSYS));
     }
 
     #[test]

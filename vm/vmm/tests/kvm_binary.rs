@@ -371,3 +371,82 @@ fn a_snapshot_taken_mid_loop_resumes_in_a_new_vmm() {
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert!(err.contains("memory_mib"), "stderr: {err}");
 }
+
+/// Uid and gid the jailed test VMM drops to (in hull's jail range).
+const JAIL_ID: u32 = 0x6800_0042;
+
+/// The `Uid:`/`Gid:` lines of a process.
+fn ids_of(pid: u32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    (line("Uid:"), line("Gid:"))
+}
+
+#[test]
+fn a_jailed_vmm_runs_as_its_uid_sees_only_its_files_and_snapshots() {
+    let run = tempfile::tempdir().unwrap();
+    let snap = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (r, s) = (run.path(), snap.path());
+    // What a jailed VMM must not reach: say, hulld's CRI socket.
+    let cri = elsewhere.path().join("hull.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&cri).unwrap();
+    std::os::unix::fs::chown(s, Some(JAIL_ID), Some(JAIL_ID)).unwrap();
+    let kernel = r.join("spin.elf");
+    std::fs::write(&kernel, pvh_elf(PRINT_SPIN_PRINT)).unwrap();
+    let api = r.join("vmm.sock");
+    let id = JAIL_ID.to_string();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--console-log".into(),
+        r.join("console.log").into(),
+        "--api-socket".into(),
+        api.clone().into(),
+        "--jail-root".into(),
+        r.join("jail").into(),
+        "--jail-uid".into(),
+        id.clone().into(),
+        "--jail-gid".into(),
+        id.clone().into(),
+        "--jail-path".into(),
+        s.into(),
+    ];
+    let mut vmm = spawn_with_devices(&kernel, &r.join("vsock.sock"), &args);
+    wait_for("the guest's first line", 20, || {
+        std::fs::read_to_string(r.join("console.log"))
+            .unwrap_or_default()
+            .contains('A')
+    });
+    let pid = vmm.0.id();
+    let want = format!("{id} {id} {id} {id}");
+    assert_eq!(ids_of(pid), (want.clone(), want), "every id dropped");
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    let seen = |p: &Path| root.join(p.strip_prefix("/").unwrap()).exists();
+    assert!(
+        seen(&kernel) && seen(&api) && seen(s),
+        "its own files are there"
+    );
+    assert!(seen(Path::new("/dev/kvm")) && seen(Path::new("/dev/urandom")));
+    assert!(!seen(&cri), "a path outside the jail is not");
+    assert!(!seen(Path::new("/etc/passwd")) && !seen(Path::new("/usr/bin")));
+    let metrics = api_request(&api, "{\"op\":\"metrics\"}\n");
+    assert!(
+        metrics.contains("\"vmm_rss_kb\""),
+        "metrics in the jail: {metrics}"
+    );
+    let ask = format!("{{\"op\":\"snapshot\",\"dir\":\"{}\"}}\n", s.display());
+    assert_eq!(api_request(&api, &ask).trim(), r#"{"ok":true}"#);
+    let status = vmm.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = vmm.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert_eq!(status.code(), Some(7), "snapshot written: {stderr}");
+    let files = std::fs::read_dir(s).unwrap().count();
+    assert!(files >= 2, "snapshot files in {}: {files}", s.display());
+}

@@ -249,25 +249,27 @@ impl BlkQueue {
         while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
             let descs: Vec<Descriptor> = chain.collect();
-            let (status, len, at) =
-                match Request::parse(&descs, &self.mem, self.capacity_sectors, self.read_only) {
-                    Ok(req) => {
-                        let (s, n) = self.execute(&req);
-                        (s, n, Some(req.status))
-                    }
-                    Err((err, at)) => {
-                        self.rejected += 1;
-                        if self.rejected <= 10 {
-                            tracing::warn!(error = %err, "virtio-blk: refused a request");
-                        }
-                        let s = if matches!(err, ParseError::Unsupported(_)) {
-                            S_UNSUPP
-                        } else {
-                            S_IOERR
-                        };
-                        (s, 0, at)
-                    }
-                };
+            let (status, len, at) = match Request::parse(
+                &descs,
+                &self.mem,
+                self.capacity_sectors,
+                self.read_only,
+            ) {
+                Ok(req) => {
+                    let (s, n) = self.execute(&req);
+                    (s, n, Some(req.status))
+                }
+                Err((err, at)) => {
+                    self.rejected += 1;
+                    crate::warn_limited!(error = %err, total = self.rejected, "virtio-blk: refused a request");
+                    let s = if matches!(err, ParseError::Unsupported(_)) {
+                        S_UNSUPP
+                    } else {
+                        S_IOERR
+                    };
+                    (s, 0, at)
+                }
+            };
             let used_len = match at {
                 Some(addr) => {
                     self.mem.write_obj(status, addr).map_err(BlkError::Status)?;

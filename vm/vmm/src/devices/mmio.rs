@@ -384,7 +384,7 @@ impl MmioTransport {
     fn activate(&mut self) -> bool {
         for (i, q) in self.queues.iter().enumerate() {
             if !q.is_valid(&self.mem) {
-                tracing::warn!(queue = i, "queue is not ready or lies outside guest memory");
+                crate::warn_limited!(queue = i, "queue is not ready or lies outside guest memory");
                 return false;
             }
         }
@@ -416,7 +416,7 @@ impl MmioTransport {
                 true
             }
             Err(err) => {
-                tracing::error!(error = %err, "device activation failed");
+                crate::error_limited!(error = %err, "device activation failed");
                 false
             }
         }

@@ -105,9 +105,7 @@ impl RngQueue {
                 }
                 Err(err) => {
                     self.rejected += 1;
-                    if self.rejected <= 10 {
-                        tracing::warn!(error = %err, "virtio-rng: refused a descriptor chain");
-                    }
+                    crate::warn_limited!(error = %err, total = self.rejected, "virtio-rng: refused a descriptor chain");
                     0
                 }
             };
@@ -143,7 +141,7 @@ impl Rng {
         let worker = spawn_device_thread("rng", move |mut a: Activation| {
             let queues = std::mem::take(&mut a.queues);
             let (Ok([queue]), Some(file)) = (<[Queue; 1]>::try_from(queues), entropy.take()) else {
-                tracing::error!("virtio-rng: bad activation");
+                crate::error_limited!("virtio-rng: bad activation");
                 return;
             };
             let mut q = RngQueue {

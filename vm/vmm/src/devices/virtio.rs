@@ -192,7 +192,20 @@ pub type WorkerResult = Result<(), String>;
 /// DRIVER_OK; a reset ends the current one). Everything that needs privileges the filter
 /// forbids (opening files, binding sockets) happens before, in the device's constructor, so
 /// a vCPU thread that writes DRIVER_OK only sends on a channel.
-pub fn spawn_device_thread<F>(name: &str, mut serve: F) -> std::io::Result<ActivationSender>
+pub fn spawn_device_thread<F>(name: &str, serve: F) -> std::io::Result<ActivationSender>
+where
+    F: FnMut(Activation) + Send + 'static,
+{
+    spawn_device_thread_as(name, crate::seccomp::ThreadKind::Device, serve)
+}
+
+/// [`spawn_device_thread`] with the filter of `kind` (the vsock device's may create unix
+/// sockets; the others may not create any).
+pub fn spawn_device_thread_as<F>(
+    name: &str,
+    kind: crate::seccomp::ThreadKind,
+    mut serve: F,
+) -> std::io::Result<ActivationSender>
 where
     F: FnMut(Activation) + Send + 'static,
 {
@@ -201,7 +214,7 @@ where
     std::thread::Builder::new()
         .name(format!("virtio-{name}"))
         .spawn(move || {
-            if let Err(err) = crate::seccomp::apply(crate::seccomp::ThreadKind::Device) {
+            if let Err(err) = crate::seccomp::apply(kind) {
                 tracing::error!(device, error = %err, "failed to install the device seccomp filter");
                 return;
             }
@@ -240,7 +253,7 @@ where
     let epoll = match queue_epoll(a) {
         Ok(e) => e,
         Err(e) => {
-            tracing::error!(device, error = %e, "worker epoll setup failed");
+            crate::error_limited!(device, error = %e, "worker epoll setup failed");
             a.exit.stop(ExitReason::VmmError);
             return;
         }
@@ -252,7 +265,7 @@ where
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::error!(device, error = %e, "worker epoll failed");
+                crate::error_limited!(device, error = %e, "worker epoll failed");
                 a.exit.stop(ExitReason::VmmError);
                 return;
             }
@@ -267,7 +280,7 @@ where
                 let _ = evt.read();
             }
             if let Err(err) = on_queue(index) {
-                tracing::error!(device, queue = index, error = %err, "guest broke the virtio queue protocol");
+                crate::error_limited!(device, queue = index, error = %err, "guest broke the virtio queue protocol");
                 a.exit.stop(ExitReason::GuestCrash);
                 return;
             }

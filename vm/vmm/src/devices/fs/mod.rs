@@ -213,7 +213,7 @@ impl Backend {
     fn stop_rings(&mut self, queues: usize) {
         for i in 0..queues {
             if let Err(err) = self.frontend.get_vring_base(i) {
-                tracing::warn!(queue = i, error = %err, "virtio-fs: GET_VRING_BASE failed");
+                crate::warn_limited!(queue = i, error = %err, "virtio-fs: GET_VRING_BASE failed");
             }
         }
     }
@@ -221,7 +221,7 @@ impl Backend {
     /// One activation: set up, then relay calls until reset, VM exit or backend hang-up.
     fn serve(&mut self, a: &Activation) {
         if let Err(err) = self.setup(a) {
-            tracing::error!(error = %err, "virtio-fs: handing the queues to the backend failed");
+            crate::error_limited!(error = %err, "virtio-fs: handing the queues to the backend failed");
             a.exit.stop(ExitReason::VmmError);
             return;
         }
@@ -229,7 +229,7 @@ impl Backend {
         let epoll = match self.relay_epoll(a) {
             Ok(e) => e,
             Err(err) => {
-                tracing::error!(error = %err, "virtio-fs: epoll setup failed");
+                crate::error_limited!(error = %err, "virtio-fs: epoll setup failed");
                 a.exit.stop(ExitReason::VmmError);
                 return;
             }
@@ -240,7 +240,7 @@ impl Backend {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, "virtio-fs: epoll failed");
+                    crate::error_limited!(error = %e, "virtio-fs: epoll failed");
                     a.exit.stop(ExitReason::VmmError);
                     return;
                 }
@@ -253,7 +253,7 @@ impl Backend {
                     }
                     EXIT_TOKEN => return,
                     SOCKET_TOKEN => {
-                        tracing::error!("virtio-fs: the vhost-user backend hung up");
+                        crate::error_limited!("virtio-fs: the vhost-user backend hung up");
                         a.exit.stop(ExitReason::VmmError);
                         return;
                     }
@@ -263,7 +263,7 @@ impl Backend {
                             let _ = call.read();
                         }
                         if let Err(e) = a.interrupt.trigger(INT_VRING) {
-                            tracing::warn!(error = %e, "virtio-fs: raising the interrupt failed");
+                            crate::warn_limited!(error = %e, "virtio-fs: raising the interrupt failed");
                         }
                     }
                 }

@@ -97,7 +97,7 @@ impl Net {
             let file = tap.take();
             let queues = std::mem::take(&mut a.queues);
             let Ok([rxq, txq]) = <[Queue; 2]>::try_from(queues) else {
-                tracing::error!("virtio-net: bad activation");
+                crate::error_limited!("virtio-net: bad activation");
                 tap = file;
                 return;
             };
@@ -110,7 +110,7 @@ impl Net {
                 thread_counters.clone(),
             );
             if let Err(err) = run(&mut q, &a) {
-                tracing::error!(error = %err, "virtio-net: device stopped");
+                crate::error_limited!(error = %err, "virtio-net: device stopped");
                 let reason = match err {
                     RunError::Net(NetError::BadQueue(_) | NetError::Queue(_)) => {
                         ExitReason::GuestCrash

@@ -191,9 +191,8 @@ impl NetQueues {
     }
 
     fn reject(&mut self, queue: &str, err: &ChainError) {
-        if bump(&self.counters.rejected) <= 10 {
-            tracing::warn!(queue, error = %err, "virtio-net: refused a descriptor chain");
-        }
+        let total = bump(&self.counters.rejected);
+        crate::warn_limited!(queue, error = %err, total, "virtio-net: refused a descriptor chain");
     }
 
     /// Move frames from the tap into the guest's RX buffers until the tap is empty or the
@@ -329,9 +328,8 @@ impl NetQueues {
                 bump(&self.counters.tx_frames);
             }
             Err(e) => {
-                if bump(&self.counters.tx_dropped) <= 10 {
-                    tracing::warn!(error = %e, "virtio-net: the tap refused a frame");
-                }
+                let total = bump(&self.counters.tx_dropped);
+                crate::warn_limited!(error = %e, total, "virtio-net: the tap refused a frame");
             }
         }
         Ok(())

@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::virtio::{
     ActivateError, Activation, ActivationSender, INT_VRING, QueueCheckError, VIRTIO_F_VERSION_1,
     VirtioDevice, VirtioInterrupt, check_avail_idx, device_type, expect_queues, read_config_bytes,
-    spawn_device_thread,
+    spawn_device_thread_as,
 };
 use crate::exit::ExitReason;
 use crate::memory::GuestMemoryMmap;
@@ -100,9 +100,11 @@ impl VsockWorker {
 
     fn reject(&mut self, why: &str) {
         self.rejected += 1;
-        if self.rejected <= 10 {
-            tracing::warn!(why, "vsock: dropped a malformed TX packet");
-        }
+        crate::warn_limited!(
+            why,
+            total = self.rejected,
+            "vsock: dropped a malformed TX packet"
+        );
     }
 
     /// Fill RX chains with control packets, then host data the guest has credit for.
@@ -244,14 +246,15 @@ impl Vsock {
     /// A device with the guest's CID, bridged to `uds_path`.
     pub fn new(guest_cid: u64, uds_path: PathBuf) -> std::io::Result<Self> {
         let mut listener = Some(muxer::bind_listener(&uds_path)?);
-        let worker = spawn_device_thread("vsock", move |mut a: Activation| {
+        let kind = crate::seccomp::ThreadKind::VsockDevice;
+        let worker = spawn_device_thread_as("vsock", kind, move |mut a: Activation| {
             let Some(l) = listener.take() else {
                 return;
             };
             let mut worker = match make_worker(guest_cid, uds_path.clone(), l, &mut a) {
                 Ok(w) => w,
                 Err((err, l)) => {
-                    tracing::error!(error = %err, "vsock: activation failed");
+                    crate::error_limited!(error = %err, "vsock: activation failed");
                     listener = l;
                     return;
                 }
@@ -261,7 +264,7 @@ impl Vsock {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(err) => {
-                        tracing::error!(error = %err, "vsock: guest broke the protocol");
+                        crate::error_limited!(error = %err, "vsock: guest broke the protocol");
                         a.exit.stop(ExitReason::GuestCrash);
                         break;
                     }

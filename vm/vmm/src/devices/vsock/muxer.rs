@@ -111,7 +111,7 @@ impl Muxer {
 
     fn push_control(&mut self, hdr: Header) {
         if self.control.len() >= MAX_CONTROL_PACKETS {
-            tracing::warn!("vsock: control queue full, dropping a packet");
+            crate::warn_limited!("vsock: control queue full, dropping a packet");
             return;
         }
         self.control.push_back(hdr);
@@ -199,7 +199,7 @@ impl Muxer {
                     }
                 }
                 Err(ForwardError::CreditExceeded) => {
-                    tracing::warn!("vsock: guest exceeded its credit");
+                    crate::warn_limited!("vsock: guest exceeded its credit");
                     self.reset(key);
                 }
                 Err(ForwardError::Socket(kind)) => {
@@ -402,5 +402,39 @@ mod tests {
         assert_eq!(parse_connect(b"CONNECT -1\n"), None);
         assert_eq!(parse_connect(b"CONNECT 99999999999\n"), None);
         assert_eq!(parse_connect(b"\xff\n"), None);
+    }
+
+    #[test]
+    fn a_connect_flood_to_unknown_ports_logs_a_burst() {
+        // A guest connecting to 10000 host ports nobody listens on, never reading its RX
+        // queue: every attempt is answered with a RST until the control queue is full,
+        // then dropped. The "full" warning is rate limited, not logged 5904 times.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uds = dir.path().join("v.sock");
+        let listener = bind_listener(&uds).expect("bind");
+        let epoll = Epoll::new().expect("epoll");
+        let mut muxer = Muxer::new(3, uds, listener, epoll);
+        let count = crate::rate_limited::test_support::count_events(|| {
+            for port in 0..10_000u32 {
+                let req = Header {
+                    src_cid: 3,
+                    dst_cid: HOST_CID,
+                    src_port: 50_000 + port,
+                    dst_port: 20_000 + port,
+                    len: 0,
+                    op: Op::Request,
+                    flags: 0,
+                    buf_alloc: 4096,
+                    fwd_cnt: 0,
+                };
+                muxer.handle_guest_packet(req, &[]);
+            }
+        });
+        assert_eq!(muxer.control.len(), MAX_CONTROL_PACKETS);
+        assert_eq!(muxer.connections(), 0);
+        assert!(
+            count <= u64::from(crate::rate_limited::BURST),
+            "{count} lines logged"
+        );
     }
 }
