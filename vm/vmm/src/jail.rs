@@ -58,7 +58,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JailError {
 
 /// What a VM built from `config` opens by path: its sockets' and logs' dirs, kernel,
 /// initramfs, disk, the snapshot it restores, and the device nodes of its devices.
-pub fn needed_paths(config: &hull_vmm_api::config::VmmConfig, restore: Option<&Path>) -> Vec<PathBuf> {
+pub fn needed_paths(
+    config: &hull_vmm_api::config::VmmConfig,
+    restore: Option<&Path>,
+) -> Vec<PathBuf> {
     let parent = |p: &Path| p.parent().map(Path::to_path_buf);
     let mut paths = vec![PathBuf::from("/dev/kvm"), config.kernel.clone()];
     paths.extend(config.initramfs.clone());
