@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use hull_agent_api::host::HostModeConfig;
 
-use crate::container::{Containers, cgroup};
+use crate::container::{Containers, PodPid, cgroup};
 use crate::reaper::Reaper;
 use crate::service::{self, Mode};
 
@@ -97,7 +97,14 @@ async fn serve(config: HostModeConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let reaper = Reaper::start()?;
     let placement = cgroup::Placement::host(config.cgroup_parent())?;
-    let containers = Arc::new(Containers::new(reaper, placement, config.state_dir.clone()));
+    let containers = Arc::new(Containers::new(
+        reaper,
+        placement,
+        config.state_dir.clone(),
+        // The agent is PID 1 of the pod's PID namespace, or in the node's (hostPID):
+        // no hull-pause namespace of its own.
+        PodPid::Agent,
+    ));
     let incoming = listener::incoming(&config.socket)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -12,8 +12,8 @@
 //! let _guard = sb.lock().await;        // per-pod lock: serializes with Stop/Remove of the pod
 //! if sb.state() != SandboxState::Ready { /* FailedPrecondition */ }
 //! let mut agent = sb.agent().await?;   // AgentClient<Channel>, connected (cached, reconnects)
-//! let host_dir = sb.shared_dir();      // host side of the virtio-fs share ...
-//! let guest_dir = Sandbox::GUEST_SHARED_DIR; // ... which the guest sees here
+//! let host_dir = sb.staging_dir();     // hulld's side of the virtio-fs share (see share.rs) ...
+//! let guest_dir = Sandbox::GUEST_SHARED_DIR; // ... which the guest sees here, read-only
 //! let netns = sb.netns();              // Option<PathBuf>: /run/netns/hull-<id>
 //! let rec = sb.record();               // SandboxRecord snapshot (config, labels, ips, ...)
 //! ```
@@ -39,12 +39,14 @@ mod backends;
 mod guest;
 pub mod handlers;
 pub mod host;
+mod janitor;
 mod run;
 pub mod share;
 pub mod share_ns;
 pub mod sizing;
 mod stop;
 mod warm;
+pub mod watch;
 
 #[cfg(test)]
 mod fakes;
@@ -96,7 +98,7 @@ pub enum SandboxError {
     NewId(#[source] std::io::Error),
     #[error("The sandbox task failed: {0}")]
     Task(String),
-    #[error("Pod sandbox {0} not found")]
+    #[error("Pod sandbox {} not found", crate::cri::status::quote(.0))]
     NotFound(String),
     #[error("Pod sandbox {id} is not ready ({state:?})")]
     NotReady { id: String, state: SandboxState },
@@ -198,9 +200,22 @@ impl Sandbox {
         lock(&self.record).state
     }
 
-    /// Host side of the virtio-fs share (`<run_dir>/shared`).
+    /// What virtiofsd serves (`<run_dir>/shared`): a read-only view of
+    /// [`Sandbox::staging_dir`]. hulld never writes through it.
     pub fn shared_dir(&self) -> &Path {
         &self.shared_dir
+    }
+
+    /// hulld's working tree for the share (`<run_dir>/staging`), which the guest sees
+    /// read-only at [`Sandbox::GUEST_SHARED_DIR`]: container dirs, rootfs overlays, volume
+    /// and `/etc` file binds are made here (see [`share`]).
+    pub fn staging_dir(&self) -> PathBuf {
+        share::staging_dir(&self.run_dir)
+    }
+
+    /// Where volume binds get their flags before they move into the staging dir.
+    pub fn scratch_dir(&self) -> PathBuf {
+        share::scratch_dir(&self.run_dir)
     }
 
     /// `<state_dir>/sandboxes/<id>`: VMM sockets, pid files, console log.
@@ -218,12 +233,13 @@ impl Sandbox {
         lock(&self.record).resources.isolation
     }
 
-    /// Where this pod's agent sees [`Sandbox::shared_dir`]: the VM's virtio-fs mount, or
-    /// for a host pod (whose agent is on the node) the host dir itself.
+    /// Where this pod's agent sees [`Sandbox::staging_dir`]: the VM's virtio-fs mount of
+    /// its read-only view, or for a host pod (whose agent is on the node, with no share)
+    /// the staging dir itself.
     pub fn agent_shared_dir(&self) -> String {
         match self.isolation() {
             Isolation::Vm => Self::GUEST_SHARED_DIR.to_owned(),
-            Isolation::Host => self.shared_dir.display().to_string(),
+            Isolation::Host => self.staging_dir().display().to_string(),
         }
     }
 
@@ -307,6 +323,8 @@ pub struct SandboxManager {
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     /// containerd's name reservation: `name_namespace_uid_attempt` → sandbox id.
     names: Mutex<HashMap<String, String>>,
+    /// What to do with a pod's containers when its VM dies (see [`watch`]).
+    vm_death: watch::HookCell,
 }
 
 impl std::fmt::Debug for SandboxManager {
@@ -330,6 +348,7 @@ impl SandboxManager {
             vmms: Mutex::new(HashMap::new()),
             sandboxes: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            vm_death: watch::HookCell::new(),
         }
     }
 
@@ -372,7 +391,7 @@ impl SandboxManager {
         };
         lock(&self.vmms)
             .entry(choice)
-            .or_insert_with(|| backends::vmm_for(choice, self.config.vm.templates))
+            .or_insert_with(|| backends::vmm_for(choice, &self.config))
             .clone()
             .map_err(SandboxError::BackendUnavailable)
     }
