@@ -103,6 +103,10 @@ pub trait VmHandle: Send + Sync {
     async fn stop(&self, grace: std::time::Duration) -> Result<VmExit, HypervisorError>;
     /// Whether the VMM process is still alive.
     fn is_running(&self) -> bool;
+    /// Whether the VM was restored from a snapshot (a VM template) rather than booted.
+    fn restored(&self) -> bool {
+        false
+    }
     /// Waits until the guest agent listens (its ready line is on the console), so the first
     /// vsock `CONNECT` is answered at once. Connecting earlier works too but makes the
     /// vsock backend queue requests for a guest that cannot answer yet; rust-vmm's

@@ -3,6 +3,7 @@
 mod container;
 mod image;
 pub mod rpc_log;
+pub mod rpc_span;
 mod runtime;
 mod runtime_info;
 mod sandbox;

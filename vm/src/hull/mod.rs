@@ -301,6 +301,10 @@ impl VmHandle for HullVm {
         self.procs.is_running()
     }
 
+    fn restored(&self) -> bool {
+        matches!(self.boot, Boot::Restored { .. })
+    }
+
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {
         let (f, vmm) = (&self.files, self.procs.vmm());
         match self.boot {
