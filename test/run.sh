@@ -31,6 +31,9 @@ step() {
 
 step "dependencies" packaging/deps.sh
 step "guest kernel + initramfs" packaging/guest/build.sh all
+# Python grpcio (pinned, from PyPI) for server/tests/clients.rs: a client that sends the
+# socket path as :authority.
+step "grpcio test client" test/tools/grpcio.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked

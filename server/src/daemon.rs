@@ -8,6 +8,7 @@ use hull_cri_api::server::{ImageServiceServer, RuntimeServiceServer};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::authority::AnyAuthority;
 use crate::config::Config;
 use crate::cri::CriService;
 use crate::sandbox::{Backends, SandboxManager};
@@ -100,6 +101,7 @@ impl Daemon {
             crate::events::Events::new(),
         ));
         containers.set_images(Arc::new(images.clone()));
+        sandboxes.on_vm_death(crate::container::lost_with_vm(&containers));
         let streaming = Arc::new(crate::streaming::StreamingServer::bind(
             &config.streaming.address,
         )?);
@@ -158,6 +160,24 @@ pub async fn serve(
     let report = daemon.sandboxes.recover().await;
     crate::metrics::leftovers_cleaned("sandbox_unwound", report.unwound.len());
     crate::container::recover::recover(&daemon.containers, &daemon.sandboxes).await;
+    crate::container::orphans::remove_orphans(&daemon.containers, &daemon.sandboxes).await;
+    // Blobs and layers of pulls a crash cut short (no image refers to them).
+    match daemon.images.gc().await {
+        Ok(stats) => tracing::info!(?stats, "unreferenced image content collected"),
+        Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+    }
+    // What no sandbox owns (a crash, a failed cleanup): now, then every interval.
+    let leftovers = daemon.sandboxes.remove_leftovers().await;
+    tracing::info!(
+        removed = leftovers.removed.len(),
+        failed = leftovers.failed.len(),
+        "leftovers of unknown sandboxes checked"
+    );
+    daemon
+        .sandboxes
+        .clean_leftovers_every(std::time::Duration::from_secs(
+            daemon.config.cleanup_interval_secs,
+        ));
     // In the background: a pod that comes meanwhile waits for the template or makes it.
     let _warming = daemon.sandboxes.warm_vm_template();
     let streaming = tokio::spawn(Arc::clone(&daemon.streaming).serve());
@@ -183,7 +203,7 @@ pub async fn serve(
         )))
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
     let result = tokio::select! {
         r = server => r,
         _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
@@ -221,6 +241,15 @@ async fn start_metrics(
         tracing::info!(address = %addr, "serving metrics at http://{addr}/metrics");
     }
     Ok(Some(tokio::spawn(server.serve(Arc::clone(daemon)))))
+}
+
+/// The CRI socket's connections, each behind [`AnyAuthority`] so that clients sending
+/// the socket path as `:authority` (grpcio, grpc-java, older crictl) are served.
+fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AnyAuthority<tokio::net::UnixStream>>> {
+    use tokio_stream::StreamExt;
+    UnixListenerStream::new(listener).map(|conn| conn.map(AnyAuthority::new))
 }
 
 /// Installs SIGTERM/SIGINT handlers now (before the socket is bound, so a signal that

@@ -6,6 +6,7 @@
 //! (see `ARCHITECTURE.md`). `main.rs` is a thin shell around [`daemon`].
 #![forbid(unsafe_code)]
 
+pub mod authority;
 pub mod cni_check;
 pub mod config;
 pub mod container;

@@ -120,6 +120,7 @@ impl Pod {
                 .join(format!("{id}.log"))
                 .display()
                 .to_string(),
+            runtime_spec: None,
         };
         self.manager.add(&record).unwrap();
         record

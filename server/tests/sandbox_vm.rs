@@ -113,6 +113,7 @@ async fn read_stdout(mut agent: hull_agent_api::AgentClient<Channel>) -> String 
         container_id: "c1".into(),
         exec_id: String::new(),
         stream: pb::OutputStream::Stdout as i32,
+        limit: 0,
     };
     let mut s = agent
         .read_output(req)

@@ -24,6 +24,7 @@
 #          [--guest-cmdline ARGS] [--icount SHIFT] [--no-templates]
 #        test/nested/run.sh --hull-vmm PATH --hulld PATH --server-tests "BIN..."
 #          [--test-args ARGS] [--guest-dir DIR] [--timeout SECS]
+#   --hull-vmm: the hull-vmm binary (cargo build -p hull-vmm)
 #   --pod-client: the nested_pod example (cargo build -p hull-vm --example nested_pod)
 #   --no-fs/--no-net: leave the virtio-fs share / the NIC out of the pod check
 #   --no-templates: the pod check boots both pods cold (the benchmark still restores)
@@ -85,7 +86,7 @@ done
 
 die() { echo "nested: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || die "$1 not found: install $2"; }
-[ -n "$HULL_VMM" ] && [ -x "$HULL_VMM" ] || die "hull-vmm binary not found (--hull-vmm '$HULL_VMM')"
+[ -n "$HULL_VMM" ] && [ -x "$HULL_VMM" ] || die "hull-vmm binary not found (--hull-vmm '$HULL_VMM'): cargo build -p hull-vmm"
 if [ -n "$SERVER_TESTS" ]; then
     # shellcheck source-path=SCRIPTDIR source=server-root.sh
     source "$(dirname "${BASH_SOURCE[0]}")/server-root.sh"

@@ -11,7 +11,7 @@
 //! Needs: the guest built (packaging/guest/build.sh, $HULL_GUEST_DIR or /var/lib/hull/guest),
 //! qemu-system-x86, busybox-static, iproute2, cpio, xz-utils, zstd, bc, virtiofsd, and a
 //! reachable Debian mirror for `apt-get download linux-image-amd64` (cached in
-//! /var/cache/hull-nested). The test builds hull-vmm and the `nested_pod` example itself
+//! /var/cache/hull-nested). The test builds hull-vmm (crate `hull-vmm`, vm/vmm) and the `nested_pod` example itself
 //! (cargo, same target dir and profile), so a stale binary from an earlier build is never
 //! what runs. A missing prerequisite fails the test with the harness's message. Takes about
 //! 2-4 minutes.

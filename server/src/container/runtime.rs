@@ -29,16 +29,24 @@ pub enum RuntimeError {
     EmptyCommand,
 }
 
-fn agent_err(call: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+pub(super) fn agent_err(
+    call: &'static str,
+    id: &str,
+) -> impl FnOnce(tonic::Status) -> RuntimeError {
     let id = id.to_owned();
     move |source| RuntimeError::Agent { call, id, source }
 }
 
-fn output_req(id: &str, exec_id: &str, stream: pb::OutputStream) -> pb::ReadOutputRequest {
+pub(super) fn output_req(
+    id: &str,
+    exec_id: &str,
+    stream: pb::OutputStream,
+) -> pb::ReadOutputRequest {
     pb::ReadOutputRequest {
         container_id: id.to_owned(),
         exec_id: exec_id.to_owned(),
         stream: stream as i32,
+        limit: 0,
     }
 }
 
@@ -236,82 +244,7 @@ pub async fn stop(
     Ok(())
 }
 
-/// ExecSync: runs `cmd` in the container, collects stdout/stderr and the exit code; past
-/// `timeout` (zero: none) the process is killed and the call fails.
-pub async fn exec_sync(
-    mut agent: AgentClient<Channel>,
-    id: &str,
-    cmd: &[String],
-    timeout: Duration,
-) -> Result<cri::ExecSyncResponse, RuntimeError> {
-    if cmd.is_empty() {
-        return Err(RuntimeError::EmptyCommand);
-    }
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let exec_id = format!("sync-{:x}-{n}", crate::state::now_nanos());
-    // Only the command: the agent runs it as the container's own process (user, groups,
-    // capabilities, env, working dir), as containerd builds an exec from the container.
-    let process = serde_json::json!({ "args": cmd });
-    let req = pb::ExecProcessRequest {
-        container_id: id.to_owned(),
-        exec_id: exec_id.clone(),
-        oci_process_json: process.to_string().into_bytes(),
-    };
-    agent
-        .exec_process(req)
-        .await
-        .map_err(agent_err("ExecProcess", id))?;
-    let mut outputs = Vec::new();
-    for kind in [pb::OutputStream::Stdout, pb::OutputStream::Stderr] {
-        let mut s = agent
-            .read_output(output_req(id, &exec_id, kind))
-            .await
-            .map_err(agent_err("ReadOutput", id))?
-            .into_inner();
-        outputs.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            while let Ok(Some(c)) = s.message().await {
-                out.extend_from_slice(&c.data);
-            }
-            out
-        }));
-    }
-    let wait = pb::WaitProcessRequest {
-        container_id: id.to_owned(),
-        exec_id: exec_id.clone(),
-    };
-    let mut waiter = agent.clone();
-    let waited = if timeout.is_zero() {
-        Ok(waiter.wait_process(wait).await)
-    } else {
-        tokio::time::timeout(timeout, waiter.wait_process(wait)).await
-    };
-    let Ok(result) = waited else {
-        let kill = pb::SignalProcessRequest {
-            container_id: id.to_owned(),
-            exec_id,
-            signal: nix::libc::SIGKILL,
-        };
-        let _ = agent.signal_process(kill).await;
-        return Err(RuntimeError::Timeout {
-            id: id.to_owned(),
-            timeout,
-        });
-    };
-    let exit = result.map_err(agent_err("WaitProcess", id))?.into_inner();
-    let mut collected = Vec::new();
-    for o in outputs {
-        collected.push(o.await.unwrap_or_default());
-    }
-    let stderr = collected.pop().unwrap_or_default();
-    let stdout = collected.pop().unwrap_or_default();
-    Ok(cri::ExecSyncResponse {
-        stdout,
-        stderr,
-        exit_code: exit.exit_status,
-    })
-}
+pub use super::exec_sync::{MAX_EXEC_SYNC_OUTPUT, exec_sync};
 
 /// The CRI stats of a container from the agent's cgroup numbers and the writable layer
 /// size measured on the host.
@@ -444,6 +377,7 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             log_path: String::new(),
+            runtime_spec: None,
         };
         let s = pb::ContainerStatsResponse {
             cpu_usage_usec: 1500,

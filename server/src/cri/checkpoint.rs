@@ -102,12 +102,14 @@ fn checked_location(location: &str) -> Result<PathBuf, CriError> {
     let path = Path::new(location);
     if location.is_empty() || !path.is_absolute() || path.file_name().is_none() {
         return Err(CriError::InvalidArgument(format!(
-            "checkpoint location {location:?} must be an absolute file path"
+            "checkpoint location {} must be an absolute file path",
+            super::status::quote(location)
         )));
     }
     if path.is_dir() {
         return Err(CriError::InvalidArgument(format!(
-            "checkpoint location {location} is a directory"
+            "checkpoint location {} is a directory",
+            super::status::quote(location)
         )));
     }
     Ok(path.to_owned())
@@ -130,7 +132,7 @@ fn probe_writable(location: &Path) -> Result<(), CriError> {
         }
         Err(e) => Err(CriError::FailedPrecondition(format!(
             "cannot write the checkpoint archive at {}: {e}",
-            location.display()
+            super::status::quote(&location.to_string_lossy())
         ))),
     }
 }

@@ -105,6 +105,8 @@ impl CriService {
         &self,
         req: cri::CreateContainerRequest,
     ) -> Result<cri::CreateContainerResponse, CriError> {
+        // Before anything is taken: no rootfs, no share entry, no agent call.
+        super::super::validate::create_container(&req)?;
         let config = req
             .config
             .ok_or_else(|| CriError::InvalidArgument("config is required".into()))?;
@@ -133,7 +135,10 @@ impl CriService {
             .sandboxes
             .get(&req.pod_sandbox_id)
             .ok_or_else(|| {
-                CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+                CriError::NotFound(format!(
+                    "pod sandbox {} not found",
+                    super::super::status::quote(&req.pod_sandbox_id)
+                ))
             })?;
         let images = self.daemon.containers.images().ok_or_else(|| {
             CriError::FailedPrecondition(
@@ -194,6 +199,7 @@ impl CriService {
             .await
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
+        hull_image::faults::pause_at("create_container.rootfs").await;
         let guest_shared = Sandbox::GUEST_SHARED_DIR;
         let files = images.files_dir(id).ok_or_else(|| {
             CriError::internal(
@@ -246,11 +252,14 @@ impl CriService {
             })
             .await
             .map_err(|e| CriError::internal("Agent CreateContainer", e))?;
+        hull_image::faults::pause_at("create_container.agent").await;
         let log_path = if sandbox_config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
         } else {
+            // Normalised (validated at the top): `a/../b.log` is `b.log`.
+            let relative = super::super::validate::log_path("config.log_path", &config.log_path)?;
             Path::new(&sandbox_config.log_directory)
-                .join(&config.log_path)
+                .join(relative)
                 .display()
                 .to_string()
         };
@@ -268,6 +277,7 @@ impl CriService {
             reason: String::new(),
             message: String::new(),
             log_path,
+            runtime_spec: serde_json::to_value(&oci).ok(),
         };
         self.daemon
             .containers

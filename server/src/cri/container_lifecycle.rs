@@ -157,6 +157,13 @@ impl CriService {
         &self,
         req: cri::ExecSyncRequest,
     ) -> Result<cri::ExecSyncResponse, CriError> {
+        super::super::validate::exec_cmd(&req.cmd)?;
+        if req.timeout < 0 {
+            return Err(CriError::InvalidArgument(format!(
+                "timeout: {} is negative",
+                req.timeout
+            )));
+        }
         let r = self
             .daemon
             .containers

@@ -19,7 +19,7 @@
 //! | `hull_image_pulls_total` | counter | `result` (`ok`, `error`) |
 //! | `hull_image_pull_bytes_total` | counter | bytes fetched from registries |
 //! | `hull_image_pull_duration_seconds` | histogram | |
-//! | `hull_leftovers_cleaned_total` | counter | `kind`: what start-up recovery cleaned |
+//! | `hull_leftovers_cleaned_total` | counter | `kind`: `sandbox_unwound`, `sandbox_leftover`, `vm_template` |
 //!
 //! The RPC name is one of the CRI's methods, or `other` (a client cannot grow the label
 //! set). A call's code is the one in its response head: every unary CRI error (tonic
@@ -147,7 +147,7 @@ fn describe() {
     );
     describe_counter!(
         LEFTOVERS,
-        "What start-up recovery cleaned up: half-created sandboxes unwound, helpers of VMs that died while hulld was down."
+        "What recovery and the leftover janitor cleaned up, by kind: half-created sandboxes unwound at start-up (sandbox_unwound), run dirs, VMs and CNI attachments of sandboxes hulld no longer knows (sandbox_leftover), unusable VM templates (vm_template)."
     );
 }
 
@@ -204,7 +204,7 @@ pub fn vm_started(backend: hull_vm::hypervisor::Backend, restored: bool, elapsed
     metrics::histogram!(VM_START, "backend" => backend, "boot" => boot).record(elapsed);
 }
 
-/// Start-up recovery cleaned `n` leftovers of `kind`.
+/// Recovery or the leftover janitor cleaned `n` leftovers of `kind`.
 pub fn leftovers_cleaned(kind: &'static str, n: usize) {
     metrics::counter!(LEFTOVERS, "kind" => kind).increment(n as u64);
 }

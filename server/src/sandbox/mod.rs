@@ -33,11 +33,13 @@
 
 mod backends;
 mod guest;
+mod janitor;
 mod run;
 pub mod share;
 pub mod sizing;
 mod stop;
 mod warm;
+pub mod watch;
 
 #[cfg(test)]
 mod fakes;
@@ -79,7 +81,7 @@ pub enum SandboxError {
     NewId(#[source] std::io::Error),
     #[error("The sandbox task failed: {0}")]
     Task(String),
-    #[error("Pod sandbox {0} not found")]
+    #[error("Pod sandbox {} not found", crate::cri::status::quote(.0))]
     NotFound(String),
     #[error("Pod sandbox {id} is not ready ({state:?})")]
     NotReady { id: String, state: SandboxState },
@@ -281,6 +283,8 @@ pub struct SandboxManager {
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     /// containerd's name reservation: `name_namespace_uid_attempt` → sandbox id.
     names: Mutex<HashMap<String, String>>,
+    /// What to do with a pod's containers when its VM dies (see [`watch`]).
+    vm_death: watch::HookCell,
 }
 
 impl std::fmt::Debug for SandboxManager {
@@ -299,6 +303,7 @@ impl SandboxManager {
             backends,
             sandboxes: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            vm_death: watch::HookCell::new(),
         }
     }
 

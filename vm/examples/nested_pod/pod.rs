@@ -65,6 +65,7 @@ pub async fn pods(opts: &Opts) -> anyhow::Result<()> {
     let hv = HullHypervisor::new(HullConfig {
         vmm: opts.path("--hull-vmm")?,
         virtiofsd: opts.path("--virtiofsd").unwrap_or_default(),
+        jail: true,
     })
     .with_templates(templates);
     let mut boots = Vec::new();
@@ -318,6 +319,7 @@ async fn run_container(
             container_id: "c1".into(),
             exec_id: String::new(),
             stream: OutputStream::Stdout as i32,
+            limit: 0,
         };
         let mut s = reader.read_output(req).await?.into_inner();
         let mut out = Vec::new();

@@ -57,6 +57,7 @@ fn container() -> ContainerRecord {
         reason: String::new(),
         message: String::new(),
         log_path: String::new(),
+        runtime_spec: None,
     }
 }
 

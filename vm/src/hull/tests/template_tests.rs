@@ -24,6 +24,7 @@ fn templated(vmm: PathBuf) -> HullHypervisor {
     HullHypervisor::new(HullConfig {
         vmm,
         virtiofsd: "/nonexistent/virtiofsd".into(),
+        jail: true,
     })
 }
 
