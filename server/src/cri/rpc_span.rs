@@ -98,16 +98,18 @@ pub async fn with_ids(
             Bytes::new()
         }
     };
+    // Recorded as Display (`pod_id=abc`, no quotes, so `grep pod_id=<id>` finds them),
+    // the pod's first: the log shows fields in the order they were recorded.
     if let Some(id) = first_id(&bytes) {
         match kind {
             IdKind::Pod => {
-                span.record("pod_id", id.as_str());
+                span.record("pod_id", tracing::field::display(&id));
             }
             IdKind::Container => {
-                span.record("container_id", id.as_str());
                 if let Some(pod) = pod_of.and_then(|f| f(&id)) {
-                    span.record("pod_id", pod.as_str());
+                    span.record("pod_id", tracing::field::display(&pod));
                 }
+                span.record("container_id", tracing::field::display(&id));
             }
         }
     }
