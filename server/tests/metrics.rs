@@ -25,21 +25,22 @@ const IMAGE: &str = "registry.k8s.io/busybox:latest";
 
 /// A port nothing listens on now (hulld binds it a moment later).
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    l.local_addr().expect("local addr").port()
 }
 
 /// `GET /metrics` on hulld's endpoint: content type and body.
 fn scrape(addr: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
     write!(
         s,
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
+    .expect("send the request");
     let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+    s.read_to_string(&mut raw).expect("read the response");
     let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let ctype = head
@@ -68,10 +69,10 @@ fn parse(body: &str) -> HashMap<String, f64> {
         .expect("/usr/bin/python3 (Debian's, with python3-prometheus-client)");
     py.stdin
         .as_ref()
-        .unwrap()
+        .expect("python's stdin")
         .write_all(body.as_bytes())
-        .unwrap();
-    let out = py.wait_with_output().unwrap();
+        .expect("write to python");
+    let out = py.wait_with_output().expect("python's output");
     assert!(
         out.status.success(),
         "prometheus_client rejects the exposition (apt-get install python3-prometheus-client):\n{}",
@@ -79,7 +80,10 @@ fn parse(body: &str) -> HashMap<String, f64> {
     );
     let lines = body.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("prometheus-parse");
-    let py_samples: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let py_samples: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("python's sample count");
     assert!(py_samples > 0);
     scrape
         .samples
@@ -151,16 +155,16 @@ async fn metrics_endpoint_and_checkpoint_refusals() {
     common::push_test_images(&h);
     let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut config = std::fs::read_to_string(&hulld.config_path).unwrap();
+    let mut config = std::fs::read_to_string(&hulld.config_path).expect("read hulld's config");
     config.push_str(&format!("[metrics]\naddress = \"{addr}\"\n"));
-    std::fs::write(&hulld.config_path, config).unwrap();
+    std::fs::write(&hulld.config_path, config).expect("write hulld's config");
     cri_common::mirror_registry_k8s_io(&hulld, &h);
     hulld.start();
     let mut images = hulld.images().await;
     let mut rt = hulld.runtime().await;
     cri_common::pull(&mut images, IMAGE).await;
 
-    let logs = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().expect("tempdir");
     let pod_config = cri_common::pod_config("metrics", logs.path());
     let pod_id = cri_common::run_pod(&mut rt, &pod_config).await;
     let checks = {
@@ -296,7 +300,7 @@ async fn endpoint(rt: &mut RuntimeServiceClient<Channel>, addr: &str) {
     for _ in 0..3 {
         rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())
             .await
-            .unwrap();
+            .expect("ListPodSandbox");
     }
     let e = rt
         .container_status(cri::ContainerStatusRequest {
@@ -313,7 +317,7 @@ async fn endpoint(rt: &mut RuntimeServiceClient<Channel>, addr: &str) {
 
 /// Bad requests and this backend are refused with clear codes; nothing is left behind.
 async fn checkpoint_refusals(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
     let at = |p: &std::path::Path| p.display().to_string();
     let mut checkpoint = async |container_id: &str, location: String| {
         rt.checkpoint_container(cri::CheckpointContainerRequest {
@@ -345,7 +349,9 @@ async fn checkpoint_refusals(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
         _ => assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}"),
     }
     assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
+        std::fs::read_dir(dir.path())
+            .expect("list the location's dir")
+            .count(),
         0,
         "left behind"
     );
