@@ -8,19 +8,31 @@
 //! container: its guest cgroup (CPU, memory, OOM kills, processes, through the agent), its
 //! limits and start time, and its writable layer on the host. A pod or container that
 //! cannot be read right now (its VM is going away) is left out of this scrape, not failed.
+//! Pods are read [`CONCURRENT_PODS`] at a time, and a guest that does not answer within
+//! [`GUEST_TIMEOUT`] (a hung or stopped VM) costs its containers' series in this scrape,
+//! never the other pods' or its own VM cost and network series.
 
 mod collect;
 pub mod descriptors;
 mod sample;
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use hull_agent_api::v1 as pb;
 use hull_cri_api as cri;
+use tracing::Instrument;
 
 use super::CriService;
 use super::status::CriError;
 use crate::sandbox::Sandbox;
 use crate::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use sample::Samples;
+
+/// How long one pod's guest may take to give its containers' figures.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pods read at once.
+const CONCURRENT_PODS: usize = 8;
 
 impl CriService {
     pub(crate) fn do_list_metric_descriptors(&self) -> cri::ListMetricDescriptorsResponse {
@@ -35,20 +47,23 @@ impl CriService {
     ) -> Result<cri::ListPodSandboxMetricsResponse, CriError> {
         tracing::trace!("ListPodSandboxMetrics");
         let containers: Vec<ContainerRecord> = self.daemon.store.list()?;
-        let mut pod_metrics = Vec::new();
-        for sb in self.daemon.sandboxes.list() {
+        let ready = self.daemon.sandboxes.list().into_iter().filter_map(|sb| {
             let rec = sb.record();
-            if rec.state != SandboxState::Ready {
-                continue;
-            }
-            let span = tracing::trace_span!("pod_metrics", pod_id = %rec.id);
-            let _enter = span.enter();
-            let running: Vec<&ContainerRecord> = containers
-                .iter()
-                .filter(|c| c.sandbox_id == rec.id && c.state == ContainerState::Running)
-                .collect();
-            pod_metrics.push(self.pod_metrics(&sb, &rec, &running).await);
-        }
+            (rec.state == SandboxState::Ready).then_some((sb, rec))
+        });
+        let containers = &containers;
+        let pod_metrics = futures::stream::iter(ready)
+            .map(|(sb, rec)| async move {
+                let span = tracing::debug_span!("pod_metrics", pod_id = %rec.id);
+                let running: Vec<&ContainerRecord> = containers
+                    .iter()
+                    .filter(|c| c.sandbox_id == rec.id && c.state == ContainerState::Running)
+                    .collect();
+                self.pod_metrics(&sb, &rec, &running).instrument(span).await
+            })
+            .buffered(CONCURRENT_PODS)
+            .collect()
+            .await;
         Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
     }
 
@@ -59,15 +74,26 @@ impl CriService {
         running: &[&ContainerRecord],
     ) -> cri::PodSandboxMetrics {
         let mut container_metrics = Vec::new();
-        let mut containers_usage = 0u64;
-        for c in running {
-            match self.container_metrics(sb, rec, c).await {
-                Ok((m, usage)) => {
-                    containers_usage = containers_usage.saturating_add(usage);
-                    container_metrics.push(m);
+        let mut containers_usage = Some(0u64);
+        let read = async {
+            for c in running {
+                match self.container_metrics(sb, rec, c).await {
+                    Ok((m, usage)) => {
+                        containers_usage = containers_usage.map(|u| u.saturating_add(usage));
+                        container_metrics.push(m);
+                    }
+                    Err(e) => tracing::debug!(container_id = %c.id, error = %e, "no metrics"),
                 }
-                Err(e) => tracing::debug!(container_id = %c.id, error = %e, "no metrics"),
             }
+        };
+        if tokio::time::timeout(GUEST_TIMEOUT, read).await.is_err() {
+            tracing::warn!(
+                pod_id = %rec.id,
+                timeout = ?GUEST_TIMEOUT,
+                "the guest agent did not give its containers' figures in time: they are left out of this scrape"
+            );
+            container_metrics.clear();
+            containers_usage = None;
         }
         let mut pod = Samples::pod(rec);
         if let Some(vm) = sb.vm().filter(|v| v.is_running()) {

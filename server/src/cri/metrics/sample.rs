@@ -275,7 +275,12 @@ pub fn merge_procs(procs: Vec<ProcUsage>) -> Vec<ProcUsage> {
 }
 
 /// What the VM costs the host: per program, its size, and what is not the containers'.
-pub fn vm(m: &mut Samples, pod: &SandboxRecord, procs: &[ProcUsage], containers_usage: u64) {
+pub fn vm(
+    m: &mut Samples,
+    pod: &SandboxRecord,
+    procs: &[ProcUsage],
+    containers_usage: Option<u64>,
+) {
     for p in procs {
         let l = [("process", p.process.as_str())];
         m.push(&d::VM_PROCESS_RSS, p.rss_bytes, &l);
@@ -285,8 +290,9 @@ pub fn vm(m: &mut Samples, pod: &SandboxRecord, procs: &[ProcUsage], containers_
         m.push(&d::VM_MEMORY, vm.memory_mib.saturating_mul(1 << 20), &[]);
         m.push(&d::VM_VCPUS, u64::from(vm.vcpus), &[]);
     }
-    if !procs.is_empty() {
+    // Without the containers' usage (the guest did not answer), no overhead figure.
+    if let Some(usage) = containers_usage.filter(|_| !procs.is_empty()) {
         let rss: u64 = procs.iter().map(|p| p.rss_bytes).sum();
-        m.push(&d::VM_OVERHEAD, rss.saturating_sub(containers_usage), &[]);
+        m.push(&d::VM_OVERHEAD, rss.saturating_sub(usage), &[]);
     }
 }

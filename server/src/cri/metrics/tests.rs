@@ -226,7 +226,7 @@ fn pod_samples_network_and_vm_cost() {
         },
     ]);
     assert_eq!(procs.len(), 2);
-    sample::vm(&mut m, &p, &procs, 40_000);
+    sample::vm(&mut m, &p, &procs, Some(40_000));
     let s = by_series(&m.out);
     let base = "container=,id=p0d,image=,name=web,namespace=shop,pod=web";
     let iface = "container=,id=p0d,image=,interface=eth0,name=web,namespace=shop,pod=web";
@@ -249,4 +249,14 @@ fn pod_samples_network_and_vm_cost() {
         93_000 - 40_000
     );
     assert_eq!(s.len(), m.out.len());
+    // A guest that did not answer: the VM's figures, no overhead (it would count the
+    // containers' memory as overhead).
+    let mut silent = Samples::pod(&p);
+    sample::vm(&mut silent, &p, &procs, None);
+    let s = by_series(&silent.out);
+    assert_eq!(s[&fsd], 3000);
+    assert!(
+        !s.keys().any(|k| k.starts_with("hull_pod_vm_overhead")),
+        "{s:?}"
+    );
 }
