@@ -180,6 +180,7 @@ async fn metrics_endpoint_and_checkpoint_refusals() {
             cri_metrics(&mut rt, &pod_id, &id).await;
             endpoint(&mut rt, &addr).await;
             checkpoint_refusals(&mut rt, &id).await;
+            hung_guest(&mut rt, &pod_id).await;
         })
     }
     .await;
@@ -357,4 +358,46 @@ async fn checkpoint_refusals(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
     );
     let s = cri_common::status(rt, id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+}
+
+/// A guest that does not answer (its VMM stopped with SIGSTOP) costs its containers' series
+/// in that scrape, within the guest timeout (10 s), not the whole call nor the VM's series.
+async fn hung_guest(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str) {
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("info");
+    let pid = info["vmmPid"].as_i64().expect("vmmPid") as i32;
+    let vmm = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(vmm, nix::sys::signal::SIGSTOP).expect("SIGSTOP the VMM");
+    let t = Instant::now();
+    let call = rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {});
+    let answer = tokio::time::timeout(Duration::from_secs(60), call).await;
+    let took = t.elapsed();
+    nix::sys::signal::kill(vmm, nix::sys::signal::SIGCONT).expect("SIGCONT the VMM");
+    eprintln!("ListPodSandboxMetrics with a stopped VMM: {took:?}");
+    let pods = answer
+        .expect("ListPodSandboxMetrics answers with a stopped VMM")
+        .expect("ListPodSandboxMetrics")
+        .into_inner()
+        .pod_metrics;
+    let pod = pods
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod_id)
+        .expect("the pod is listed");
+    assert!(pod.container_metrics.is_empty(), "{pod:?}");
+    let names: Vec<&str> = pod.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert!(
+        names.contains(&"hull_pod_vm_process_resident_memory_bytes"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"hull_pod_vm_overhead_memory_bytes"),
+        "{names:?}"
+    );
 }
