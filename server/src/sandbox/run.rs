@@ -98,6 +98,11 @@ impl SandboxManager {
         let id = new_id()?;
         // Port mappings are checked before anything is taken.
         guest::pod_spec(&id, &config)?;
+        // So is the node's room for the VM; the promise is held until the pod is up or unwound.
+        let size = super::sizing::vm_size(&config, &self.config.vm);
+        let _admission = self.capacity.admit(size.memory_mib).inspect_err(|e| {
+            tracing::warn!(error = %e, memory_mib = size.memory_mib, "RunPodSandbox refused: node full");
+        })?;
         let meta = config.metadata.clone().unwrap_or_default();
         let span = info_span!("run_pod_sandbox", pod_id = %id, pod = %format!("{}/{}", meta.namespace, meta.name));
         async move {
