@@ -162,6 +162,18 @@ impl Ctx {
         })
     }
 
+    /// CPU seconds the pods' processes have used so far, mean per pod (under TCG the work of
+    /// a boot or of the execs, independent of how long the loaded host made it take).
+    fn cpu_secs_per_pod(&self, ids: &[String]) -> f64 {
+        let all = procs::all();
+        let ticks: u64 = ids
+            .iter()
+            .flat_map(|id| self.pod_procs(&all, id))
+            .filter_map(|p| procs::cpu_ticks(p.pid))
+            .sum();
+        ticks as f64 / procs::USER_HZ / ids.len().max(1) as f64
+    }
+
     /// CPU of the pods' processes (and the daemon) over the idle window, % of one core per pod.
     async fn idle_cpu(&self, ids: &[String]) -> serde_json::Value {
         let all = procs::all();
@@ -359,6 +371,9 @@ async fn measure(
     let bad = pods::not_ready(ch, started).await?;
     anyhow::ensure!(bad.is_empty(), "not ready: {}", bad.join(", "));
     let args = &ctx.args;
+    let start_cpu = ctx.cpu_secs_per_pod(ids);
+    println!("  CPU to start a pod (its processes, to ready + container): {start_cpu:.2} s");
+    report["start_cpu_secs_per_pod"] = json!(start_cpu);
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let idle = ctx.memory(ids, daemon_before, avail_before, mem_available().await);
     print_memory("idle", &idle);
@@ -375,8 +390,17 @@ async fn measure(
         report["cpu_idle"] = cpu;
     }
     if args.execs > 0 {
+        let before = ctx.cpu_secs_per_pod(ids);
+        let t = std::time::Instant::now();
         let errs = pods::exercise(ch, started, args.execs, ctx.args.concurrency).await;
         anyhow::ensure!(errs.is_empty(), "exercise: {}", errs.join("; "));
+        let cpu = ctx.cpu_secs_per_pod(ids) - before;
+        println!(
+            "  execs+logs: {:.1} s, {cpu:.2} CPU s per pod",
+            t.elapsed().as_secs_f64()
+        );
+        report["exercise_cpu_secs_per_pod"] = json!(cpu);
+        report["exercise_secs"] = json!(t.elapsed().as_secs_f64());
         tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
         let after = ctx.memory(ids, daemon_before, avail_before, mem_available().await);
         print_memory("after execs+logs", &after);
