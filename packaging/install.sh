@@ -24,11 +24,10 @@ log() { printf '[install %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 "$REPO/packaging/deps.sh"
 
 log "building hull (release)"
-(cd "$REPO" && cargo build --release --locked -p hulld -p hull-vm --bins)
+(cd "$REPO" && cargo build --release --locked -p hulld -p hull-vmm --bins)
 install -m 0755 "$REPO/target/release/hulld" /usr/local/bin/hulld
-if [[ -x "$REPO/target/release/hull-vmm" ]]; then
-    install -m 0755 "$REPO/target/release/hull-vmm" /usr/local/bin/hull-vmm
-fi
+# Next to hulld: the hull backend looks for hull-vmm there first (then on PATH).
+install -m 0755 "$REPO/target/release/hull-vmm" /usr/local/bin/hull-vmm
 
 log "building the guest kernel and initramfs"
 "$REPO/packaging/guest/build.sh" all

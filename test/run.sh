@@ -7,7 +7,10 @@
 # initramfs with the current hull-agent, then runs the formatting and lint gates and every
 # test in the workspace: unit tests, and integration tests that boot real guests under
 # QEMU (TCG on hosts without VT-x/AMD-V), run real CNI plugins in namespaces they create,
-# and pull from a real registry they start on 127.0.0.1.
+# and pull from a real registry they start on 127.0.0.1. Then the clients users run against
+# hulld: crictl's command check and critest, both built from cri-tools at a pinned version
+# (test/tools/cri-tools.sh, cached by version), critest compared with its expected-results
+# list (test/critest/expected-failures.txt).
 set -euo pipefail
 
 # cargo from rustup may not be on a non-login shell's PATH.
@@ -28,10 +31,29 @@ step() {
 
 step "dependencies" packaging/deps.sh
 step "guest kernel + initramfs" packaging/guest/build.sh all
+# Python grpcio (pinned, from PyPI) for server/tests/clients.rs: a client that sends the
+# socket path as :authority.
+step "grpcio test client" test/tools/grpcio.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
 step "cargo test" cargo test --workspace --locked
+
+CRI_TOOLS_VERSION=1.36.0
+cri_tools() {
+    local bin
+    bin=$(test/tools/cri-tools.sh "$CRI_TOOLS_VERSION")
+    export PATH="$bin:$PATH"
+}
+# Missing crictl/critest must fail these steps, not skip them. They use the hulld `cargo
+# test` built (a `cargo build` would resolve features without the dev-dependencies' and
+# rebuild half the tree).
+export HULL_REQUIRE_CRI_TOOLS=1
+export HULLD="${CARGO_TARGET_DIR:-$REPO/target}/debug/hulld"
+step "cri-tools v$CRI_TOOLS_VERSION (crictl, critest)" cri_tools
+step "crictl check" test/crictl/check.sh
+# A hung critest must not eat CI's time: ginkgo's whole-suite limit (a quiet run: ~5 min).
+step "critest v$CRI_TOOLS_VERSION" env CRITEST_TIMEOUT=30m test/critest/run.sh --expected test/critest/expected-failures.txt
 # Real Kubernetes on hulld (test/k8s/README.md). The binaries are built once per version
 # and cached (cold: see that README); the suite boots its pods' VMs like the tests above.
 step "kubernetes binaries (test/k8s/build.sh)" test/k8s/build.sh

@@ -30,6 +30,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.first().map(String::as_str) == Some(container::PAUSE_ARG0) {
+        return container::run_pause();
+    }
     match args.get(1).map(String::as_str) {
         Some(container::helper::INIT_ARG) => return container::helper::run_init(&args),
         Some(container::helper::EXEC_ARG) => return container::helper::run_exec(&args),

@@ -151,17 +151,31 @@ impl OutputHub {
 
     /// A reader from `offset` (`None`: from the current end, only new output). Chunks
     /// carry their offset; the channel closes at EOF or when the receiver is dropped.
+    #[cfg(test)]
     pub fn subscribe(self: &Arc<Self>, offset: Option<u64>) -> mpsc::Receiver<(u64, Vec<u8>)> {
+        self.subscribe_limited(offset, None)
+    }
+
+    /// [`Self::subscribe`] that also closes the channel once `limit` bytes were handed out
+    /// (the last chunk cut to fit).
+    pub fn subscribe_limited(
+        self: &Arc<Self>,
+        offset: Option<u64>,
+        limit: Option<u64>,
+    ) -> mpsc::Receiver<(u64, Vec<u8>)> {
         let (tx, rx) = mpsc::channel(4);
         let hub = Arc::clone(self);
         let mut pos = offset.unwrap_or_else(|| hub.end());
+        let mut left = limit.unwrap_or(u64::MAX);
         tokio::spawn(async move {
-            loop {
+            while left > 0 {
                 // Subscribed before reading: an append after the read wakes us.
                 let mut changed = hub.changed.subscribe();
-                match hub.read(pos, CHUNK) {
+                let max = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK);
+                match hub.read(pos, max) {
                     Fetch::Data { offset, data } => {
                         pos = offset + data.len() as u64;
+                        left -= data.len() as u64;
                         if tx.send((offset, data)).await.is_err() {
                             return;
                         }
@@ -296,6 +310,32 @@ mod tests {
                 .await
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn a_limited_reader_stops_at_its_limit() {
+        let hub = OutputHub::new("t".into(), 1 << 20);
+        hub.push(b"0123456789");
+        let limited = hub.subscribe_limited(Some(2), Some(5));
+        assert_eq!(
+            collect(limited).await,
+            b"23456",
+            "cut to the limit, no EOF needed"
+        );
+        // An endless stream: the reader ends at the limit while the writer goes on.
+        let rx = hub.subscribe_limited(Some(0), Some(100 << 10));
+        let writer = {
+            let hub = Arc::clone(&hub);
+            tokio::spawn(async move {
+                for _ in 0..64 {
+                    hub.push(&[b'y'; 4096]);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let got = collect(rx).await;
+        assert_eq!(got.len(), 100 << 10);
+        writer.await.expect("writer");
     }
 
     #[test]

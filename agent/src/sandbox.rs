@@ -250,6 +250,25 @@ fn apply_network(ifaces: &[Iface], routes: &[RouteSpec]) -> Result<(), SandboxEr
     Ok(())
 }
 
+/// Every sysctl must exist in this kernel: an unknown one is the client's mistake
+/// (INVALID_ARGUMENT), found before anything is applied.
+fn known_sysctls(
+    sysctls: &[(String, String)],
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> Result<(), ValidateError> {
+    match sysctls
+        .iter()
+        .find(|(p, _)| !exists(std::path::Path::new(p)))
+    {
+        Some((path, _)) => Err(ValidateError::Invalid {
+            field: "sysctls",
+            value: validate::excerpt(path.trim_start_matches("/proc/sys/")),
+            reason: "the guest kernel has no such sysctl",
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Validates the whole request, then applies it.
 pub fn setup(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
     if !req.hostname.is_empty() {
@@ -265,6 +284,7 @@ pub fn setup(req: &SetupSandboxRequest) -> Result<(), SandboxError> {
         .iter()
         .map(|(k, v)| Ok((validate::sysctl_key(k)?, v.clone())))
         .collect::<Result<Vec<_>, ValidateError>>()?;
+    known_sysctls(&sysctls, std::path::Path::exists)?;
 
     refresh_vm_state(req)?;
     share::ensure_mounted()?;
@@ -318,6 +338,18 @@ mod tests {
         assert!(resolv_conf(&req).is_err());
         req.hostname = "bad host".into();
         assert!(matches!(setup(&req), Err(SandboxError::Validate(_))));
+    }
+
+    #[test]
+    fn unknown_sysctls_are_invalid_arguments() {
+        let sysctls = vec![
+            ("/proc/sys/net/ipv4/ip_forward".to_owned(), "1".to_owned()),
+            ("/proc/sys/net/ipv4/nope".to_owned(), "1".to_owned()),
+        ];
+        let exists = |p: &std::path::Path| p.ends_with("ip_forward");
+        let err = known_sysctls(&sysctls, exists).expect_err("unknown");
+        assert!(err.to_string().contains("net/ipv4/nope"), "{err}");
+        assert!(known_sysctls(&sysctls[..1], exists).is_ok());
     }
 
     fn iface(name: &str, mac: Option<[u8; 6]>) -> Iface {

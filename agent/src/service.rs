@@ -62,6 +62,7 @@ impl AgentService {
         exec_id: &str,
         stream: i32,
         from: Option<u64>,
+        limit: Option<u64>,
     ) -> Result<Response<BoxStream<pb::OutputChunk>>, Status> {
         let which = match pb::OutputStream::try_from(stream) {
             Ok(pb::OutputStream::Stdout) => Output::Stdout,
@@ -69,7 +70,7 @@ impl AgentService {
             _ => return Err(Status::invalid_argument("stream must be STDOUT or STDERR")),
         };
         let process = self.containers.process(id, exec_id).map_err(status)?;
-        let rx = process.output(which).subscribe(from);
+        let rx = process.output(which).subscribe_limited(from, limit);
         let chunks = ReceiverStream::new(rx).map(|(offset, data)| {
             Ok(pb::OutputChunk {
                 data,
@@ -108,9 +109,10 @@ impl Agent for AgentService {
         let span = tracing::info_span!("setup_sandbox", sandbox_id = %req.sandbox_id);
         let _enter = span.enter();
         sandbox::setup(&req).map_err(|e| match e {
-            SandboxError::Validate(_) | SandboxError::NoInterface(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            // What the request asks for is wrong (hulld passes it on as the client's
+            // mistake); a missing NIC is the VM's, not the request's.
+            SandboxError::Validate(_) => Status::invalid_argument(e.to_string()),
+            SandboxError::NoInterface(_) => Status::failed_precondition(e.to_string()),
             other => Status::internal(format!("{other}: {}", source_chain(&other))),
         })?;
         tracing::info!("sandbox set up");
@@ -224,7 +226,8 @@ impl Agent for AgentService {
         req: Request<pb::ReadOutputRequest>,
     ) -> Result<Response<Self::ReadOutputStream>, Status> {
         let r = req.into_inner();
-        self.output(&r.container_id, &r.exec_id, r.stream, Some(0))
+        let limit = (r.limit > 0).then_some(r.limit);
+        self.output(&r.container_id, &r.exec_id, r.stream, Some(0), limit)
     }
 
     type ReadOutputFromStream = BoxStream<pb::OutputChunk>;
@@ -235,7 +238,7 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::ReadOutputFromStream>, Status> {
         let r = req.into_inner();
         let from = (!r.from_end).then_some(r.offset);
-        self.output(&r.container_id, &r.exec_id, r.stream, from)
+        self.output(&r.container_id, &r.exec_id, r.stream, from, None)
     }
 
     async fn update_container_resources(

@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.hosts.insert(
         args.registry.clone(),
         HostConfig {
-            plain_http: true,
+            plain_http: Some(true),
             ..Default::default()
         },
     );

@@ -9,7 +9,11 @@ use crate::error::{ImageError, Result};
 
 /// Registry configuration, in the spirit of containerd's `hosts.toml`.
 ///
-/// hulld embeds [`RegistryConfig`] in its TOML config as `[registry]`:
+/// hulld embeds [`RegistryConfig`] in its TOML config as `[registry]`. The default has no
+/// host sections: every registry is reached directly, over https, except registries on
+/// the loopback (`localhost`, `127.0.0.0/8`, `[::1]`, any port), which get plain http as
+/// with containerd and Docker. Each `[registry.hosts."x"]` section only changes host `x`;
+/// the others keep these defaults.
 ///
 /// ```toml
 /// [registry.hosts."registry.k8s.io"]
@@ -20,13 +24,16 @@ use crate::error::{ImageError, Result};
 /// mirrors = [{ endpoint = "https://mirror.example", ca_file = "/etc/hull/mirror-ca.pem" }]
 /// auth = { username = "me", password = "secret" }
 ///
-/// [registry.hosts."127.0.0.1:5001"]
+/// [registry.hosts."10.0.0.5:5000"]
 /// plain_http = true         # the upstream itself speaks http
+///
+/// [registry.hosts."localhost:5443"]
+/// plain_http = false        # a loopback registry with TLS
 /// ```
 ///
 /// A mirror endpoint is `scheme://host[:port]`; the repository path is kept
 /// (`registry.k8s.io/pause:3.10` is fetched as `127.0.0.1:5000/pause:3.10`) and the image
-/// keeps its original name in `RepoTags`. Plain http is used only where configured.
+/// keeps its original name in `RepoTags`.
 ///
 /// A mirror may also carry the registry API path with a prefix, as containerd's
 /// `hosts.toml` `server = "http://127.0.0.1:5000/v2/prefix"` (a pull-through cache that
@@ -58,8 +65,9 @@ pub struct HostConfig {
     pub mirrors: Vec<MirrorConfig>,
     /// Whether the upstream host itself is tried after the mirrors (default true).
     pub upstream: Option<bool>,
-    /// Speak plain http to the upstream host (never the default).
-    pub plain_http: bool,
+    /// Speak plain http to the upstream host. Unset: only for loopback hosts
+    /// (`localhost`, `127.0.0.0/8`, `[::1]`), as containerd and Docker do.
+    pub plain_http: Option<bool>,
     /// Skip TLS verification of the upstream host.
     pub skip_verify: bool,
     /// Extra CA (PEM) for the upstream host.
@@ -131,21 +139,10 @@ impl Default for PlatformConfig {
 }
 
 impl Default for RegistryConfig {
+    /// No mirrors, no per-host settings: a real node pulls from the registries themselves.
     fn default() -> Self {
-        let local = HostConfig {
-            mirrors: vec![MirrorConfig {
-                endpoint: "http://127.0.0.1:5000".into(),
-                ..MirrorConfig::default()
-            }],
-            upstream: Some(false),
-            ..HostConfig::default()
-        };
-        let hosts = ["registry.k8s.io", "k8s.gcr.io", "gcr.io"]
-            .into_iter()
-            .map(|h| (h.to_string(), local.clone()))
-            .collect();
         Self {
-            hosts,
+            hosts: BTreeMap::new(),
             platform: PlatformConfig::default(),
             max_concurrent_layers: 3,
             max_layer_bytes: 32 << 30,
@@ -153,6 +150,22 @@ impl Default for RegistryConfig {
             max_manifest_bytes: 4 << 20,
         }
     }
+}
+
+/// Whether a registry host (`name[:port]`, `[v6]:port`) is on the loopback: `localhost`,
+/// `127.0.0.0/8` or `::1`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(addr, _)| addr)
+    } else if host.matches(':').count() == 1 {
+        host.split_once(':').map_or(host, |(name, _)| name)
+    } else {
+        host
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where one pull attempt goes: scheme, host and TLS settings.
@@ -255,7 +268,7 @@ fn upstream(registry: &str, cfg: &HostConfig) -> Endpoint {
     Endpoint {
         host: host.to_string(),
         repo_prefix: String::new(),
-        plain_http: cfg.plain_http,
+        plain_http: cfg.plain_http.unwrap_or_else(|| is_loopback_host(registry)),
         skip_verify: cfg.skip_verify,
         ca_file: cfg.ca_file.clone(),
         auth: cfg.auth.clone(),
@@ -301,18 +314,73 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_maps_k8s_registries_to_local_mirror_only() {
+    fn default_has_no_mirrors_and_loopback_speaks_http() {
         let cfg = RegistryConfig::default();
         cfg.validate().unwrap();
-        for h in ["registry.k8s.io", "k8s.gcr.io", "gcr.io"] {
+        assert!(cfg.hosts.is_empty(), "{:?}", cfg.hosts);
+        for h in ["registry.k8s.io", "k8s.gcr.io", "gcr.io", "quay.io"] {
             let eps = cfg.endpoints(h).unwrap();
-            assert_eq!(eps.len(), 1);
-            assert_eq!(eps[0].host, "127.0.0.1:5000");
-            assert!(eps[0].plain_http);
+            assert_eq!(eps.len(), 1, "{h}");
+            assert_eq!((eps[0].host.as_str(), eps[0].plain_http), (h, false));
         }
         let eps = cfg.endpoints("docker.io").unwrap();
         assert_eq!(eps[0].host, "index.docker.io");
-        assert!(!eps[0].plain_http, "plain http only where configured");
+        assert!(!eps[0].plain_http);
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:1",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+            "::1",
+        ] {
+            let eps = cfg.endpoints(h).unwrap();
+            assert!(eps[0].plain_http, "{h} gets plain http");
+        }
+        for h in [
+            "localhost.example:5000",
+            "10.0.0.1:5000",
+            "128.0.0.1",
+            "[::2]:5000",
+        ] {
+            assert!(!cfg.endpoints(h).unwrap()[0].plain_http, "{h} gets https");
+        }
+    }
+
+    #[test]
+    fn one_host_section_leaves_the_other_hosts_alone() {
+        let text = r#"
+            [hosts."registry.k8s.io"]
+            mirrors = [{ endpoint = "http://127.0.0.1:5000" }]
+            upstream = false
+            [hosts."127.0.0.1:5001"]
+            auth = { username = "u", password = "p" }
+            [hosts."localhost:5443"]
+            plain_http = false
+            [hosts."10.0.0.1:5000"]
+            plain_http = true
+        "#;
+        let cfg: RegistryConfig = toml::from_str(text).unwrap();
+        let eps = cfg.endpoints("registry.k8s.io").unwrap();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(
+            (eps[0].host.as_str(), eps[0].plain_http),
+            ("127.0.0.1:5000", true)
+        );
+        // A section for a loopback host that does not say plain_http keeps http.
+        let eps = cfg.endpoints("127.0.0.1:5001").unwrap();
+        assert!(eps[0].plain_http);
+        assert_eq!(eps[0].auth.as_ref().map(|a| a.username.as_str()), Some("u"));
+        assert!(!cfg.endpoints("localhost:5443").unwrap()[0].plain_http);
+        assert!(cfg.endpoints("10.0.0.1:5000").unwrap()[0].plain_http);
+        // Hosts without a section keep the defaults.
+        assert!(cfg.endpoints("localhost:5000").unwrap()[0].plain_http);
+        assert!(!cfg.endpoints("gcr.io").unwrap()[0].plain_http);
+        assert_eq!(
+            cfg.max_concurrent_layers,
+            RegistryConfig::default().max_concurrent_layers
+        );
     }
 
     #[test]
@@ -377,8 +445,20 @@ mod tests {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
         let mut cfg = RegistryConfig::default();
-        cfg.hosts.get_mut("registry.k8s.io").unwrap().mirrors[0].endpoint =
-            "http://127.0.0.1:5000/v2/mirrors/k8s".into();
+        let mirror = |endpoint: &str| HostConfig {
+            mirrors: vec![MirrorConfig {
+                endpoint: endpoint.into(),
+                ..MirrorConfig::default()
+            }],
+            upstream: Some(false),
+            ..HostConfig::default()
+        };
+        cfg.hosts.insert(
+            "registry.k8s.io".into(),
+            mirror("http://127.0.0.1:5000/v2/mirrors/k8s"),
+        );
+        cfg.hosts
+            .insert("gcr.io".into(), mirror("http://127.0.0.1:5000"));
         cfg.validate().unwrap();
         let eps = cfg.endpoints("registry.k8s.io").unwrap();
         assert_eq!(eps[0].host, "127.0.0.1:5000");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::content::Digest;
 use crate::error::{ImageError, Result};
 use crate::rootfs;
-use crate::service::{ImageService, Inner, normalize};
+use crate::service::{ImageService, Inner};
 
 /// What a GC pass deleted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,27 +20,17 @@ pub struct GcStats {
 }
 
 impl ImageService {
-    /// RemoveImage. `name` is an id, a tag or a digest reference. Removing one tag of an
-    /// image with several only drops that tag; otherwise the image goes, unless `in_use`
-    /// says a container uses it (given the image id), which is `FailedPrecondition`.
-    /// An unknown image is success (the call is idempotent). Unreferenced content is
-    /// collected afterwards.
+    /// RemoveImage. `name` is an id, a tag or a digest reference; the image it names goes
+    /// with all its tags and digests, as containerd does (crictl warns "Removing this
+    /// image will delete all of the following tags"), unless `in_use` says a container
+    /// uses it (given the image id), which is `FailedPrecondition`. An unknown image is
+    /// success (the call is idempotent). Unreferenced content is collected afterwards.
     pub async fn remove(&self, name: &str, in_use: &(dyn Fn(&str) -> bool + Sync)) -> Result<()> {
         let _w = self.inner.gc_lock.write().await;
-        let Some(mut rec) = self.find(name)? else {
+        let Some(rec) = self.find(name)? else {
             tracing::info!(image = name, "remove: image already gone");
             return Ok(());
         };
-        if let Ok(tag) = normalize(name)
-            && rec.repo_tags.contains(&tag)
-            && rec.repo_tags.len() > 1
-        {
-            {
-                rec.repo_tags.retain(|t| t != &tag);
-                tracing::info!(image = %rec.id, tag, "removed one tag");
-                return self.inner.meta.put(&rec);
-            }
-        }
         if in_use(&rec.id) {
             return Err(ImageError::InUse(rec.id));
         }
@@ -117,6 +107,16 @@ impl ImageService {
         })
         .await
         .map_err(|e| ImageError::Task(e.to_string()))?
+    }
+
+    /// The ids of every container with a writable-layer dir.
+    pub fn container_ids(&self) -> Result<Vec<String>> {
+        let dir = &self.inner.containers;
+        let rd = std::fs::read_dir(dir).map_err(ImageError::fs("List container dirs", dir))?;
+        Ok(rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
     }
 
     /// The writable-layer dir of a container (its `upper` holds the container's changes).

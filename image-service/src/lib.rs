@@ -21,6 +21,7 @@
 mod config;
 pub mod content;
 mod error;
+pub mod faults;
 mod gc;
 mod locks;
 mod meta;

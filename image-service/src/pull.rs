@@ -110,6 +110,7 @@ impl ImageService {
             .try_collect::<Vec<()>>()
             .await?;
         let fetch_ms = fetch_started.elapsed().as_millis() as u64;
+        crate::faults::pause_at("pull.blobs_fetched").await;
         let unpack_started = Instant::now();
         let unpacks: Vec<_> = layers
             .iter()
@@ -120,6 +121,7 @@ impl ImageService {
             .try_collect::<Vec<()>>()
             .await?;
         let unpack_ms = unpack_started.elapsed().as_millis() as u64;
+        crate::faults::pause_at("pull.unpacked").await;
         let (uid, username) =
             manifest::user_of(config.config.and_then(|c| c.user).as_deref().unwrap_or(""));
         let repo = format!("{}/{}", reference.registry(), reference.repository());

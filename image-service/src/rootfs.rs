@@ -1,9 +1,20 @@
 //! Container rootfs: an overlay of the image's unpacked layers (read-only lower dirs,
 //! topmost first) with a per-container upper and work dir under `<root>/containers/<id>`.
+//!
+//! Images keep what they need inside the guest (setuid bits, device nodes, file
+//! capabilities), and a guest can write more of the same into its upper dir. On the host
+//! none of it is usable: the overlay is mounted `nosuid,nodev`, and the store and its
+//! `containers/` and `layers/` dirs are 0700 ([`private_dir`]), so no host user but root
+//! reaches a file in them. The overlay is mounted through a descriptor of its target
+//! opened with `O_NOFOLLOW` (`/proc/self/fd/N`), and unmounted with `UMOUNT_NOFOLLOW`.
 
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
 
 use crate::error::{ImageError, Result};
 
@@ -25,6 +36,14 @@ pub(crate) fn validate_container_id(id: &str) -> Result<()> {
             "bad container id {id:?}"
         )))
     }
+}
+
+/// Creates `dir` (and its parents) and makes it 0700: what is below it (layers with setuid
+/// programs and device nodes, containers' upper dirs a guest writes) is root's only.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(ImageError::fs("Create private dir", dir))
 }
 
 /// The writable dirs of one container.
@@ -58,11 +77,22 @@ pub(crate) fn mount_overlay(lowers: &[PathBuf], cdir: &Path, target: &Path) -> R
             lowers.len()
         )));
     }
+    let target_fd = open(
+        target,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| ImageError::Mount {
+        op: "Open the rootfs mount point",
+        path: target.to_path_buf(),
+        source,
+    })?;
+    let at = format!("/proc/self/fd/{}", target_fd.as_raw_fd());
     mount(
         Some("overlay"),
-        target,
+        at.as_str(),
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
     .map_err(|source| ImageError::Mount {
@@ -72,9 +102,10 @@ pub(crate) fn mount_overlay(lowers: &[PathBuf], cdir: &Path, target: &Path) -> R
     })
 }
 
-/// Detaches the rootfs mount at `target`; not mounted is fine.
+/// Detaches the rootfs mount at `target` (a symlink there is not followed); not mounted
+/// is fine.
 pub(crate) fn unmount(target: &Path) -> Result<()> {
-    match umount2(target, MntFlags::MNT_DETACH) {
+    match umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
         Err(source) => Err(ImageError::Mount {
             op: "Unmount rootfs",

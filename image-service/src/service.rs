@@ -9,6 +9,7 @@ use crate::content::{ContentStore, Digest};
 use crate::error::{ImageError, Result};
 use crate::meta::{ImageRecord, MetaStore};
 use crate::registry::Registry;
+use crate::rootfs;
 use crate::unpack::LayerStore;
 
 /// The image service: registry client, content store, unpacked layers, metadata and
@@ -35,8 +36,11 @@ impl ImageService {
     /// Leftovers of interrupted writes and unpacks are removed.
     pub fn open(root: &Path, db: Arc<redb::Database>, registry: RegistryConfig) -> Result<Self> {
         let containers = root.join("containers");
-        std::fs::create_dir_all(&containers)
-            .map_err(ImageError::fs("Create container dir", &containers))?;
+        // Layers keep images' setuid programs and device nodes, and containers' upper dirs
+        // hold whatever the guest wrote: none of it within a host user's reach.
+        for dir in [root, &root.join("layers"), &containers] {
+            rootfs::private_dir(dir)?;
+        }
         let inner = Inner {
             root: root.to_path_buf(),
             content: ContentStore::open(root)?,

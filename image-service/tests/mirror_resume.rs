@@ -92,7 +92,7 @@ fn via_proxy(proxy: &BreakingProxy) -> RegistryConfig {
     cfg.hosts.insert(
         proxy.host(),
         HostConfig {
-            plain_http: true,
+            plain_http: Some(true),
             ..Default::default()
         },
     );

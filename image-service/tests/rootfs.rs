@@ -129,30 +129,31 @@ async fn remove_image_semantics_and_fs_info() {
     assert!(with_ctr.containers.inodes_used > full.containers.inodes_used);
 
     let in_use = |id: &str| id == rec.id;
-    // Removing one of two tags keeps the image, even in use.
-    env.svc.remove(&format!("{h}/bb:b"), &in_use).await.unwrap();
-    let kept = env.svc.get(&rec.id).unwrap();
-    assert_eq!(kept.repo_tags, [format!("{h}/bb:a")]);
-    // The last tag of an image in use cannot go.
-    let err = env
-        .svc
-        .remove(&format!("{h}/bb:a"), &in_use)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), ErrorKind::FailedPrecondition, "{err}");
-    let err = env.svc.remove(&rec.id, &in_use).await.unwrap_err();
-    assert_eq!(err.code(), ErrorKind::FailedPrecondition);
-
+    // An image in use cannot go, by any of its tags or its id; it keeps both tags.
+    for name in [format!("{h}/bb:b"), format!("{h}/bb:a"), rec.id.clone()] {
+        let err = env.svc.remove(&name, &in_use).await.unwrap_err();
+        assert_eq!(err.code(), ErrorKind::FailedPrecondition, "{name}: {err}");
+    }
+    assert_eq!(env.svc.get(&rec.id).unwrap().repo_tags.len(), 2);
     env.svc.remove_rootfs("c1", &target).await.unwrap();
     let no_ctr = env.svc.fs_info().await.unwrap();
     assert!(no_ctr.containers.used_bytes < with_ctr.containers.used_bytes);
 
-    // Not in use: removed by digest reference, with its content.
+    // Not in use: removing one tag removes the image with all its tags (as containerd
+    // does), and its content.
     let none = |_: &str| false;
-    env.svc
-        .remove(&format!("{h}/bb@{}", img.digest()), &none)
-        .await
-        .unwrap();
+    env.svc.remove(&format!("{h}/bb:b"), &none).await.unwrap();
+    assert!(
+        env.svc.find(&format!("{h}/bb:a")).unwrap().is_none(),
+        "other tag kept"
+    );
+    assert!(
+        env.svc
+            .find(&format!("{h}/bb@{}", img.digest()))
+            .unwrap()
+            .is_none(),
+        "digest reference kept"
+    );
     assert!(env.svc.find(&rec.id).unwrap().is_none());
     let after = env.svc.fs_info().await.unwrap();
     assert!(

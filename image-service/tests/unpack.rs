@@ -164,3 +164,61 @@ fn wrong_diff_id_and_limits() {
         "{err:?}"
     );
 }
+
+/// A layer of `dir/`, `dir/a` (700 bytes) and `b` (3 bytes), and where `b`'s data ends.
+fn two_file_layer() -> (Vec<u8>, usize) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Directory, 0, 0o755, 0);
+    b.append_data(&mut h, "dir/", &[][..]).expect("build tar");
+    let mut h = header(tar::EntryType::Regular, 700, 0o644, 0);
+    b.append_data(&mut h, "dir/a", &[7u8; 700][..])
+        .expect("build tar");
+    let mut h = header(tar::EntryType::Regular, 3, 0o644, 0);
+    b.append_data(&mut h, "b", &b"end"[..]).expect("build tar");
+    let tar = b.into_inner().expect("build tar");
+    // dir header, a's header + 2 blocks of data, b's header, then b's 3 bytes.
+    (tar, 512 + 512 + 1024 + 512 + 3)
+}
+
+fn extract_bytes(tar: &[u8]) -> (tempfile::TempDir, hull_image::Result<u64>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blob = tmp.path().join("blob");
+    std::fs::write(&blob, tar).expect("write blob");
+    let dest = tmp.path().join("fs");
+    std::fs::create_dir(&dest).expect("create dest");
+    let r = extract(&blob, Compression::None, &dest, &Digest::of(tar), LIMITS);
+    (tmp, r)
+}
+
+#[test]
+fn a_stream_ending_after_the_last_entrys_data_is_a_whole_layer() {
+    let (tar, data_end) = two_file_layer();
+    // Go's archive/tar (containerd) takes these: no end-of-archive blocks, no padding,
+    // part of the padding.
+    for end in [data_end + 509, data_end + 100, data_end] {
+        let (tmp, r) = extract_bytes(&tar[..end]);
+        assert_eq!(r.expect("accepted"), end as u64, "cut at {end}");
+        let fs = tmp.path().join("fs");
+        assert_eq!(std::fs::read(fs.join("b")).unwrap(), b"end", "cut at {end}");
+        assert_eq!(std::fs::read(fs.join("dir/a")).unwrap(), [7u8; 700]);
+    }
+}
+
+#[test]
+fn a_stream_cut_inside_data_or_a_header_is_refused() {
+    let (tar, data_end) = two_file_layer();
+    // Inside b's data, inside a's data (at a block boundary and not), inside b's header.
+    for end in [
+        data_end - 1,
+        512 + 512 + 512,
+        512 + 512 + 600,
+        data_end - 3 - 100,
+    ] {
+        let (_tmp, r) = extract_bytes(&tar[..end]);
+        let err = r.expect_err(&format!("cut at {end} refused"));
+        assert!(
+            matches!(err, hull_image::ImageError::ReadLayer { .. }),
+            "cut at {end}: {err:?}"
+        );
+    }
+}

@@ -169,6 +169,10 @@ impl PodNetworking for FakePodNetwork {
         s.live.remove(sandbox_id);
         Ok(())
     }
+
+    fn attachments(&self) -> Vec<String> {
+        self.live()
+    }
 }
 
 #[cfg(test)]

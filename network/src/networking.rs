@@ -21,6 +21,9 @@ pub trait PodNetworking: Send + Sync + std::fmt::Debug {
     async fn check(&self, sandbox_id: &str) -> Result<(), PodNetworkError>;
     /// Removes the pod network; idempotent, works from the cache after a restart.
     async fn teardown(&self, sandbox_id: &str) -> Result<(), PodNetworkError>;
+    /// The sandbox ids whose CNI attachment was not deleted yet (see
+    /// [`PodNetwork::attachments`]).
+    fn attachments(&self) -> Vec<String>;
 }
 
 #[async_trait]
@@ -39,5 +42,8 @@ impl PodNetworking for PodNetwork {
     }
     async fn teardown(&self, sandbox_id: &str) -> Result<(), PodNetworkError> {
         PodNetwork::teardown(self, sandbox_id).await
+    }
+    fn attachments(&self) -> Vec<String> {
+        PodNetwork::attachments(self)
     }
 }

@@ -61,6 +61,15 @@ pub enum PodNetworkError {
     MirroringMissing,
     #[error("Failed to delete the pod netns")]
     DeleteNetns(#[source] NetnsError),
+    #[error("Pod network teardown failed in {failed} steps ({others}); every step ran")]
+    Teardown {
+        failed: usize,
+        /// The failures after the first, joined.
+        others: String,
+        /// The first failure.
+        #[source]
+        source: Box<PodNetworkError>,
+    },
     #[error("Pod network setup failed, and so did its cleanup ({cleanup})")]
     SetupCleanup {
         #[source]
@@ -303,27 +312,64 @@ impl PodNetwork {
     }
 
     /// Removes the pod network: tc, tap, CNI DEL (from the cache), netns. Succeeds when
-    /// nothing is left, including when nothing was there.
+    /// nothing is left, including when nothing was there. A failing step does not stop
+    /// the later ones (a plugin whose DEL fails still leaves the netns to be deleted, and
+    /// the other plugins' DEL run); the error then names every failure, and the CNI cache
+    /// entry stays so DEL can be retried ([`PodNetwork::attachments`]).
     pub async fn teardown(&self, sandbox_id: &str) -> Result<(), PodNetworkError> {
         let span = info_span!("pod_network_teardown", sandbox_id = %sandbox_id);
         async {
             let path = self.netns_path(sandbox_id)?;
-            let netns = Netns::open(&path).ok();
-            if let Some(ns) = &netns {
-                self.remove_tap(ns).await?;
+            let mut failures = Vec::new();
+            if let Ok(ns) = Netns::open(&path)
+                && let Err(e) = self.remove_tap(&ns).await
+            {
+                failures.push(e);
             }
             let att = self.attachment(
                 sandbox_id,
                 path.clone(),
                 format!("IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={sandbox_id}"),
             );
-            self.cni.del(&att).await.map_err(PodNetworkError::CniDel)?;
-            Netns::delete(&path).map_err(PodNetworkError::DeleteNetns)?;
-            info!("pod network removed");
-            Ok(())
+            if let Err(e) = self.cni.del(&att).await {
+                failures.push(PodNetworkError::CniDel(e));
+            }
+            if let Err(e) = Netns::delete(&path) {
+                failures.push(PodNetworkError::DeleteNetns(e));
+            }
+            let failed = failures.len();
+            let mut failures = failures.into_iter();
+            let Some(first) = failures.next() else {
+                info!("pod network removed");
+                return Ok(());
+            };
+            let others: Vec<String> = failures.map(|e| cni::error_chain(&e)).collect();
+            warn!(error = %cni::error_chain(&first), others = ?others, "pod network teardown left something behind");
+            if others.is_empty() {
+                return Err(first);
+            }
+            Err(PodNetworkError::Teardown {
+                failed,
+                others: others.join("; "),
+                source: Box::new(first),
+            })
         }
         .instrument(span)
         .await
+    }
+
+    /// The sandbox ids with a CNI cache entry: an attachment whose ADD started and whose
+    /// DEL has not succeeded yet. [`PodNetwork::teardown`] of an id no sandbox owns
+    /// removes its leftovers (IPAM leases and plugin state through DEL with the cached
+    /// config, netns).
+    pub fn attachments(&self) -> Vec<String> {
+        match self.cni.cache().ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn!(error = %cni::error_chain(&e), "cannot list the CNI cache");
+                Vec::new()
+            }
+        }
     }
 
     async fn remove_tap(&self, netns: &Netns) -> Result<(), PodNetworkError> {

@@ -223,7 +223,9 @@ async fn slow_plugin_times_out_and_missing_plugin_is_named() {
         ),
         "{err:?}"
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
+    // The typed Timeout above is the outcome; the bound only checks that the plugin (which
+    // sleeps far longer, see above) was not waited for, with room for a loaded machine.
+    assert!(start.elapsed() < Duration::from_secs(20));
     std::fs::write(
         fx.conf.path().join("05.conflist"),
         r#"{"cniVersion":"1.0.0","name":"gone","plugins":[{"type":"not-installed"}]}"#,

@@ -2,8 +2,8 @@
 # Install the vhost-user helpers the QEMU backend runs next to each VM, pinned, with cargo:
 #   vhost-device-vsock 0.3.0  (rust-vmm; guest vsock as a hybrid-vsock unix socket)
 #   virtiofsd 1.14.0          (virtio-fs; needs libseccomp-dev and libcap-ng-dev)
-# into $HULL_TOOLS_ROOT/bin (default /usr/local/cargo-tools/bin), where hull-vm looks for
-# them after PATH. Idempotent: a tool already at the pinned version is kept. ~2 min each.
+# into $HULL_TOOLS_ROOT/bin (default /usr/local/cargo-tools/bin), where hull-vm (and
+# hull-vmm's virtio-fs test) look for them after PATH. Idempotent: a tool already at the pinned version is kept. ~2 min each.
 set -euo pipefail
 
 ROOT="${HULL_TOOLS_ROOT:-/usr/local/cargo-tools}"

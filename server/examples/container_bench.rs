@@ -64,6 +64,7 @@ fn record(id: &str, logs: &Path) -> ContainerRecord {
         reason: String::new(),
         message: String::new(),
         log_path: logs.join(format!("{id}.log")).display().to_string(),
+        runtime_spec: None,
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Reported to kubelet by the `RuntimeConfig` RPC.
     pub cgroup_driver: CgroupDriver,
+    /// Seconds between the passes that remove what belongs to no sandbox (run dirs, pod
+    /// netns, CNI attachments whose DEL failed); 0 runs the pass only at start-up.
+    pub cleanup_interval_secs: u64,
     pub vm: VmSection,
     pub cni: CniSection,
     pub streaming: StreamingSection,
@@ -107,6 +110,9 @@ pub struct VmSection {
     /// its own CRNG seed, clock and MAC from hulld at SetupSandbox. hulld makes the template
     /// of pods without resource requests when it starts.
     pub templates: bool,
+    /// Bytes of a QEMU pod VM's guest console kept in its `console.log`; the rest is
+    /// dropped (a guest cannot fill `/run`). hull-vmm keeps the same 64 MiB.
+    pub console_log_max_bytes: u64,
 }
 
 /// CNI plugin configuration.
@@ -156,6 +162,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            cleanup_interval_secs: 300,
             vm: VmSection::default(),
             cni: CniSection::default(),
             streaming: StreamingSection::default(),
@@ -190,6 +197,7 @@ impl Default for VmSection {
             memory_overhead_mib: 64,
             stop_grace_secs: 5,
             templates: true,
+            console_log_max_bytes: hull_vm::qemu::console::MAX_CONSOLE_BYTES,
         }
     }
 }
@@ -372,6 +380,27 @@ mod tests {
     fn defaults_roundtrip_through_print_config() {
         let printed = Config::default().to_toml();
         assert_eq!(parse(&printed).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_installed_config_is_the_defaults_without_mirrors() {
+        let shipped = include_str!("../../packaging/config.toml");
+        let c = parse(shipped).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.registry.hosts.is_empty(), "{:?}", c.registry.hosts);
+    }
+
+    #[test]
+    fn one_registry_host_keeps_the_other_registry_defaults() {
+        let c = parse(
+            "[registry.hosts.\"localhost:5000\"]\nauth = { username = \"u\", password = \"p\" }\n",
+        )
+        .unwrap();
+        let defaults = hull_image::RegistryConfig::default();
+        assert_eq!(c.registry.hosts.len(), 1);
+        assert_eq!(c.registry.max_layer_bytes, defaults.max_layer_bytes);
+        assert_eq!(c.registry.platform, defaults.platform);
+        assert_eq!(c.registry.hosts["localhost:5000"].plain_http, None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use hull_cri_api::server::{ImageServiceServer, RuntimeServiceServer};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::authority::AnyAuthority;
 use crate::config::Config;
 use crate::cri::CriService;
 use crate::sandbox::{Backends, SandboxManager};
@@ -68,10 +69,11 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    /// Creates the state dirs and opens the metadata store.
+    /// Creates the state dirs (0700: image layers, container rootfs and pod shares are
+    /// root's only) and opens the metadata store.
     pub fn open(config: Config) -> Result<Self, DaemonError> {
         for dir in [&config.root_dir, &config.state_dir] {
-            create_dir(dir, None)?;
+            create_dir(dir, Some(0o700))?;
         }
         let store = Store::open(&config.metadata_path(), &state::tables())?;
         tracing::info!(
@@ -97,6 +99,7 @@ impl Daemon {
             crate::events::Events::new(),
         ));
         containers.set_images(Arc::new(images.clone()));
+        sandboxes.on_vm_death(crate::container::lost_with_vm(&containers));
         let streaming = Arc::new(crate::streaming::StreamingServer::bind(
             &config.streaming.address,
         )?);
@@ -152,6 +155,24 @@ pub async fn serve(
     // Before the first call: reattach to running VMs, unwind half-created sandboxes.
     daemon.sandboxes.recover().await;
     crate::container::recover::recover(&daemon.containers, &daemon.sandboxes).await;
+    crate::container::orphans::remove_orphans(&daemon.containers, &daemon.sandboxes).await;
+    // Blobs and layers of pulls a crash cut short (no image refers to them).
+    match daemon.images.gc().await {
+        Ok(stats) => tracing::info!(?stats, "unreferenced image content collected"),
+        Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+    }
+    // What no sandbox owns (a crash, a failed cleanup): now, then every interval.
+    let leftovers = daemon.sandboxes.remove_leftovers().await;
+    tracing::info!(
+        removed = leftovers.removed.len(),
+        failed = leftovers.failed.len(),
+        "leftovers of unknown sandboxes checked"
+    );
+    daemon
+        .sandboxes
+        .clean_leftovers_every(std::time::Duration::from_secs(
+            daemon.config.cleanup_interval_secs,
+        ));
     // In the background: a pod that comes meanwhile waits for the template or makes it.
     let _warming = daemon.sandboxes.warm_vm_template();
     let streaming = tokio::spawn(Arc::clone(&daemon.streaming).serve());
@@ -175,7 +196,7 @@ pub async fn serve(
         .layer(crate::cri::rpc_log::RpcLogLayer)
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
     let result = tokio::select! {
         r = server => r,
         _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
@@ -189,6 +210,15 @@ pub async fn serve(
     }
     tracing::info!("hulld stopped");
     result.map_err(DaemonError::from)
+}
+
+/// The CRI socket's connections, each behind [`AnyAuthority`] so that clients sending
+/// the socket path as `:authority` (grpcio, grpc-java, older crictl) are served.
+fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AnyAuthority<tokio::net::UnixStream>>> {
+    use tokio_stream::StreamExt;
+    UnixListenerStream::new(listener).map(|conn| conn.map(AnyAuthority::new))
 }
 
 /// Installs SIGTERM/SIGINT handlers now (before the socket is bound, so a signal that

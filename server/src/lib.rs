@@ -6,6 +6,7 @@
 //! (see `ARCHITECTURE.md`). `main.rs` is a thin shell around [`daemon`].
 #![forbid(unsafe_code)]
 
+pub mod authority;
 pub mod cni_check;
 pub mod config;
 pub mod container;
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod events;
 pub mod logging;
 pub mod logs;
+pub mod mounts;
 pub mod recover;
 pub mod sandbox;
 pub mod state;

@@ -61,18 +61,23 @@ impl SandboxManager {
                 SandboxState::Ready => {
                     let vm = self.reattach(&sb).await;
                     match vm {
-                        Some(vm) if vm.is_running() => {
+                        Some(vm) if vm.failure().is_none() => {
                             *crate::sandbox::lock(&sb.vm) = Some(vm);
+                            self.watch_vm(&sb);
                             report.ready.push(id);
                         }
                         other => {
+                            let mut error = "the VM exited while hulld was down".to_owned();
                             if let Some(vm) = other {
+                                if let Some(failure) = vm.failure() {
+                                    error = format!("{error}: {failure}");
+                                }
                                 let _ = vm.stop(std::time::Duration::from_secs(1)).await;
                             }
                             let _ = sb.update(&self.store, |r| {
                                 r.state = SandboxState::NotReady;
                                 r.resources.vmm_pid = 0;
-                                r.resources.error = "the VM exited while hulld was down".into();
+                                r.resources.error = error;
                             });
                             report.not_ready.push(id);
                         }

@@ -176,7 +176,9 @@ mod tests {
         });
         let t0 = Instant::now();
         let report = u.run(Duration::from_millis(100)).await;
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        // The slow step takes 30 s: the bound only tells "cut at the deadline" from "waited
+        // for the step", with room for a loaded machine.
+        assert!(t0.elapsed() < Duration::from_secs(20));
         assert_eq!(report.failed.as_ref().map(|f| f.0), Some("slow"));
         assert_eq!(report.skipped, vec!["fast"]);
     }

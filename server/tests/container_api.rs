@@ -78,6 +78,7 @@ fn record(id: &str, state: ContainerState) -> ContainerRecord {
         reason: String::new(),
         message: String::new(),
         log_path: String::new(),
+        runtime_spec: None,
     }
 }
 

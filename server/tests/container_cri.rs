@@ -142,6 +142,47 @@ async fn checks(
         ..Default::default()
     });
     let sleeper = create_start(rt, pod_id, pod_config, config).await;
+    // `crictl inspect`: info.config and info.runtimeSpec are JSON objects (jq-able), as
+    // containerd gives them; the spec is the one the agent ran.
+    let st = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: sleeper.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("verbose status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info json");
+    assert_eq!(info["config"]["metadata"]["name"], "sleeper", "{info}");
+    assert_eq!(info["config"]["working_dir"], "/data", "{info}");
+    assert_eq!(info["config"]["envs"][0]["key"], "SLEEPER", "{info}");
+    assert_eq!(info["sandboxID"], pod_id, "{info}");
+    assert_eq!(
+        info["runtimeSpec"]["process"]["args"],
+        serde_json::json!(["sleep", "1000"]),
+        "{info}"
+    );
+    assert_eq!(info["runtimeSpec"]["process"]["cwd"], "/data", "{info}");
+    assert!(info["runtimeSpec"]["mounts"].is_array(), "{info}");
+    let pod = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("verbose pod status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&pod.info["info"]).expect("pod info json");
+    assert_eq!(
+        info["config"]["metadata"]["name"],
+        pod_config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default(),
+        "{info}"
+    );
+    assert!(info["config"]["dns_config"].is_object(), "{info}");
     let out = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: sleeper.clone(),
@@ -182,6 +223,11 @@ async fn checks(
         out,
         "cri-path\nsearch hulltest.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
     );
+    // The container may rewrite them (containerd's are writable too).
+    let script = "echo nameserver 10.0.0.1 >> /etc/resolv.conf && echo renamed > /etc/hostname \
+                  && tail -n1 /etc/resolv.conf && cat /etc/hostname";
+    let out = exec(rt, &sleeper, script).await;
+    assert_eq!(out, "nameserver 10.0.0.1\nrenamed\n");
     rt.stop_container(cri::StopContainerRequest {
         container_id: sleeper.clone(),
         timeout: 2,

@@ -55,7 +55,8 @@ fn busybox(root: &Path) {
 }
 
 struct Pod {
-    shared: std::path::PathBuf,
+    /// The pod's run dir (its share's staging dir, where hulld builds a container, is in it).
+    run_dir: std::path::PathBuf,
     agent: AgentClient<Channel>,
     manager: Arc<ContainerManager>,
     logs: tempfile::TempDir,
@@ -70,11 +71,13 @@ impl Pod {
         config: cri::ContainerConfig,
         image: &ImageDefaults,
     ) -> ContainerRecord {
-        let rootfs = self.shared.join(id).join("rootfs");
+        let rootfs = hulld::sandbox::share::staging_dir(&self.run_dir)
+            .join(id)
+            .join("rootfs");
         busybox(&rootfs);
         let guest_root = format!("{}/{id}/rootfs", hull_agent_api::GUEST_SHARED_DIR);
         let mounts = volumes::prepare(
-            &self.shared,
+            &self.run_dir,
             hull_agent_api::GUEST_SHARED_DIR,
             id,
             &config.mounts,
@@ -117,6 +120,7 @@ impl Pod {
                 .join(format!("{id}.log"))
                 .display()
                 .to_string(),
+            runtime_spec: None,
         };
         self.manager.add(&record).unwrap();
         record
@@ -199,7 +203,7 @@ async fn containers_in_a_real_pod_vm() {
         .expect("status")
         .into_inner();
     let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
-    let shared = std::path::PathBuf::from(info["sharedDir"].as_str().unwrap());
+    let run_dir = std::path::PathBuf::from(info["runDir"].as_str().unwrap());
     let socket = std::path::PathBuf::from(info["agentSocket"].as_str().unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let agent = hull_agent_api::connect(&socket, hull_agent_api::AGENT_VSOCK_PORT, deadline)
@@ -208,7 +212,7 @@ async fn containers_in_a_real_pod_vm() {
     let store_dir = tempfile::tempdir().unwrap();
     let store = Store::open(&store_dir.path().join("m.redb"), &hulld::state::tables()).unwrap();
     let p = Pod {
-        shared,
+        run_dir,
         agent,
         manager: Arc::new(ContainerManager::new(store, Events::new())),
         logs: tempfile::tempdir().unwrap(),
@@ -312,7 +316,7 @@ async fn checks(p: &mut Pod) {
     // took its mount namespace before the bind and the share is not a shared mount, so the
     // guest sees the empty mount point until the sandbox makes the share rshared before
     // virtiofsd starts; so no write-through check here yet (see the report of issue 7).
-    volumes::release(&p.shared, "cfg1");
+    volumes::release(&p.run_dir, "cfg1");
 
     // 3. A 15 MiB limit and a shell that doubles a string until it dies: OOMKilled.
     let mut cfg = command(&[
@@ -401,7 +405,9 @@ async fn checks(p: &mut Pod) {
         matches!(err, Err(runtime::RuntimeError::Timeout { .. })),
         "{err:?}"
     );
-    assert!(start.elapsed() < Duration::from_secs(15));
+    // The typed Timeout is the outcome. The bound only tells "cut at the timeout" from "ran
+    // the command's 100 s", with room for a TCG guest on a loaded machine.
+    assert!(start.elapsed() < Duration::from_secs(60));
     let mut agent = p.agent.clone();
     let s1 = agent
         .container_stats(pb::ContainerStatsRequest {
@@ -427,15 +433,23 @@ async fn checks(p: &mut Pod) {
         s1.cpu_usage_usec,
         s2.cpu_usage_usec
     );
+    // The container ignores SIGTERM: only the SIGKILL after the 3 s timeout ends it. What is
+    // checked is the order (no kill before the timeout: a lower bound, which load cannot
+    // trip) and the outcome (killed: 137). The outer timeout only keeps a stop that never
+    // kills from hanging the test.
     let start = Instant::now();
-    runtime::stop(p.agent.clone(), "run1", 15, Duration::from_secs(3))
-        .await
-        .expect("stop");
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        runtime::stop(p.agent.clone(), "run1", 15, Duration::from_secs(3)),
+    )
+    .await
+    .expect("stop never killed the TERM-ignoring container")
+    .expect("stop");
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(30),
-        "stop took {took:?}"
+        took >= Duration::from_secs(3),
+        "killed before the timeout: {took:?}"
     );
-    let done = p.wait_exit("run1", Duration::from_secs(10)).await;
+    let done = p.wait_exit("run1", Duration::from_secs(60)).await;
     assert_eq!(done.exit_code, 137);
 }

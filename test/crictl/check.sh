@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # crictl against a throw-away hulld: one PASS/FAIL line per crictl command (issue 7's
-# check list). A developer check, not CI:
+# check list). Part of CI (test/run.sh runs it with crictl v1.36.0 on PATH):
 #
 #   sudo test/crictl/check.sh
 #
@@ -13,8 +13,9 @@
 # (a container still running in the pod ends EXITED), rmp, rmi. Everything it
 # started or created is removed on exit, failure or Ctrl-C.
 #
-# Exit code: 0 when every check passed, or when crictl is not installed; 1 when a check
-# failed; 2 when the setup failed.
+# Exit code: 0 when every check passed; 1 when a check failed; 2 when the setup failed.
+# Without a crictl on PATH: 0 for a developer, 2 under CI (CI=true) or with
+# HULL_REQUIRE_CRI_TOOLS=1.
 # Environment: HULLD (a hulld binary), CARGO_TARGET_DIR, HULL_GUEST_DIR (kernel and
 # initramfs, default hulld's), TMPDIR (temp dirs, default /var/tmp and /run for hulld's
 # state dir), CRICTL_CHECK_LOG_DIR
@@ -30,7 +31,11 @@ log() { printf '[crictl-check %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
 if ! command -v crictl >/dev/null; then
-    echo "crictl is not installed (no crictl on PATH): nothing to check." >&2
+    echo "crictl is not installed (no crictl on PATH)." >&2
+    echo "Build it: PATH=\"\$(test/tools/cri-tools.sh 1.36.0):\$PATH\"." >&2
+    # CI must test what users run: a missing binary is a failure there, not a pass.
+    [[ ${CI:-} == true || ${HULL_REQUIRE_CRI_TOOLS:-0} == 1 ]] && exit 2
+    echo "Nothing to check." >&2
     exit 0
 fi
 [[ $EUID -eq 0 ]] || die "run as root: hulld creates network namespaces, taps and VMs"
@@ -168,7 +173,9 @@ if [[ -n $POD1 ]]; then
         check 'exec -s (exit code)' "[[ \$RC -ne 0 ]] && grep -q 'exited with 3' \"\$WORK/stderr\"" -- exec -s "$C1" sh -c 'exit 3'
         # shellcheck disable=SC2034 # read by the condition
         T0=$SECONDS
-        check 'exec -s (timeout)' "[[ \$RC -ne 0 && \$((SECONDS - T0)) -lt 20 ]]" -- exec -s --timeout 2 "$C1" sleep 60
+        # Bounded below the command's own 60 s, not near the 2 s timeout: what is checked is
+        # that the timeout ended the exec, not how fast a loaded TCG guest answers.
+        check 'exec -s (timeout)' "[[ \$RC -ne 0 && \$((SECONDS - T0)) -lt 50 ]]" -- exec -s --timeout 2 "$C1" sleep 60
         check 'exec (streaming)' "$ok && [[ \$OUT == streamed* ]]" -- exec "$C1" echo streamed
         check logs "$ok && [[ \$OUT == hello-from-c1* ]]" -- logs "$C1"
         check stats "$ok && grep -q '${C1:0:13}' <<<\"\$OUT\"" -- stats "$C1"

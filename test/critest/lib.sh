@@ -249,3 +249,53 @@ cleanup() {
     log "done (logs: $LOG_DIR)"
     exit "$rc"
 }
+
+# check_expected <report.json> <expected list> <non-empty when --focus/--skip narrowed the
+# run>: compares the failed specs with the list (`<full spec name> | <reason>` a line).
+# Prints what differs and returns 1 on an unexpected failure, a listed spec that passed, or
+# (full runs only) a listed spec that did not run; 2 when the list is malformed.
+check_expected() {
+    local report=$1 list=$2 narrowed=$3 states rc
+    states=$(mktemp) || return 2
+    # name <TAB> state <TAB> attempts, for every It spec critest reported.
+    jq -r '.[].SpecReports[]? | select(.LeafNodeType == "It")
+        | [(((.ContainerHierarchyTexts // []) + [.LeafNodeText]) | join(" ")),
+           .State, (.NumAttempts // 1)] | @tsv' "$report" >"$states" || { rm -f "$states"; return 2; }
+    awk -F'\t' -v narrowed="$narrowed" '
+        FNR == NR { state[$1] = $2; attempts[$1] = $3; next }
+        /^[[:space:]]*(#|$)/ { next }
+        {
+            i = index($0, " | ")
+            name = substr($0, 1, i - 1); reason = substr($0, i + 3)
+            gsub(/^[[:space:]]+|[[:space:]]+$/, "", name); gsub(/^[[:space:]]+|[[:space:]]+$/, "", reason)
+            if (i == 0 || name == "" || reason == "") {
+                printf "expected list line %d: want \"<full spec name> | <reason>\": %s\n", FNR, $0
+                bad = 1; next
+            }
+            listed[name] = reason
+        }
+        END {
+            if (bad) exit 2
+            for (n in state) {
+                failed = state[n] !~ /^(passed|skipped|pending)$/
+                if (failed && !(n in listed)) { unexpected_fail[++nf] = n " (" state[n] ")"; errors++ }
+                if (state[n] == "passed" && attempts[n] > 1) flaky[++nk] = n " (passed on try " attempts[n] ")"
+            }
+            for (n in listed) {
+                if (!(n in state) || state[n] ~ /^(skipped|pending)$/) {
+                    if (narrowed == "") { not_run[++nr] = n; errors++ }
+                } else if (state[n] == "passed") { unexpected_pass[++np] = n; errors++ }
+                else expected_fail++
+            }
+            printf "Expected failures seen: %d of %d listed\n", expected_fail, length(listed)
+            if (nf) { print "UNEXPECTED FAILURES (fix hulld, or list them with a reason):"; for (i = 1; i <= nf; i++) print "  - " unexpected_fail[i] }
+            if (np) { print "UNEXPECTED PASSES (remove them from the list):"; for (i = 1; i <= np; i++) print "  - " unexpected_pass[i] }
+            if (nr) { print "LISTED BUT NOT RUN (renamed or skipped now: update the list):"; for (i = 1; i <= nr; i++) print "  - " not_run[i] }
+            if (nk) { print "Flaky (passed on a later try; not failures):"; for (i = 1; i <= nk; i++) print "  - " flaky[i] }
+            print (errors ? "critest: the results differ from the expected list" : "critest: the results match the expected list")
+            exit (errors ? 1 : 0)
+        }' "$states" "$list"
+    rc=$?
+    rm -f "$states"
+    return "$rc"
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs kubernetes-sigs' critest against a throw-away hulld, as root:
 #
-#   test/critest/run.sh [--focus REGEX] [--skip REGEX] [-- more critest flags]
+#   test/critest/run.sh [--expected FILE] [--focus REGEX] [--skip REGEX] [-- more critest flags]
 #
 # Starts Debian's docker-registry on 127.0.0.1:5000 (the next free port up to 5099 if
 # taken) with temporary storage, builds critest's test images from local files and pushes
@@ -10,13 +10,22 @@
 # mirrors for registry.k8s.io, k8s.gcr.io and gcr.io), starts hulld, runs critest and
 # prints a summary. Everything it started is torn down on exit, failure or Ctrl-C.
 #
-# Exit code: 0 when no spec failed, or when critest is not installed (this is a developer
-# tool, not part of CI); 1 when a spec failed; 2 when the setup failed.
+# Exit code: 0 when no spec failed (with --expected FILE: when exactly the specs FILE lists
+# failed); 1 when a spec failed (with --expected: a spec failed that FILE does not list, or
+# a listed one did not fail); 2 when the setup failed. Without a critest on PATH: 0 for a
+# developer, 2 under CI (CI=true) or with HULL_REQUIRE_CRI_TOOLS=1.
+#
+# --expected FILE: the expected-results list (test/critest/expected-failures.txt): one
+# failing spec a line, `<full spec name> | <reason>`; `#` comments and blank lines ignored.
+# An unexpected failure or an unexpected pass fails the run, so the list stays true.
 #
 # Environment: HULLD (a hulld binary), CARGO_TARGET_DIR, CRITEST_LOG_DIR (default
 # /var/tmp/hull-critest-logs/<UTC time>), CRITEST_TIMEOUT (whole run, default 60m),
 # HULL_LOG_LEVEL (hulld's log_level, default info), HULL_KERNEL / HULL_INITRAMFS (guest
-# files, default: hulld's defaults), CRITEST_KEEP=1 (keep the temp dirs).
+# files; default $HULL_GUEST_DIR/{vmlinux,initramfs.img} if set, else hulld's defaults),
+# CRITEST_FLAKE_ATTEMPTS (ginkgo's tries per spec, default 2 with --expected, else 1: a
+# spec that passes on its second try is reported as flaky, not failed), CRITEST_KEEP=1
+# (keep the temp dirs).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,9 +33,10 @@ REPO="$(cd "$HERE/../.." && pwd)"
 log() { printf '[critest %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
-FOCUS="" SKIP=""
+FOCUS="" SKIP="" EXPECTED=""
 while [[ $# -gt 0 ]]; do
     case $1 in
+        --expected) EXPECTED=${2:?--expected needs a file}; shift 2 ;;
         --focus) FOCUS=${2:?--focus needs a regex}; shift 2 ;;
         --skip) SKIP=${2:?--skip needs a regex}; shift 2 ;;
         --) shift; break ;;
@@ -36,9 +46,20 @@ while [[ $# -gt 0 ]]; do
 done
 
 if ! command -v critest >/dev/null; then
-    echo "critest is not installed (no critest on PATH): nothing to run." >&2
-    echo "Build it from kubernetes-sigs/cri-tools, see test/critest/README.md." >&2
+    echo "critest is not installed (no critest on PATH)." >&2
+    echo "Build it: PATH=\"\$(test/tools/cri-tools.sh 1.36.0):\$PATH\" (see test/critest/README.md)." >&2
+    # CI must test what users run: a missing binary is a failure there, not a pass.
+    [[ ${CI:-} == true || ${HULL_REQUIRE_CRI_TOOLS:-0} == 1 ]] && exit 2
+    echo "Nothing to run." >&2
     exit 0
+fi
+if [[ -n $EXPECTED ]]; then
+    [[ -f $EXPECTED ]] || die "--expected $EXPECTED: no such file"
+    EXPECTED=$(realpath "$EXPECTED")
+fi
+if [[ -n ${HULL_GUEST_DIR:-} ]]; then
+    HULL_KERNEL=${HULL_KERNEL:-$HULL_GUEST_DIR/vmlinux}
+    HULL_INITRAMFS=${HULL_INITRAMFS:-$HULL_GUEST_DIR/initramfs.img}
 fi
 [[ $EUID -eq 0 ]] || die "run as root: hulld creates network namespaces, taps and VMs"
 for tool in docker-registry umoci skopeo jq gcc ip curl; do
@@ -78,6 +99,8 @@ ARGS=(--runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK" --ginkgo
     --ginkgo.no-color --ginkgo.timeout="$TIMEOUT" --ginkgo.json-report="$LOG_DIR/report.json")
 [[ -n $FOCUS ]] && ARGS+=(--ginkgo.focus="$FOCUS")
 [[ -n $SKIP ]] && ARGS+=(--ginkgo.skip="$SKIP")
+FLAKE_ATTEMPTS=${CRITEST_FLAKE_ATTEMPTS:-$([[ -n $EXPECTED ]] && echo 2 || echo 1)}
+[[ $FLAKE_ATTEMPTS -gt 1 ]] && ARGS+=(--ginkgo.flake-attempts="$FLAKE_ATTEMPTS")
 ARGS+=("$@")
 log "$(critest --version 2>/dev/null | head -n1): output in $LOG_DIR/critest.log"
 echo "critest ${ARGS[*]}" >"$LOG_DIR/critest.log"
@@ -96,6 +119,10 @@ FAILED=$(jq '[.[].SpecReports[]? | select(.LeafNodeType == "It" and
 if [[ -z $FAILED ]]; then
     log "critest wrote no report; see $LOG_DIR/critest.log"
     exit 2
+fi
+if [[ -n $EXPECTED ]]; then
+    check_expected "$LOG_DIR/report.json" "$EXPECTED" "$FOCUS$SKIP" | tee "$LOG_DIR/expected.txt"
+    exit "${PIPESTATUS[0]}"
 fi
 [[ $FAILED -eq 0 && $CRITEST_RC -eq 0 ]] && exit 0
 exit 1

@@ -7,16 +7,24 @@
 #      agent-ready, snapshot) and is restored from it, the second is restored from it
 #      (--no-templates: both boot cold); for each the agent answers over the hybrid vsock,
 #      SetupSandbox mounts the share and configures eth0, a busybox container runs from the
-#      virtio-fs share, the test host pings the guest (vm/examples/nested_pod, mode `pod`);
+#      virtio-fs share, the test host pings the guest and sees the pod's own MAC; the pods'
+#      MACs, boot ids and first random numbers all differ, each guest clock is the host's
+#      (vm/examples/nested_pod, mode `pod`);
 #   2. bench: N boots of the same guest with hull-vmm and (--compare-qemu) QEMU microvm on KVM,
 #      launch to the agent's ready line, and N restores of one hull-vmm snapshot of it, launch
 #      to the agent answering the hybrid-vsock handshake: p50/p90, ratios to QEMU, memory
 #      outside guest RAM (mode `bench`).
+# Or (--server-tests, server mode, instead of 1 and 2): hulld's integration test binaries,
+# run in the test host with HULL_TEST_VMM=hull (hulld with vm.vmm = "hull", templates on;
+# see test/nested/server-root.sh and test/nested/server-tests.sh, which builds them).
 # Exits non-zero, saying why, if a prerequisite is missing or any check fails.
 #
 # usage: test/nested/run.sh --hull-vmm PATH --pod-client PATH [--guest-dir DIR] [--runs N]
 #          [--compare-qemu] [--no-fs] [--no-net] [--timeout SECS] [--shmem-thp MODE]
 #          [--guest-cmdline ARGS] [--icount SHIFT] [--no-templates]
+#        test/nested/run.sh --hull-vmm PATH --hulld PATH --server-tests "BIN..."
+#          [--test-args ARGS] [--guest-dir DIR] [--timeout SECS]
+#   --hull-vmm: the hull-vmm binary (cargo build -p hull-vmm)
 #   --pod-client: the nested_pod example (cargo build -p hull-vm --example nested_pod)
 #   --no-fs/--no-net: leave the virtio-fs share / the NIC out of the pod check
 #   --no-templates: the pod check boots both pods cold (the benchmark still restores)
@@ -29,6 +37,9 @@
 #     a nested boot now and then stalls under -icount (seen with QEMU and hull-vmm), so
 #     the cargo test runs without it; the benchmark reports failed QEMU boots and goes on
 #   --shmem-thp MODE: the test host's transparent_hugepage/shmem_enabled (guest RAM is a memfd)
+#   --server-tests "BIN...": server mode with these test binaries (cargo test --no-run);
+#     --hulld: the hulld they were built with; --test-args: passed to each binary (a filter);
+#     --timeout: per binary
 #   env: HULL_NESTED_CACHE (default /var/cache/hull-nested): the downloaded kernel package
 #        HULL_NESTED_LOG (default /tmp/hull-nested-last.log): the whole test-host output
 #        TMPDIR: where the test host initramfs is built (~300 MB while it runs)
@@ -49,6 +60,9 @@ SHMEM_THP=""
 BENCH_CMDLINE=""
 ICOUNT=""
 TEMPLATES=1
+SERVER_TESTS=""
+HULLD=""
+TEST_ARGS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --hull-vmm) HULL_VMM="$2"; shift 2 ;;
@@ -63,15 +77,24 @@ while [ $# -gt 0 ]; do
         --guest-cmdline) BENCH_CMDLINE="$2"; shift 2 ;;
         --icount) ICOUNT="-icount shift=$2,sleep=off"; shift 2 ;;
         --no-templates) TEMPLATES=0; POD_OPTS="$POD_OPTS --no-templates"; shift ;;
+        --server-tests) SERVER_TESTS="$2"; shift 2 ;;
+        --hulld) HULLD="$2"; shift 2 ;;
+        --test-args) TEST_ARGS="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 die() { echo "nested: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || die "$1 not found: install $2"; }
-[ -n "$HULL_VMM" ] && [ -x "$HULL_VMM" ] || die "hull-vmm binary not found (--hull-vmm '$HULL_VMM')"
-[ -n "$POD_CLIENT" ] && [ -x "$POD_CLIENT" ] ||
-    die "pod client not found (--pod-client '$POD_CLIENT'): cargo build -p hull-vm --example nested_pod"
+[ -n "$HULL_VMM" ] && [ -x "$HULL_VMM" ] || die "hull-vmm binary not found (--hull-vmm '$HULL_VMM'): cargo build -p hull-vmm"
+if [ -n "$SERVER_TESTS" ]; then
+    # shellcheck source-path=SCRIPTDIR source=server-root.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/server-root.sh"
+    COMPARE_QEMU=0
+else
+    [ -n "$POD_CLIENT" ] && [ -x "$POD_CLIENT" ] ||
+        die "pod client not found (--pod-client '$POD_CLIENT'): cargo build -p hull-vm --example nested_pod"
+fi
 for f in vmlinux initramfs.img; do
     [ -f "$GUEST_DIR/$f" ] || die "guest $f missing in $GUEST_DIR (build it with packaging/guest/build.sh)"
 done
@@ -138,8 +161,17 @@ copy_with_libs() {
     done
 }
 copy_with_libs "$HULL_VMM" hull-vmm
-copy_with_libs "$POD_CLIENT" nested_pod
+[ -n "$POD_CLIENT" ] && copy_with_libs "$POD_CLIENT" nested_pod
 copy_with_libs "$IPROUTE" ip
+TMPFS_SIZE=1800m
+MEM=2048
+if [ -n "$SERVER_TESTS" ]; then
+    need depmod kmod
+    # shellcheck disable=SC2086 # a list of paths
+    server_root "$R" "$WORK/pkg" "$KVER" "$HULLD" "$HULL_VMM" "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)" $SERVER_TESTS
+    TMPFS_SIZE=3000m
+    MEM=4096
+fi
 [ -n "$VIRTIOFSD" ] && copy_with_libs "$VIRTIOFSD" virtiofsd
 # A boot takes about 0.5 s of test-host time; under -icount that is tens of seconds of
 # real time, so the per-boot limit is tighter there (a hung boot must not eat the run).
@@ -157,13 +189,13 @@ echo "root:x:0:0:root:/:/bin/sh" > "$R/etc/passwd"
 # (iproute2 ip by full path: busybox sh prefers its own applets over PATH.)
 # Stage 1 moves everything to a tmpfs and switch_roots there: virtiofsd's namespace sandbox
 # pivot_roots, which the kernel refuses on the initial rootfs.
-cat > "$R/init" <<'INIT'
+cat > "$R/init" <<INIT
 #!/bin/busybox sh
 B=/bin/busybox
-$B mkdir -p /newroot && $B mount -t tmpfs -o size=1800m tmpfs /newroot
-for d in bin lib lib64 usr guest etc init2; do [ -e /$d ] && $B cp -a /$d /newroot/; done
-$B mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/run
-exec $B switch_root /newroot /init2
+\$B mkdir -p /newroot && \$B mount -t tmpfs -o size=$TMPFS_SIZE tmpfs /newroot
+for d in /*; do case \$d in /proc|/sys|/dev|/newroot|/init) ;; *) \$B cp -a \$d /newroot/ ;; esac; done
+\$B mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/run
+exec \$B switch_root /newroot /init2
 INIT
 cat > "$R/init2" <<INIT
 #!/bin/busybox sh
@@ -178,6 +210,12 @@ ip link set lo up
 { IP=/usr/local/bin/ip; \$IP tuntap add dev tap0 mode tap && \$IP addr add 10.199.0.1/24 dev tap0 && \$IP link set tap0 up; } 2>&1 |
     sed 's/^/NESTED tap0: /'
 echo "NESTED kvm ready, uptime \$(cut -d' ' -f1 /proc/uptime)"
+INIT
+if [ -n "$SERVER_TESTS" ]; then
+    # shellcheck disable=SC2086 # a list of paths
+    server_init "$TIMEOUT" "$TEST_ARGS" $SERVER_TESTS >> "$R/init2"
+else
+    cat >> "$R/init2" <<INIT
 export HULL_VMM_LOG=info
 timeout $TIMEOUT nested_pod pod --dir /tmp/pod --kernel /guest/vmlinux --initramfs /guest/initramfs.img \
     --hull-vmm /usr/local/bin/hull-vmm --virtiofsd /usr/local/bin/virtiofsd $POD_OPTS > /tmp/pod.log 2>&1
@@ -195,6 +233,7 @@ done
 echo "NESTED-DONE"
 poweroff -f
 INIT
+fi
 chmod +x "$R/init" "$R/init2"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/host-initrd.gz"
 
@@ -206,8 +245,15 @@ echo "nested: booting test host ($KVER) under QEMU TCG -cpu max" >&2
 # timeouts that never fire inside the test host. Detect that (under 2 s of CPU in a minute)
 # and start the test host over, once, saying so.
 STALL_WINDOW=60
+# Pod mode: the pod check and the benchmark, each within TIMEOUT; server mode: each binary.
+HOST_TIMEOUT=$((2 * TIMEOUT + 300))
+if [ -n "$SERVER_TESTS" ]; then
+    # shellcheck disable=SC2086 # a list of paths
+    set -- $SERVER_TESTS
+    HOST_TIMEOUT=$(($# * TIMEOUT + 300))
+fi
 run_test_host() {
-    timeout $((2 * TIMEOUT + 300)) qemu-system-x86_64 -accel tcg $ICOUNT -cpu max -smp 1 -m 2048 \
+    timeout $((HOST_TIMEOUT)) qemu-system-x86_64 -accel tcg $ICOUNT -cpu max -smp 1 -m $MEM \
         -kernel "$VMLINUZ" -initrd "$WORK/host-initrd.gz" \
         -append "console=ttyS0 quiet panic=-1" \
         -nographic -no-reboot -nodefaults -serial stdio > "$WORK/host.log" 2>&1 &
@@ -249,11 +295,25 @@ fi
 t1=$(date +%s.%N)
 LOG=${HULL_NESTED_LOG:-/tmp/hull-nested-last.log}
 tr -d '\r' < "$WORK/host.log" | sed -n '/^NESTED/,$p' > "$LOG"
-grep -a -E "^NESTED-(POD |POD-PATH|POD-EXIT|BENCH-P50|BENCH-RATIO|BENCH-SNAPSHOT|BENCH-EXIT|BENCH hull|RESULT|METRICS)" "$LOG" || true
+grep -a -E "^NESTED-(POD |POD-PATH|POD-UNIQUE|POD-EXIT|BENCH-P50|BENCH-RATIO|BENCH-SNAPSHOT|BENCH-EXIT|BENCH hull|RESULT|METRICS)" "$LOG" || true
 echo "nested: full test-host output (guest consoles, hull-vmm logs) in $LOG" >&2
 echo "nested: test host wall time $(echo "$t1 - $t0" | bc) s" >&2
 grep -aq "^NESTED-RESULT" "$LOG" && die "$(grep -a '^NESTED-RESULT' "$LOG")"
 grep -aq "^NESTED-DONE" "$LOG" || die "the test host did not finish (timeout or crash; see $LOG)"
+if [ -n "$SERVER_TESTS" ]; then
+    # Every binary ran and passed; its `test result` line and failures are shown.
+    grep -a -E '^NESTED-SERVER [^|]*\| (test result|test .* FAILED|---- )' "$LOG" || true
+    grep -a '^NESTED-SERVER-TEST ' "$LOG"
+    failed=""
+    # shellcheck disable=SC2086 # a list of paths
+    for t in $SERVER_TESTS; do
+        name=$(test_name "$t")
+        grep -aq "^NESTED-SERVER-TEST $name exit 0 " "$LOG" || failed="$failed $name"
+    done
+    [ -z "$failed" ] || die "server tests failed on hull-vmm:$failed (output in $LOG)"
+    echo "nested: PASS" >&2
+    exit 0
+fi
 grep -aq "^NESTED-POD-EXIT 0" "$LOG" && grep -aq "^NESTED-POD PASS" "$LOG" ||
     die "pod check failed: $(grep -a -A3 '^NESTED-POD-EXIT' "$LOG" | tr '\n' ' ')"
 if [ "$TEMPLATES" = 1 ]; then

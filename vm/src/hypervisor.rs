@@ -103,6 +103,13 @@ pub trait VmHandle: Send + Sync {
     async fn stop(&self, grace: std::time::Duration) -> Result<VmExit, HypervisorError>;
     /// Whether the VMM process is still alive.
     fn is_running(&self) -> bool;
+    /// Why the VM can no longer serve its pod, once it cannot: the VMM exited, or a
+    /// helper process it needs (virtiofsd, the vsock backend) died, each named with how
+    /// it ended where that is known. `None` while everything runs. The default knows only
+    /// the VMM.
+    fn failure(&self) -> Option<String> {
+        (!self.is_running()).then(|| "the VMM exited".to_owned())
+    }
     /// Waits until the guest agent listens (its ready line is on the console), so the first
     /// vsock `CONNECT` is answered at once. Connecting earlier works too but makes the
     /// vsock backend queue requests for a guest that cannot answer yet; rust-vmm's

@@ -1,15 +1,20 @@
 //! # hull-vm
 //!
 //! The [`Hypervisor`](hypervisor::Hypervisor) abstraction hulld uses to run each pod's
-//! microVM, and its backends: `qemu` (QEMU microvm, KVM where the host can boot stock guests,
-//! TCG otherwise) and `hull` (hull-vmm, hull's own monitor on rust-vmm crates, the default on
-//! hosts with hardware virtualization). The `hull-vmm` binary lives in this crate too.
+//! microVM, and its backends, which drive VMM processes: `qemu` (QEMU microvm, KVM where the
+//! host can boot stock guests, TCG otherwise) and `hull` (hull-vmm, hull's own monitor, the
+//! default on hosts with hardware virtualization, with its VM templates). Used by hulld
+//! (server/) and by this crate's examples and tests.
+//!
+//! The VMM itself is another crate, `hull-vmm` (vm/vmm), run as a program: this crate speaks
+//! to it only through what `hull-vmm-api` (vm/vmm-api) defines (the config file it writes,
+//! the control API's messages, the exit codes, a snapshot's files), so neither this crate nor
+//! hulld links KVM or virtio code.
 
 pub mod hull;
 pub mod hypervisor;
 mod procvm;
 pub mod qemu;
-pub mod vmm;
 
 /// `err` and its sources on one line (`a: b: c`), for logs and process stderr.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

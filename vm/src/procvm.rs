@@ -99,6 +99,28 @@ impl VmProcs {
         self.vmm.as_ref().is_some_and(Proc::alive)
     }
 
+    /// What of this VM died, if anything: every process that exited, the VMM first, with
+    /// its exit code or signal when it was our child. `None` while all run.
+    pub fn failure(&self) -> Option<String> {
+        let dead = |p: &Proc| -> Option<String> {
+            if p.alive() {
+                return None;
+            }
+            Some(format!(
+                "{} (pid {}) {}",
+                p.what,
+                p.pid,
+                how_it_ended(p.status())
+            ))
+        };
+        let mut gone: Vec<String> = match &self.vmm {
+            Some(vmm) => dead(vmm).into_iter().collect(),
+            None => vec!["the VMM is not running".to_owned()],
+        };
+        gone.extend(self.helpers.iter().filter_map(dead));
+        (!gone.is_empty()).then(|| gone.join("; "))
+    }
+
     /// Spawns every helper (outside the pod's netns: they serve host-side sockets), then
     /// waits for each one's socket, so their startups overlap. A helper that dies or is
     /// late fails the start with the end of its log.
@@ -170,6 +192,22 @@ impl VmProcs {
         tracing::info!(?exit, "VM stopped");
         *stopped = Some(exit);
         Ok(exit)
+    }
+}
+
+/// "exited with code 1", "was killed by signal 9 (SIGKILL)", or "exited" when the status
+/// is unknown (a process adopted after a restart).
+fn how_it_ended(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.map(|s| (s.signal(), s.code())) {
+        Some((Some(sig), _)) => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("unknown");
+            format!("was killed by signal {sig} ({name})")
+        }
+        Some((None, Some(code))) => format!("exited with code {code}"),
+        _ => "exited".to_owned(),
     }
 }
 

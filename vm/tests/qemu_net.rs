@@ -153,7 +153,9 @@ async fn network_part(vm: &dyn VmHandle, netns: &str) {
     };
     assert_eq!(
         code(client.setup_sandbox(wrong_mac).await),
-        tonic::Code::InvalidArgument
+        // No NIC carries the MAC: the pod's network is not what the request
+        // assumes, a precondition (hull-agent 44fbc4c), not a malformed field.
+        tonic::Code::FailedPrecondition
     );
 
     let script = "ip link show eth0 | grep -o 'mtu 1400'; ip -o -4 addr show dev eth0 | grep -o 10.199.0.2/24; \
@@ -399,6 +401,7 @@ async fn tty_exec(client: &mut Client) {
         container_id: "long".into(),
         exec_id: "tty".into(),
         stream: OutputStream::Stdout as i32,
+        limit: 0,
     };
     let mut stream = client
         .read_output(req)

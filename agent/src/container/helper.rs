@@ -42,6 +42,10 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     pub spec: Spec,
     pub cgroup: PathBuf,
+    /// Join the pod's PID namespace, open as [`super::pause::PIDNS_FD`] (the spec asks
+    /// for no PID namespace of its own).
+    #[serde(default)]
+    pub pod_pidns: bool,
 }
 
 /// What `__container-exec` gets from the agent.
@@ -61,13 +65,13 @@ fn ctx<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-fn report_file() -> File {
+pub(super) fn report_file() -> File {
     // SAFETY: the agent dup2()s the report pipe onto REPORT_FD before exec'ing the helper,
     // and nothing else in this process owns that descriptor.
     File::from(unsafe { OwnedFd::from_raw_fd(REPORT_FD) })
 }
 
-fn report(file: &mut File, msg: &str) {
+pub(super) fn report(file: &mut File, msg: &str) {
     // One write per line (< PIPE_BUF): lines from the helper and the process never interleave.
     let line: String = msg.replace('\n', " ").chars().take(1000).collect();
     let _ = file.write_all(format!("{line}\n").as_bytes());
@@ -106,6 +110,13 @@ fn init_main(args: &[String], report_pipe: &mut File) -> Result<()> {
         }
     }
     nix::sched::unshare(flags).map_err(ctx("unshare"))?;
+    if cfg.pod_pidns {
+        // SAFETY: the agent dup2()s the pod's PID namespace onto PIDNS_FD for this helper;
+        // nothing else owns it. It is closed here, before the fork: no container inherits it.
+        let ns = unsafe { OwnedFd::from_raw_fd(super::pause::PIDNS_FD) };
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)
+            .map_err(ctx("join the pod's PID namespace"))?;
+    }
     // SAFETY: this helper is single-threaded (a fresh exec, no runtime), so the child may
     // run arbitrary code after fork.
     match unsafe { nix::unistd::fork() }.map_err(ctx("fork"))? {

@@ -6,7 +6,8 @@
 //! initramfs with `+crt-static`, and forks in the caller's process (unsafe from the agent's
 //! multi-threaded tokio runtime) — each fixable, but not all in the time. So this module is a
 //! small direct implementation with `nix`: namespaces (mount, pid, ipc, uts, cgroup; the pod
-//! network namespace is shared, user namespaces are rejected), `pivot_root`, OCI mounts,
+//! network namespace is shared, user namespaces are rejected; `POD`-mode containers share
+//! the pod's PID namespace, never the agent's, see [`pause`]), `pivot_root`, OCI mounts,
 //! masked/readonly paths, rlimits, uid/gid, capabilities, seccomp profiles (see
 //! [`seccomp`]), and cgroup v2 limits. Not implemented: AppArmor/SELinux labels (the guest
 //! kernel has neither LSM).
@@ -18,6 +19,7 @@
 mod caps;
 pub mod cgroup;
 pub mod helper;
+mod pause;
 mod process;
 mod pty;
 mod rootfs;
@@ -35,6 +37,7 @@ use hull_agent_api::validate;
 use nix::fcntl::OFlag;
 
 use crate::reaper::{Exit, Reaper};
+pub use pause::{ARG0 as PAUSE_ARG0, run as run_pause};
 pub use process::ProcessError;
 use process::Spawned;
 pub use process::{Output, Process};
@@ -42,6 +45,11 @@ use spec::{Process as ProcessSpec, Spec};
 
 /// Per-container helper configs.
 const STATE_DIR: &str = "/run/hull-agent";
+
+/// Exited execs kept per container (for a late WaitProcess or ReadOutput); older ones are
+/// forgotten, with their output, when a new exec starts. Without a bound every ExecSync
+/// (an exec probe every few seconds) would keep its process and output in the agent.
+const MAX_EXITED_EXECS: usize = 16;
 
 /// Errors from container operations, each mapped to a gRPC code by the service.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +109,25 @@ fn apply_hugepage_limits(
     Ok(())
 }
 
+/// Makes room for one more exec: drops the oldest exited ones so that at most
+/// [`MAX_EXITED_EXECS`] - 1 stay (running ones always stay).
+fn forget_old_execs<T>(
+    execs: &mut HashMap<String, T>,
+    exited_at: impl Fn(&T) -> Option<std::time::SystemTime>,
+) {
+    let mut exited: Vec<(std::time::SystemTime, String)> = execs
+        .iter()
+        .filter_map(|(id, p)| exited_at(p).map(|at| (at, id.clone())))
+        .collect();
+    if exited.len() < MAX_EXITED_EXECS {
+        return;
+    }
+    exited.sort();
+    for (_, id) in &exited[..exited.len() + 1 - MAX_EXITED_EXECS] {
+        execs.remove(id);
+    }
+}
+
 /// The start pipe and report of a created, not yet started container.
 struct Pending {
     start: File,
@@ -141,6 +168,8 @@ struct State {
 pub struct Containers {
     state: Mutex<State>,
     reaper: Reaper,
+    /// The pod's PID namespace, shared by its `POD`-mode containers.
+    pod_ns: pause::PodNamespace,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -169,6 +198,7 @@ impl Containers {
         Self {
             state: Mutex::new(State::default()),
             reaper,
+            pod_ns: pause::PodNamespace::default(),
         }
     }
 
@@ -271,27 +301,35 @@ impl Containers {
             source,
         })?;
         let process = spec.process.clone().unwrap_or_default();
+        let pod_pidns = !spec.wants_namespace("pid");
         let config = helper::InitConfig {
             rootfs: PathBuf::from(rootfs),
             spec,
             cgroup: cgroup_path.to_owned(),
+            pod_pidns,
         };
         let path = state_dir.join("init.json");
         write_config(&path, &config)?;
         let reaper = self.reaper.clone();
-        tracing::info!(container_id = id, "creating container");
+        let pod_ns = self.pod_ns.clone();
+        tracing::info!(container_id = id, pod_pidns, "creating container");
         blocking(move || {
             let (start_r, start_w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
                 .map_err(|source| ProcessError::Fds {
                     what: "start pipe",
                     source,
                 })?;
+            let pidns = pod_pidns.then(|| pod_ns.pid_ns(&reaper)).transpose()?;
+            let fds = process::HelperFds {
+                start: Some(start_r),
+                pidns,
+            };
             let spawned = process::spawn(
                 helper::INIT_ARG,
                 &path,
                 process.terminal,
                 process.console_size,
-                Some(start_r),
+                fds,
                 None,
                 &reaper,
             )?;
@@ -353,7 +391,7 @@ impl Containers {
                 &path,
                 process.terminal,
                 process.console_size,
-                None,
+                process::HelperFds::default(),
                 Some(&ptmx),
                 &reaper,
             );
@@ -369,6 +407,7 @@ impl Containers {
         if execs.contains_key(exec_id) {
             return Err(ContainerError::AlreadyExists(format!("exec {exec_id}")));
         }
+        forget_old_execs(&mut execs, |p| p.exit().map(|e| e.at));
         execs.insert(exec_id.to_owned(), Arc::new(proc_));
         Ok(pid)
     }
@@ -476,6 +515,21 @@ impl Containers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_exited_execs_are_kept() {
+        let t = |s| Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        let mut execs: HashMap<String, Option<std::time::SystemTime>> = HashMap::new();
+        execs.insert("running".into(), None);
+        for i in 0..40 {
+            execs.insert(format!("e{i}"), t(i));
+        }
+        forget_old_execs(&mut execs, |at| *at);
+        assert_eq!(execs.len(), MAX_EXITED_EXECS, "15 exited + the running one");
+        assert!(execs.contains_key("running"));
+        assert!(execs.contains_key("e39") && execs.contains_key("e25"));
+        assert!(!execs.contains_key("e24"), "the oldest went first");
+    }
 
     #[test]
     fn hugepage_limits_where_the_kernel_has_them() {

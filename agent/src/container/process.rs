@@ -13,6 +13,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::sync::watch;
 
 use super::helper::{REPORT_FD, START_FD};
+use super::pause::PIDNS_FD;
 use super::spec::ConsoleSize;
 use crate::output::{self, OutputHub};
 use crate::reaper::{Exit, Reaper};
@@ -59,12 +60,12 @@ pub struct Spawned {
     pub report: BufReader<File>,
 }
 
-fn pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), ProcessError> {
+pub(super) fn pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), ProcessError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| ProcessError::Fds { what, source })
 }
 
 /// Moves `fd` above the low numbers the child's dup2()s target, so they cannot collide.
-fn high(fd: OwnedFd, what: &'static str) -> Result<OwnedFd, ProcessError> {
+pub(super) fn high(fd: OwnedFd, what: &'static str) -> Result<OwnedFd, ProcessError> {
     let raw = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(100))
         .map_err(|source| ProcessError::Fds { what, source })?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor, owned by nobody else.
@@ -131,52 +132,65 @@ fn make_stdio(
     Ok(([in_r, out_w, err_w], ours))
 }
 
+/// Makes the child of `cmd` find each `(source, target)` descriptor at `target`. The
+/// sources must be >= 100 (see [`high`]) so that they never equal a target.
+pub(super) fn dup_in_child(cmd: &mut Command, fds: Vec<(i32, i32)>) {
+    // SAFETY: the closure only calls dup2, which is async-signal-safe, on a vector built
+    // before the fork (no allocation in the child); dup2 clears FD_CLOEXEC on the target.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(source, target) in &fds {
+                if libc::dup2(source, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Descriptors a container helper gets besides stdio and the report pipe.
+#[derive(Default)]
+pub struct HelperFds {
+    /// The read end of the start pipe (init only), as [`START_FD`].
+    pub start: Option<OwnedFd>,
+    /// The pod's PID namespace (init of a `POD`-mode container), as [`PIDNS_FD`].
+    pub pidns: Option<OwnedFd>,
+}
+
 /// Spawns `hull-agent <mode> <config>` and reads its report up to the `R` line.
-/// `start` is the read end of the start pipe (init only); `ptmx`, where its terminal
-/// comes from (an exec: the container's devpts).
+/// `ptmx`: where its terminal comes from (an exec: the container's devpts).
 pub fn spawn(
     mode: &str,
     config: &Path,
     terminal: bool,
     size: Option<ConsoleSize>,
-    start: Option<OwnedFd>,
+    fds: HelperFds,
     ptmx: Option<&Path>,
     reaper: &Reaper,
 ) -> Result<Spawned, ProcessError> {
     let ([child_in, child_out, child_err], mut ours) = make_stdio(terminal, size, ptmx)?;
     let (report_r, report_w) = pipe("report pipe")?;
     let report_w = high(report_w, "report pipe")?;
-    let start = start.map(|fd| high(fd, "start pipe")).transpose()?;
-    let report_raw = report_w.as_raw_fd();
-    let start_raw = start.as_ref().map(AsRawFd::as_raw_fd);
+    let start = fds.start.map(|fd| high(fd, "start pipe")).transpose()?;
+    let pidns = fds.pidns.map(|fd| high(fd, "pid namespace")).transpose()?;
+    let mut targets = vec![(report_w.as_raw_fd(), REPORT_FD)];
+    targets.extend(start.as_ref().map(|fd| (fd.as_raw_fd(), START_FD)));
+    targets.extend(pidns.as_ref().map(|fd| (fd.as_raw_fd(), PIDNS_FD)));
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(mode)
         .arg(config)
         .stdin(Stdio::from(child_in))
         .stdout(Stdio::from(child_out))
         .stderr(Stdio::from(child_err));
-    // SAFETY: the closure only calls dup2, which is async-signal-safe; the source fds are
-    // >= 100 (see `high`) so they never equal the targets, and dup2 clears FD_CLOEXEC.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(report_raw, REPORT_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(fd) = start_raw
-                && libc::dup2(fd, START_FD) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    dup_in_child(&mut cmd, targets);
     let child = cmd.spawn().map_err(ProcessError::Spawn)?;
     // The reaper collects the helper; nobody waits for it.
     drop(reaper.watch(child.id() as i32));
     drop(child);
     drop(cmd);
     drop(report_w);
-    drop(start);
+    drop((start, pidns));
     let mut report = BufReader::new(File::from(report_r));
     let pid = read_until_ready(&mut report)?;
     let exit = reaper.watch(pid);
@@ -219,7 +233,7 @@ fn hub(file: Option<File>, label: String) -> Result<Arc<OutputHub>, ProcessError
 }
 
 /// Reads `P <pid>` and `R` (in any order); `E <msg>` or EOF first is an error.
-fn read_until_ready(report: &mut impl BufRead) -> Result<i32, ProcessError> {
+pub(super) fn read_until_ready(report: &mut impl BufRead) -> Result<i32, ProcessError> {
     let mut pid = None;
     let mut ready = false;
     while pid.is_none() || !ready {

@@ -148,6 +148,10 @@ where
         w.write_all(&chunk)
             .await
             .map_err(fatal("Write temp blob", partial))?;
+        if crate::faults::armed("pull.blob_partial") {
+            w.flush().await.map_err(fatal("Write temp blob", partial))?;
+            crate::faults::pause_at("pull.blob_partial").await;
+        }
     }
     w.flush().await.map_err(fatal("Write temp blob", partial))?;
     // A stream that broke after the last byte (a client-side check failing at the end)

@@ -12,9 +12,10 @@ use oci_client::client::{
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 use super::auth::registry_auth;
+use super::fetch;
 use super::manifest::{self, ImageManifest, Parsed};
 use crate::config::{AuthConfig, Endpoint, RegistryConfig};
 use crate::content::{BlobStream, Digest};
@@ -25,15 +26,30 @@ const MAX_CLIENTS: usize = 64;
 
 type ClientKey = (Endpoint, Option<AuthConfig>);
 
+/// The clients of one endpoint: the OCI client (auth, blobs), and a plain HTTP client
+/// with the same TLS settings for manifests, read with a size cap (see [`fetch`]).
+#[derive(Clone)]
+struct Clients {
+    oci: Arc<Client>,
+    http: reqwest::Client,
+}
+
 /// The registry side of the image service.
 pub(crate) struct Registry {
     cfg: RegistryConfig,
-    clients: Mutex<HashMap<ClientKey, Arc<Client>>>,
+    clients: Mutex<HashMap<ClientKey, Clients>>,
 }
 
 /// A client bound to one endpoint, reference and credentials, for fetching blobs.
 pub(crate) struct Session {
     client: Arc<Client>,
+    http: reqwest::Client,
+    /// The credentials for this endpoint, and the bearer token the OCI client got with
+    /// them (none: anonymous or HTTP basic).
+    auth: RegistryAuth,
+    token: Option<String>,
+    /// `http` or `https`.
+    scheme: &'static str,
     /// The reference rewritten to the endpoint's host.
     at: Reference,
     /// The endpoint's host, for messages.
@@ -67,7 +83,7 @@ impl Registry {
         &self.cfg
     }
 
-    fn client(&self, ep: &Endpoint, auth: &Option<AuthConfig>, cache: bool) -> Result<Arc<Client>> {
+    fn client(&self, ep: &Endpoint, auth: &Option<AuthConfig>, cache: bool) -> Result<Clients> {
         let key = (ep.clone(), auth.clone());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(&key) {
@@ -94,7 +110,10 @@ impl Registry {
             read_timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
         };
-        let client = Arc::new(Client::new(config));
+        let client = Clients {
+            oci: Arc::new(Client::new(config)),
+            http: http_client(ep)?,
+        };
         if !cache {
             return Ok(client);
         }
@@ -160,23 +179,30 @@ impl Registry {
         };
         // An exchanged access token expires: such clients are not cached.
         let cache = creds.as_ref().is_none_or(|c| c.identity_token.is_empty());
-        let client = self.client(ep, &creds, cache)?;
+        let clients = self.client(ep, &creds, cache)?;
         let repo = ep.repository(reference.repository());
         let at = match (reference.tag(), reference.digest()) {
             (_, Some(d)) => Reference::with_digest(ep.host.clone(), repo.clone(), d.into()),
             (Some(t), None) => Reference::with_tag(ep.host.clone(), repo.clone(), t.into()),
             (None, None) => Reference::with_tag(ep.host.clone(), repo.clone(), "latest".into()),
         };
-        let session = Session {
-            client,
+        let mut session = Session {
+            client: clients.oci,
+            http: clients.http,
+            auth: reg_auth,
+            token: None,
+            scheme: if ep.plain_http { "http" } else { "https" },
             at,
             host: ep.display(),
             original: reference.whole(),
         };
-        session
+        // Stores the credentials for the blob requests, and gets the token the manifest
+        // requests send themselves.
+        session.token = session
             .client
-            .store_auth_if_needed(session.at.resolve_registry(), &reg_auth)
-            .await;
+            .auth(&session.at, &session.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| session.classify(e))?;
         let want = reference.digest().map(Digest::parse).transpose()?;
         let (top_digest, bytes) = session
             .manifest(&session.at, want.as_ref(), self.cfg.max_manifest_bytes)
@@ -221,21 +247,25 @@ impl Registry {
     }
 }
 
-/// Trades CRI identity-token credentials for an access token at the endpoint's token service.
-async fn identity_token_exchange(ep: &Endpoint, repo: &str, creds: &AuthConfig) -> Result<String> {
+/// A plain HTTP client for `ep` (its CA file and `skip_verify`, as the OCI client's).
+fn http_client(ep: &Endpoint) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .danger_accept_invalid_certs(ep.skip_verify)
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60));
+        .read_timeout(Duration::from_secs(60));
     if let Some(ca) = &ep.ca_file {
         let pem = std::fs::read(ca).map_err(ImageError::fs("Read CA file", ca))?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .map_err(|e| ImageError::Config(format!("CA file {}: {e}", ca.display())))?;
         b = b.add_root_certificate(cert);
     }
-    let http = b
-        .build()
-        .map_err(|e| ImageError::Config(format!("HTTP client: {e}")))?;
+    b.build()
+        .map_err(|e| ImageError::Config(format!("HTTP client: {e}")))
+}
+
+/// Trades CRI identity-token credentials for an access token at the endpoint's token service.
+async fn identity_token_exchange(ep: &Endpoint, repo: &str, creds: &AuthConfig) -> Result<String> {
+    let http = http_client(ep)?;
     let scheme = if ep.plain_http { "http" } else { "https" };
     super::token::exchange(
         &http,
@@ -248,24 +278,36 @@ async fn identity_token_exchange(ep: &Endpoint, repo: &str, creds: &AuthConfig) 
 }
 
 impl Session {
-    /// Fetches a manifest and checks it against the digest asked for.
+    /// Fetches a manifest (at most `max` bytes, refused as it streams in) and checks it
+    /// against the digest asked for.
     async fn manifest(
         &self,
         r: &Reference,
         want: Option<&Digest>,
         max: u64,
     ) -> Result<(Digest, bytes::Bytes)> {
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(r, &RegistryAuth::Anonymous, manifest::ACCEPTED)
+        let reference = r.digest().or(r.tag()).unwrap_or("latest");
+        let req = fetch::ManifestRequest {
+            url: format!(
+                "{}://{}/v2/{}/manifests/{reference}",
+                self.scheme,
+                r.resolve_registry(),
+                r.repository()
+            ),
+            accept: manifest::ACCEPTED,
+            token: self.token.as_deref(),
+            auth: &self.auth,
+            max,
+        };
+        let bytes = fetch::manifest(&self.http, req)
             .await
-            .map_err(|e| self.classify(e))?;
-        if bytes.len() as u64 > max {
-            return Err(ImageError::SizeLimit {
-                what: format!("manifest of {}", self.original),
-                limit: max,
-            });
-        }
+            .map_err(|e| match e {
+                fetch::ManifestFetchError::Registry(e) => self.classify(e),
+                fetch::ManifestFetchError::TooLarge { limit } => ImageError::SizeLimit {
+                    what: format!("manifest of {} from {}", self.original, self.host),
+                    limit,
+                },
+            })?;
         let actual = Digest::of(&bytes);
         if let Some(want) = want
             && &actual != want

@@ -3,6 +3,7 @@
 
 mod auth;
 mod client;
+mod fetch;
 pub(crate) mod manifest;
 mod token;
 

@@ -4,7 +4,7 @@
 use crate::error::{ImageError, Result};
 
 /// Longest token-endpoint answer read.
-const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 
 /// `key="value"` pairs of a `WWW-Authenticate: Bearer ...` header.
 fn bearer_params(header: &str) -> Option<Vec<(String, String)>> {
@@ -73,8 +73,9 @@ pub(crate) async fn exchange(
     }
     let res = http.post(&realm).form(&form).send().await.map_err(other)?;
     let status = res.status();
-    let body = res.bytes().await.map_err(other)?;
-    let body = &body[..body.len().min(MAX_TOKEN_RESPONSE)];
+    // Read with a cap as it streams in: an endless answer is cut, not buffered whole.
+    let body = super::fetch::read_prefix(res, MAX_TOKEN_RESPONSE).await;
+    let body = body.as_slice();
     if !status.is_success() {
         return Err(refused(format!(
             "token endpoint answered {status}: {}",

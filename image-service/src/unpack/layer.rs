@@ -8,12 +8,19 @@
 //! only to files already extracted into this layer. The uncompressed stream is hashed and
 //! must match the layer's diff id from the image config; its size and entry count are
 //! bounded.
+//!
+//! End of the stream: like Go's `archive/tar` (which containerd uses), a stream that ends
+//! right after the last entry's data, without its padding or the two end-of-archive
+//! blocks, is a complete archive; one that ends inside an entry's data, or inside a
+//! header, is refused ([`Eof`] tells the two apart).
 
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use sha2::{Digest as _, Sha256};
@@ -101,6 +108,8 @@ struct Pipe {
     rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     buf: Vec<u8>,
     pos: usize,
+    /// Bytes handed out so far, and where the stream ended once it has.
+    eof: Rc<Eof>,
 }
 
 impl Read for Pipe {
@@ -109,13 +118,46 @@ impl Read for Pipe {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => (self.buf, self.pos) = (chunk, 0),
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0), // the decoder finished
+                Err(_) => {
+                    // The decoder finished.
+                    if !out.is_empty() {
+                        self.eof.ended_at.set(Some(self.eof.read.get()));
+                    }
+                    return Ok(0);
+                }
             }
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
+        self.eof.read.set(self.eof.read.get() + n as u64);
         Ok(n)
+    }
+}
+
+/// Where the uncompressed stream ended, to tell a missing tail from a cut entry.
+#[derive(Debug, Default)]
+struct Eof {
+    /// Bytes read from the stream so far.
+    read: Cell<u64>,
+    /// The stream's length, once a read found its end.
+    ended_at: Cell<Option<u64>>,
+}
+
+/// Tar's record size: each entry's data is padded to it, and the archive ends with two
+/// zero blocks.
+const BLOCK: u64 = 512;
+
+impl Eof {
+    /// Whether an error of the tar reader after an entry whose data ended at `data_end`
+    /// is only the missing padding and end-of-archive blocks: the stream ended after the
+    /// whole data and before the next header could begin. A stream cut inside the data
+    /// (or inside a later header) is not.
+    fn only_tail_missing(&self, data_end: u64) -> bool {
+        let padded_end = data_end.div_ceil(BLOCK) * BLOCK;
+        self.ended_at
+            .get()
+            .is_some_and(|end| (data_end..=padded_end).contains(&end))
     }
 }
 
@@ -125,6 +167,7 @@ impl Read for Pipe {
 fn spawn_decoder(
     mut decoded: Box<dyn Read + Send>,
     max: u64,
+    eof: Rc<Eof>,
 ) -> (Pipe, std::thread::JoinHandle<(Sha256, u64)>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_CHUNKS);
     let handle = std::thread::spawn(move || {
@@ -158,6 +201,7 @@ fn spawn_decoder(
             rx,
             buf: Vec::new(),
             pos: 0,
+            eof,
         },
         handle,
     )
@@ -185,7 +229,8 @@ pub fn extract(
         )?),
     };
     let max = limits.max_bytes;
-    let (mut reader, decoder) = spawn_decoder(decoded, max);
+    let eof = Rc::new(Eof::default());
+    let (mut reader, decoder) = spawn_decoder(decoded, max, Rc::clone(&eof));
     let mut ex = Extractor {
         layer: &layer,
         max,
@@ -196,8 +241,22 @@ pub fn extract(
         let mut archive = tar::Archive::new(&mut reader);
         let entries = archive.entries().map_err(|e| read_error(&layer, max, e))?;
         let mut n = 0u64;
+        // Where the data of the last entry ends in the stream.
+        let mut data_end = 0u64;
         for entry in entries {
-            let entry = entry.map_err(|e| read_error(&layer, max, e))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(_) if n > 0 && eof.only_tail_missing(data_end) => {
+                    tracing::debug!(
+                        layer,
+                        data_end,
+                        "layer ends without tar padding or end-of-archive blocks"
+                    );
+                    break;
+                }
+                Err(e) => return Err(read_error(&layer, max, e)),
+            };
+            data_end = entry.raw_file_position().saturating_add(entry.size());
             n += 1;
             if n > limits.max_entries {
                 return Err(ImageError::SizeLimit {
@@ -223,6 +282,15 @@ pub fn extract(
     }
     ex.finish_dirs()?;
     Ok(count)
+}
+
+/// A numeric header field as Go's `archive/tar` reads it: a field of only NULs and spaces
+/// is 0 (the tar crate refuses it; found by the property tests).
+fn numeric(field: &[u8], parsed: std::io::Result<u64>) -> std::io::Result<u64> {
+    match parsed {
+        Err(_) if field.iter().all(|b| matches!(b, 0 | b' ')) => Ok(0),
+        other => other,
+    }
 }
 
 struct Extractor<'a> {
@@ -269,9 +337,11 @@ impl Extractor<'_> {
         }
         let path = parent.join(name);
         let h = entry.header();
-        let mode = h.mode().map_err(|e| self.read_err(e))? & 0o7777;
-        let uid = h.uid().map_err(|e| self.read_err(e))?;
-        let gid = h.gid().map_err(|e| self.read_err(e))?;
+        let old = h.as_old();
+        let mode = numeric(&old.mode, h.mode().map(u64::from)).map_err(|e| self.read_err(e))?;
+        let mode = (mode & 0o7777) as u32;
+        let uid = numeric(&old.uid, h.uid()).map_err(|e| self.read_err(e))?;
+        let gid = numeric(&old.gid, h.gid()).map_err(|e| self.read_err(e))?;
         let mtime = filetime::FileTime::from_unix_time(h.mtime().unwrap_or(0) as i64, 0);
         if kind != EntryType::Directory {
             self.clear(&path)?;

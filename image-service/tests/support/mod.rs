@@ -36,7 +36,7 @@ pub fn config_for(reg: &TestRegistry) -> RegistryConfig {
     cfg.hosts.insert(
         reg.host(),
         HostConfig {
-            plain_http: true,
+            plain_http: Some(true),
             ..Default::default()
         },
     );

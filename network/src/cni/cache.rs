@@ -102,6 +102,29 @@ impl Cache {
             .map_err(|source| CacheError::Parse { path, source })
     }
 
+    /// The container ids that have an entry, in no particular order (a missing dir has
+    /// none).
+    pub fn ids(&self) -> Result<Vec<String>, CacheError> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(CacheError::Read {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        Ok(rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_suffix(".json")?;
+                (!id.is_empty() && !id.starts_with('.')).then(|| id.to_owned())
+            })
+            .collect())
+    }
+
     /// Removes the entry; succeeds if there is none.
     pub fn remove(&self, container_id: &str) -> Result<(), CacheError> {
         remove_if_exists(&self.path(container_id))
@@ -139,8 +162,10 @@ mod tests {
             capability_args: BTreeMap::new(),
             result: None,
         };
+        assert_eq!(cache.ids()?, Vec::<String>::new());
         cache.store(&entry)?;
         assert_eq!(cache.load("abc")?, Some(entry));
+        assert_eq!(cache.ids()?, vec!["abc".to_owned()]);
         cache.remove("abc")?;
         cache.remove("abc")?;
         assert_eq!(cache.load("abc")?, None);

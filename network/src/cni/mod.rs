@@ -67,6 +67,21 @@ pub enum CniError {
         #[source]
         source: ExecError,
     },
+    /// DEL of some plugins failed; every plugin's DEL still ran, and the cache entry is
+    /// kept so DEL can be tried again.
+    #[error(
+        "CNI DEL failed for {container_id} in {failed} of {total} plugins ({others}); the others' DEL ran"
+    )]
+    DelPlugins {
+        container_id: String,
+        failed: usize,
+        total: usize,
+        /// The failures after the first, joined.
+        others: String,
+        /// The first failure.
+        #[source]
+        source: Box<ExecError>,
+    },
     #[error("CNI CHECK failed for {container_id}")]
     Check {
         container_id: String,
@@ -326,7 +341,10 @@ impl Cni {
     }
 
     /// CNI DEL for `att`, plugins in reverse order, with the cached config, arguments and
-    /// result when there are some. Removes the cache entry on success. Idempotent.
+    /// result when there are some. A plugin whose DEL fails does not stop the others (each
+    /// removes what it made: the bridge plugin its veth and IPAM lease even when portmap
+    /// fails); the cache entry is removed only when every plugin succeeded, so a later
+    /// DEL can retry with the same config. Idempotent.
     pub async fn del(&self, att: &Attachment) -> Result<(), CniError> {
         let Some((list, entry)) = self.cached_or_current(&att.container_id)? else {
             warn!(sandbox_id = %att.container_id, "no cached or current CNI config, skipping CNI DEL");
@@ -349,12 +367,32 @@ impl Cni {
         let ns = self.runtime_netns().map_err(err)?;
         let inv = self.invocation(Command::Del, &att, ns.as_ref());
         let types = list.plugin_types();
+        let mut failures = Vec::new();
         for (i, plugin) in types.iter().enumerate().rev() {
             let stdin = list
                 .plugin_stdin(i, prev.as_ref(), &caps)
                 .unwrap_or(Value::Null);
             debug!(sandbox_id = %att.container_id, plugin, "CNI DEL");
-            exec::invoke(plugin, &stdin, &inv).await.map_err(err)?;
+            if let Err(e) = exec::invoke(plugin, &stdin, &inv).await {
+                warn!(sandbox_id = %att.container_id, plugin, error = %error_chain(&e), "CNI DEL of a plugin failed; going on with the others");
+                failures.push(e);
+            }
+        }
+        let failed = failures.len();
+        let mut failures = failures.into_iter();
+        if let Some(first) = failures.next() {
+            let others: Vec<String> = failures.map(|e| error_chain(&e)).collect();
+            return Err(CniError::DelPlugins {
+                container_id: att.container_id.clone(),
+                failed,
+                total: types.len(),
+                others: if others.is_empty() {
+                    "no other failure".into()
+                } else {
+                    others.join("; ")
+                },
+                source: Box::new(first),
+            });
         }
         self.cache.remove(&att.container_id)?;
         info!(sandbox_id = %att.container_id, network = %list.name, "CNI DEL done");

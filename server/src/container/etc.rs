@@ -1,14 +1,14 @@
 //! `/etc/hostname` and `/etc/resolv.conf` in every container, as containerd gives them:
-//! hulld writes both into `<shared_dir>/<container>/etc/` from the pod config (its
-//! hostname, or its name cut to 63 bytes; its DNS config, or the host's resolv.conf when
-//! it has none) and the spec bind-mounts their guest paths over the container's files,
-//! unless the CRI config already mounts that path.
+//! hulld writes both from the pod config (its hostname, or its name cut to 63 bytes; its
+//! DNS config, or the host's resolv.conf when it has none) into the container's own files
+//! dir, which the guest never sees (next to its writable layer, on the same file system,
+//! deleted with it), and they are bound into the share like volumes (`volumes.rs`): the
+//! container can rewrite them, read-only only with a read-only rootfs, and cannot create
+//! anything beside them. A path the CRI config already mounts is left to that mount.
 
 use std::path::{Path, PathBuf};
 
 use hull_cri_api as cri;
-
-use super::spec::GuestMount;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcError {
@@ -59,17 +59,14 @@ pub fn resolv_conf(dns: &cri::DnsConfig) -> String {
     out
 }
 
-/// Writes the container's hostname and resolv.conf files into the share and returns the
-/// guest mounts for the paths the CRI mounts leave free. `host_resolv` is the file copied
-/// when the pod has no DNS config (`/etc/resolv.conf` in hulld).
+/// Writes the container's hostname and resolv.conf files into `files_dir` and returns them
+/// as mounts of the paths the CRI mounts leave free, for `volumes::prepare`. `host_resolv`
+/// is the file copied when the pod has no DNS config (`/etc/resolv.conf` in hulld).
 pub fn prepare(
-    shared_dir: &Path,
-    guest_shared_dir: &str,
-    container_id: &str,
+    files_dir: &Path,
     (sandbox, config): (&cri::PodSandboxConfig, &cri::ContainerConfig),
     host_resolv: &Path,
-) -> Result<Vec<GuestMount>, EtcError> {
-    let dir = shared_dir.join(container_id).join("etc");
+) -> Result<Vec<cri::Mount>, EtcError> {
     let taken = |p: &str| config.mounts.iter().any(|m| m.container_path == p);
     let readonly = config
         .linux
@@ -78,20 +75,18 @@ pub fn prepare(
         .is_some_and(|s| s.readonly_rootfs);
     let mut out = Vec::new();
     let mut add = |file: &str, content: &str| -> Result<(), EtcError> {
-        let path = dir.join(file);
-        std::fs::create_dir_all(&dir)
+        let path = files_dir.join(file);
+        std::fs::create_dir_all(files_dir)
             .and_then(|()| std::fs::write(&path, content))
             .map_err(|source| EtcError::Write {
                 path: path.clone(),
                 source,
             })?;
-        out.push(GuestMount {
+        out.push(cri::Mount {
             container_path: format!("/etc/{file}"),
-            source: format!("{guest_shared_dir}/{container_id}/etc/{file}"),
+            host_path: path.display().to_string(),
             readonly,
-            recursive_readonly: false,
-            host_submounts: false,
-            propagation: cri::MountPropagation::PropagationPrivate,
+            ..Default::default()
         });
         Ok(())
     };
@@ -152,19 +147,13 @@ mod tests {
             options: vec!["ndots:5".into()],
         };
         let config = cri::ContainerConfig::default();
-        let m = prepare(
-            dir.path(),
-            "/g",
-            "c1",
-            (&pod("p", "", Some(dns)), &config),
-            &host,
-        )
-        .unwrap();
+        let etc = dir.path().join("c1/files");
+        let m = prepare(&etc, (&pod("p", "", Some(dns)), &config), &host).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].container_path, "/etc/hostname");
-        assert_eq!(m[0].source, "/g/c1/etc/hostname");
-        assert_eq!(m[1].source, "/g/c1/etc/resolv.conf");
-        let etc = dir.path().join("c1/etc");
+        assert_eq!(Path::new(&m[0].host_path), etc.join("hostname"));
+        assert_eq!(Path::new(&m[1].host_path), etc.join("resolv.conf"));
+        assert!(!m[0].readonly);
         assert_eq!(
             std::fs::read_to_string(etc.join("hostname")).unwrap(),
             "p\n"
@@ -183,17 +172,11 @@ mod tests {
             }],
             ..Default::default()
         };
-        let m = prepare(
-            dir.path(),
-            "/g",
-            "c2",
-            (&pod("p", "", None), &config),
-            &host,
-        )
-        .unwrap();
+        let files = dir.path().join("c2/files");
+        let m = prepare(&files, (&pod("p", "", None), &config), &host).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].container_path, "/etc/resolv.conf");
-        let resolv = dir.path().join("c2/etc/resolv.conf");
+        let resolv = files.join("resolv.conf");
         assert_eq!(
             std::fs::read_to_string(resolv).unwrap(),
             "nameserver 9.9.9.9\n"

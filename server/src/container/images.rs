@@ -14,7 +14,7 @@ pub struct ResolvedImage {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
-    #[error("Image {0:?} not found (pull it first)")]
+    #[error("Image {} not found (pull it first)", crate::cri::status::quote(.0))]
     NotFound(String),
     #[error("Image service: {0}")]
     Service(String),
@@ -32,6 +32,11 @@ pub trait ContainerImages: Send + Sync {
     async fn remove_rootfs(&self, container_id: &str, target: &Path) -> Result<(), ImagesError>;
     /// The dir holding the container's changes (its writable layer).
     fn writable_dir(&self, container_id: &str) -> Option<PathBuf>;
+    /// A dir for files hulld makes for the container (its /etc/hostname and resolv.conf):
+    /// host-private, on the writable layer's file system, deleted by `remove_rootfs`.
+    fn files_dir(&self, container_id: &str) -> Option<PathBuf>;
+    /// The ids of every container with a writable layer.
+    fn container_ids(&self) -> Vec<String>;
 }
 
 fn service(e: hull_image::ImageError) -> ImagesError {
@@ -77,5 +82,18 @@ impl ContainerImages for hull_image::ImageService {
         self.container_dir(container_id)
             .ok()
             .map(|d| d.join("upper"))
+    }
+
+    fn files_dir(&self, container_id: &str) -> Option<PathBuf> {
+        self.container_dir(container_id)
+            .ok()
+            .map(|d| d.join("files"))
+    }
+
+    fn container_ids(&self) -> Vec<String> {
+        hull_image::ImageService::container_ids(self).unwrap_or_else(|e| {
+            tracing::warn!(error = %crate::sandbox::error_chain(&e), "cannot list the containers' writable layers");
+            Vec::new()
+        })
     }
 }

@@ -18,9 +18,12 @@ use crate::state::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("Container {0:?} not found")]
+    #[error("Container {} not found", crate::cri::status::quote(.0))]
     NotFound(String),
-    #[error("Container id prefix {prefix:?} matches {count} containers")]
+    #[error(
+        "Container id prefix {} matches {count} containers",
+        crate::cri::status::quote(prefix)
+    )]
     Ambiguous { prefix: String, count: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -36,6 +39,22 @@ pub struct Exit {
     pub exit_code: i32,
     pub oom_killed: bool,
     pub finished_at: i64,
+}
+
+/// `info` of a verbose ContainerStatus, shaped like containerd's (`crictl inspect`, and
+/// tools that run `jq .info.config` or `jq .info.runtimeSpec`): JSON objects, the CRI
+/// config as the client sent it and the OCI spec the agent ran.
+pub(crate) fn verbose_info(r: &ContainerRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "sandboxID": r.sandbox_id,
+        "imageRef": r.image_ref,
+        "imageID": r.image_id,
+        "logPath": r.log_path,
+        "runtimeType": crate::cri::RUNTIME_NAME,
+        "config": serde_json::to_value(&r.config).unwrap_or(serde_json::Value::Null),
+        "runtimeSpec": r.runtime_spec,
+    })
 }
 
 /// Every container hulld knows; cheap to share behind an `Arc`.
@@ -124,11 +143,7 @@ impl ContainerManager {
         let r = self.get(id)?;
         let mut info = HashMap::new();
         if verbose {
-            let json = serde_json::json!({
-                "id": r.id, "sandboxID": r.sandbox_id, "imageRef": r.image_ref,
-                "imageID": r.image_id, "logPath": r.log_path, "config": format!("{:?}", r.config),
-            });
-            info.insert("info".to_owned(), json.to_string());
+            info.insert("info".to_owned(), verbose_info(&r).to_string());
         }
         Ok(cri::ContainerStatusResponse {
             status: Some(view::to_status(&r)),
@@ -168,6 +183,29 @@ impl ContainerManager {
     /// `Error`) and finish time are persisted, and a stopped event goes out. A second
     /// report for an already exited container changes nothing.
     pub fn mark_exited(&self, id: &str, exit: Exit) -> Result<ContainerRecord, ManagerError> {
+        self.close(id, exit, exit_reason(exit), "")
+    }
+
+    /// The container's pod VM is gone, so its process is too: the container turns
+    /// EXITED with [`LOST_EXIT_CODE`], reason [`VM_EXITED_REASON`] and `message` saying
+    /// what happened, and a stopped event goes out. Nothing changes for a container that
+    /// already exited.
+    pub fn mark_lost(&self, id: &str, message: &str) -> Result<ContainerRecord, ManagerError> {
+        let exit = Exit {
+            exit_code: LOST_EXIT_CODE,
+            oom_killed: false,
+            finished_at: crate::state::now_nanos(),
+        };
+        self.close(id, exit, VM_EXITED_REASON, message)
+    }
+
+    fn close(
+        &self,
+        id: &str,
+        exit: Exit,
+        reason: &str,
+        message: &str,
+    ) -> Result<ContainerRecord, ManagerError> {
         let mut changed = false;
         let r = self
             .store
@@ -179,11 +217,12 @@ impl ContainerManager {
                 r.state = ContainerState::Exited;
                 r.exit_code = exit.exit_code;
                 r.finished_at = exit.finished_at;
-                r.reason = exit_reason(exit).to_owned();
+                r.reason = reason.to_owned();
+                r.message = message.to_owned();
             })?
             .ok_or_else(|| ManagerError::NotFound(id.to_owned()))?;
         if changed {
-            tracing::info!(container = id, exit_code = exit.exit_code, reason = %r.reason, "container exited");
+            tracing::info!(container = id, exit_code = exit.exit_code, reason = %r.reason, message, "container exited");
             self.events.container(
                 ContainerEventType::ContainerStoppedEvent,
                 view::to_status(&r),
@@ -325,6 +364,13 @@ pub enum ReopenError {
     #[error(transparent)]
     Manager(ManagerError),
 }
+
+/// Exit code of a container whose pod VM died under it (containerd's "unknown exit" code,
+/// as when a shim dies).
+pub const LOST_EXIT_CODE: i32 = 255;
+
+/// CRI reason of a container whose pod VM died under it.
+pub const VM_EXITED_REASON: &str = "PodVMExited";
 
 /// The CRI reason of an exit (containerd's rule).
 pub fn exit_reason(exit: Exit) -> &'static str {

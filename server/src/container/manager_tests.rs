@@ -23,6 +23,7 @@ fn record(id: &str, log_path: String) -> ContainerRecord {
         reason: String::new(),
         message: String::new(),
         log_path,
+        runtime_spec: None,
     }
 }
 
@@ -180,4 +181,26 @@ async fn a_new_manager_resumes_the_log_where_the_old_one_stopped() {
         "the checkpoint goes with the container"
     );
     drop(killed);
+}
+
+#[test]
+fn verbose_status_info_is_json_objects_as_containerd_gives() {
+    let (_dir, store) = store();
+    let m = ContainerManager::new(store, Events::new());
+    let mut r = record("c1", String::new());
+    r.config.metadata = Some(cri::ContainerMetadata {
+        name: "app".into(),
+        attempt: 2,
+    });
+    r.config.working_dir = "/srv".into();
+    r.runtime_spec = Some(serde_json::json!({"process": {"args": ["sleep", "1"]}}));
+    m.add(&r).expect("add");
+    let resp = m.status("c1", true).expect("status");
+    let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).expect("json");
+    assert_eq!(info["config"]["metadata"]["name"], "app", "{info}");
+    assert_eq!(info["config"]["metadata"]["attempt"], 2, "{info}");
+    assert_eq!(info["config"]["working_dir"], "/srv", "{info}");
+    assert_eq!(info["runtimeSpec"]["process"]["args"][0], "sleep", "{info}");
+    assert_eq!(info["sandboxID"], "pod", "{info}");
+    assert!(m.status("c1", false).expect("status").info.is_empty());
 }

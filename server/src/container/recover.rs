@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use super::manager::{ContainerManager, Exit};
+use super::manager::ContainerManager;
 use super::runtime;
 use crate::sandbox::SandboxManager;
 use crate::state::{ContainerRecord, ContainerState, SandboxState};
 
-/// Exit code recorded for a container whose pod VM disappeared while hulld was down.
-pub const LOST_EXIT_CODE: i32 = 255;
+pub use super::manager::LOST_EXIT_CODE;
 
 /// Re-watches or closes every running container; returns (watched, marked exited).
 pub async fn recover(
@@ -42,12 +41,8 @@ pub async fn recover(
                 watched += 1;
             }
             None => {
-                let exit = Exit {
-                    exit_code: LOST_EXIT_CODE,
-                    oom_killed: false,
-                    finished_at: crate::state::now_nanos(),
-                };
-                if let Err(e) = containers.mark_exited(&r.id, exit) {
+                let why = sandbox_gone_message(sandboxes, &r.sandbox_id);
+                if let Err(e) = containers.mark_lost(&r.id, &why) {
                     tracing::warn!(container = %r.id, error = %e, "cannot mark a lost container");
                 }
                 lost += 1;
@@ -56,4 +51,19 @@ pub async fn recover(
     }
     tracing::info!(watched, lost, "containers recovered");
     (watched, lost)
+}
+
+/// Why a running container's pod could not be reached after a restart.
+fn sandbox_gone_message(sandboxes: &SandboxManager, sandbox_id: &str) -> String {
+    match sandboxes.get(sandbox_id) {
+        Some(sb) => {
+            let error = sb.record().resources.error;
+            if error.is_empty() {
+                "the pod's VM could not be reached after a hulld restart".to_owned()
+            } else {
+                format!("the pod's VM is gone: {error}")
+            }
+        }
+        None => "the pod sandbox is gone".to_owned(),
+    }
 }

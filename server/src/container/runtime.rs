@@ -29,16 +29,24 @@ pub enum RuntimeError {
     EmptyCommand,
 }
 
-fn agent_err(call: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+pub(super) fn agent_err(
+    call: &'static str,
+    id: &str,
+) -> impl FnOnce(tonic::Status) -> RuntimeError {
     let id = id.to_owned();
     move |source| RuntimeError::Agent { call, id, source }
 }
 
-fn output_req(id: &str, exec_id: &str, stream: pb::OutputStream) -> pb::ReadOutputRequest {
+pub(super) fn output_req(
+    id: &str,
+    exec_id: &str,
+    stream: pb::OutputStream,
+) -> pb::ReadOutputRequest {
     pb::ReadOutputRequest {
         container_id: id.to_owned(),
         exec_id: exec_id.to_owned(),
         stream: stream as i32,
+        limit: 0,
     }
 }
 
@@ -236,82 +244,7 @@ pub async fn stop(
     Ok(())
 }
 
-/// ExecSync: runs `cmd` in the container, collects stdout/stderr and the exit code; past
-/// `timeout` (zero: none) the process is killed and the call fails.
-pub async fn exec_sync(
-    mut agent: AgentClient<Channel>,
-    id: &str,
-    cmd: &[String],
-    timeout: Duration,
-) -> Result<cri::ExecSyncResponse, RuntimeError> {
-    if cmd.is_empty() {
-        return Err(RuntimeError::EmptyCommand);
-    }
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let exec_id = format!("sync-{:x}-{n}", crate::state::now_nanos());
-    // Only the command: the agent runs it as the container's own process (user, groups,
-    // capabilities, env, working dir), as containerd builds an exec from the container.
-    let process = serde_json::json!({ "args": cmd });
-    let req = pb::ExecProcessRequest {
-        container_id: id.to_owned(),
-        exec_id: exec_id.clone(),
-        oci_process_json: process.to_string().into_bytes(),
-    };
-    agent
-        .exec_process(req)
-        .await
-        .map_err(agent_err("ExecProcess", id))?;
-    let mut outputs = Vec::new();
-    for kind in [pb::OutputStream::Stdout, pb::OutputStream::Stderr] {
-        let mut s = agent
-            .read_output(output_req(id, &exec_id, kind))
-            .await
-            .map_err(agent_err("ReadOutput", id))?
-            .into_inner();
-        outputs.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            while let Ok(Some(c)) = s.message().await {
-                out.extend_from_slice(&c.data);
-            }
-            out
-        }));
-    }
-    let wait = pb::WaitProcessRequest {
-        container_id: id.to_owned(),
-        exec_id: exec_id.clone(),
-    };
-    let mut waiter = agent.clone();
-    let waited = if timeout.is_zero() {
-        Ok(waiter.wait_process(wait).await)
-    } else {
-        tokio::time::timeout(timeout, waiter.wait_process(wait)).await
-    };
-    let Ok(result) = waited else {
-        let kill = pb::SignalProcessRequest {
-            container_id: id.to_owned(),
-            exec_id,
-            signal: nix::libc::SIGKILL,
-        };
-        let _ = agent.signal_process(kill).await;
-        return Err(RuntimeError::Timeout {
-            id: id.to_owned(),
-            timeout,
-        });
-    };
-    let exit = result.map_err(agent_err("WaitProcess", id))?.into_inner();
-    let mut collected = Vec::new();
-    for o in outputs {
-        collected.push(o.await.unwrap_or_default());
-    }
-    let stderr = collected.pop().unwrap_or_default();
-    let stdout = collected.pop().unwrap_or_default();
-    Ok(cri::ExecSyncResponse {
-        stdout,
-        stderr,
-        exit_code: exit.exit_status,
-    })
-}
+pub use super::exec_sync::{MAX_EXEC_SYNC_OUTPUT, exec_sync};
 
 /// The CRI stats of a container from the agent's cgroup numbers and the writable layer
 /// size measured on the host.
@@ -362,27 +295,63 @@ pub fn to_cri_stats(
     }
 }
 
-/// Bytes and inodes under `dir` (the container's writable layer), not following symlinks
-/// or crossing into other file systems.
+/// Deepest level [`dir_usage`] descends to (each level holds one open directory).
+const MAX_USAGE_DEPTH: usize = 128;
+
+/// Bytes and inodes under `dir` (the container's writable layer, which the guest writes
+/// while hulld walks it). Walked by descriptor, one name at a time: entries are `fstatat`'d
+/// without following symlinks and subdirs opened with `O_NOFOLLOW` relative to their
+/// parent, never crossing into another file system, so a guest that swaps a dir for a
+/// symlink mid-walk cannot send the walk into the host's tree. Levels past
+/// `MAX_USAGE_DEPTH` (128) are not counted.
 pub fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(root) = std::fs::symlink_metadata(dir) else {
+    use nix::fcntl::{AtFlags, OFlag, open, openat};
+    use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
+    use std::os::fd::{AsRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(top) = open(dir, flags, Mode::empty()) else {
         return (0, 0);
     };
-    let dev = root.dev();
-    let mut stack = vec![dir.to_path_buf()];
+    let Ok(dev) = fstat(&top).map(|st| st.st_dev) else {
+        return (0, 0);
+    };
+    // The names in an open dir, listed through its descriptor's magic link.
+    let names = |d: &OwnedFd| -> std::vec::IntoIter<std::ffi::OsString> {
+        let listed = std::fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd()));
+        let all: Vec<_> = listed
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        all.into_iter()
+    };
+    let first = names(&top);
+    let mut stack = vec![(top, first)];
     let (mut bytes, mut inodes) = (0u64, 0u64);
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
+    loop {
+        let depth = stack.len();
+        let Some((d, pending)) = stack.last_mut() else {
+            break;
+        };
+        let Some(name) = pending.next() else {
+            stack.pop();
             continue;
         };
-        for e in entries.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            inodes += 1;
-            bytes += m.blocks() * 512;
-            if m.is_dir() && m.dev() == dev {
-                stack.push(e.path());
-            }
+        let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        let Ok(st) = fstatat(&*d, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        inodes += 1;
+        bytes += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
+        let is_dir = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR;
+        if !is_dir || st.st_dev != dev || depth >= MAX_USAGE_DEPTH {
+            continue;
+        }
+        if let Ok(sub) = openat(&*d, name, flags, Mode::empty()) {
+            let pending = names(&sub);
+            stack.push((sub, pending));
         }
     }
     (bytes, inodes)
@@ -408,6 +377,7 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             log_path: String::new(),
+            runtime_spec: None,
         };
         let s = pb::ContainerStatsResponse {
             cpu_usage_usec: 1500,
@@ -449,5 +419,14 @@ mod tests {
         assert_eq!(inodes, 2);
         assert!(bytes >= 10_000, "{bytes}");
         assert_eq!(dir_usage(&dir.path().join("missing")), (0, 0));
+        // A symlink (to a big tree) counts as one inode and is never walked into.
+        std::os::unix::fs::symlink("/usr", dir.path().join("sub/usr")).expect("symlink");
+        assert_eq!(dir_usage(dir.path()).1, 3);
+        std::os::unix::fs::symlink("/usr", dir.path().join("top")).expect("symlink");
+        assert_eq!(
+            dir_usage(&dir.path().join("top")),
+            (0, 0),
+            "the top is no link either"
+        );
     }
 }

@@ -35,16 +35,19 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
-/// Reads a file of the rootfs without following a symlink out of it: a missing or odd
-/// file reads as empty (images without /etc/passwd are common).
+/// Largest /etc/passwd or /etc/group hulld reads.
+const MAX_ETC_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads `/etc/<name>` of the rootfs as the container will see it (symlinks resolved inside
+/// the rootfs, never the host's): a missing or odd file reads as empty (images without
+/// /etc/passwd are common).
 fn read_etc(rootfs: &Path, name: &str) -> String {
-    let path = rootfs.join("etc").join(name);
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() && m.len() < 16 * 1024 * 1024 => {
-            std::fs::read_to_string(&path).unwrap_or_default()
-        }
-        _ => String::new(),
-    }
+    let Ok(root) = super::inroot::RootDir::open(rootfs) else {
+        return String::new();
+    };
+    root.read_small(&Path::new("etc").join(name), MAX_ETC_FILE)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn passwd(rootfs: &Path) -> Vec<PasswdEntry> {

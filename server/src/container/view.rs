@@ -145,6 +145,7 @@ mod tests {
             reason: "OOMKilled".into(),
             message: String::new(),
             log_path: "/var/log/pods/x/c/0.log".into(),
+            runtime_spec: None,
         }
     }
 

@@ -20,7 +20,9 @@ mod update;
 /// The gRPC code of a container manager error.
 pub(super) fn manager_error(e: ManagerError) -> CriError {
     match e {
-        ManagerError::NotFound(id) => CriError::NotFound(format!("container {id:?} not found")),
+        ManagerError::NotFound(id) => {
+            CriError::NotFound(format!("container {} not found", super::status::quote(&id)))
+        }
         ManagerError::Ambiguous { .. } => CriError::InvalidArgument(e.to_string()),
         other => CriError::internal("Container manager", other),
     }
@@ -53,6 +55,7 @@ impl CriService {
         &self,
         req: cri::UpdateContainerResourcesRequest,
     ) -> Result<cri::UpdateContainerResourcesResponse, CriError> {
+        super::validate::update_resources(&req)?;
         let containers = &self.daemon.containers;
         let r = containers.get(&req.container_id).map_err(manager_error)?;
         if !matches!(r.state, ContainerState::Created | ContainerState::Running) {

@@ -10,8 +10,8 @@ use tracing::Instrument;
 use super::super::CriService;
 use super::super::status::CriError;
 use crate::container::images::{ContainerImages, ImagesError};
-use crate::container::{etc, spec, volumes};
-use crate::sandbox::Sandbox;
+use crate::container::{etc, inroot, spec, volumes};
+use crate::sandbox::{Sandbox, share};
 use crate::state::{ContainerRecord, ContainerState};
 
 /// A fresh 64-hex-digit container id.
@@ -34,40 +34,68 @@ fn images_error(e: ImagesError) -> CriError {
 /// What a failed create must undo.
 struct Undo<'a> {
     images: &'a Arc<dyn ContainerImages>,
-    shared: PathBuf,
+    run_dir: PathBuf,
     id: String,
     rootfs: Option<PathBuf>,
 }
 
 impl Undo<'_> {
-    async fn run(self) {
-        volumes::release(&self.shared, &self.id);
-        if let Some(r) = &self.rootfs
-            && let Err(e) = self.images.remove_rootfs(&self.id, r).await
-        {
-            tracing::warn!(container = %self.id, error = %e, "undo: cannot remove the rootfs");
-        }
-        let _ = std::fs::remove_dir_all(self.shared.join(&self.id));
+    async fn run(self) -> Result<(), ImagesError> {
+        remove_container_dir(self.images.as_ref(), &self.run_dir, &self.id, self.rootfs).await
     }
 }
 
+/// Unmounts and deletes what hulld made for container `id` in the share of the pod whose
+/// run dir is `run_dir`: volume binds, the rootfs overlay (when `rootfs` is set) and the
+/// container's dir. Errors are logged; the dir is deleted only once nothing is mounted in
+/// it, and RemovePodSandbox sweeps what is left.
+pub(super) async fn remove_container_dir(
+    images: &dyn ContainerImages,
+    run_dir: &Path,
+    id: &str,
+    rootfs: Option<PathBuf>,
+) -> Result<(), ImagesError> {
+    volumes::release(run_dir, id);
+    if let Some(r) = &rootfs {
+        images.remove_rootfs(id, r).await?;
+    }
+    let dir = share::staging_dir(run_dir).join(id);
+    if let Err(e) = crate::mounts::remove_unmounted_tree(&dir) {
+        tracing::warn!(container = id, error = %crate::sandbox::error_chain(&e),
+            "cannot remove the container's dir");
+    }
+    Ok(())
+}
+
 /// Creates every mount point in the rootfs on the host, so that a read-only rootfs can
-/// still take its mounts in the guest. Best effort: the agent reports what fails.
+/// still take its mounts in the guest. Paths resolve inside the rootfs as the container
+/// sees them (an image's `/data -> /etc` is the rootfs's `/etc`), never on the host, even
+/// with a guest replacing dirs by symlinks meanwhile (`inroot`). Best effort: the agent
+/// reports what fails.
 fn make_mount_points(rootfs: &Path, mounts: &[spec::GuestMount], host_mounts: &Path) {
+    let root = match inroot::RootDir::open(rootfs) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(rootfs = %rootfs.display(), error = %e, "cannot open the rootfs");
+            return;
+        }
+    };
     for (i, m) in mounts.iter().enumerate() {
         let rel = m.container_path.trim_start_matches('/');
         if rel.is_empty() || rel.split('/').any(|c| c == "..") {
             continue;
         }
-        let target = rootfs.join(rel);
-        if target.symlink_metadata().is_ok() {
+        let target = Path::new(rel);
+        if root.exists(target) {
             continue;
         }
-        if host_mounts.join(i.to_string()).is_dir() {
-            let _ = std::fs::create_dir_all(&target);
-        } else if let Some(parent) = target.parent() {
-            let _ = std::fs::create_dir_all(parent);
-            let _ = std::fs::File::create(&target);
+        let made = if host_mounts.join(i.to_string()).is_dir() {
+            root.mkdir_all(target)
+        } else {
+            root.create_file(target)
+        };
+        if let Err(e) = made {
+            tracing::debug!(path = rel, error = %e, "cannot create a mount point");
         }
     }
 }
@@ -77,6 +105,8 @@ impl CriService {
         &self,
         req: cri::CreateContainerRequest,
     ) -> Result<cri::CreateContainerResponse, CriError> {
+        // Before anything is taken: no rootfs, no share entry, no agent call.
+        super::super::validate::create_container(&req)?;
         let config = req
             .config
             .ok_or_else(|| CriError::InvalidArgument("config is required".into()))?;
@@ -105,7 +135,10 @@ impl CriService {
             .sandboxes
             .get(&req.pod_sandbox_id)
             .ok_or_else(|| {
-                CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+                CriError::NotFound(format!(
+                    "pod sandbox {} not found",
+                    super::super::status::quote(&req.pod_sandbox_id)
+                ))
             })?;
         let images = self.daemon.containers.images().ok_or_else(|| {
             CriError::FailedPrecondition(
@@ -119,7 +152,7 @@ impl CriService {
         let sandbox_config = req.sandbox_config.unwrap_or_default();
         let mut undo = Undo {
             images: &images,
-            shared: sandbox.shared_dir().to_owned(),
+            run_dir: sandbox.run_dir().to_owned(),
             id: id.clone(),
             rootfs: None,
         };
@@ -138,7 +171,9 @@ impl CriService {
         match created {
             Ok(()) => Ok(cri::CreateContainerResponse { container_id: id }),
             Err(e) => {
-                undo.run().await;
+                if let Err(u) = undo.run().await {
+                    tracing::warn!(container = %id, error = %u, "undo: cannot remove the rootfs");
+                }
                 Err(e)
             }
         }
@@ -155,8 +190,8 @@ impl CriService {
         (image_ref, resolved): (&str, crate::container::images::ResolvedImage),
         undo: &mut Undo<'_>,
     ) -> Result<(), CriError> {
-        let shared = sandbox.shared_dir().to_owned();
-        let rootfs = shared.join(id).join("rootfs");
+        let run_dir = sandbox.run_dir().to_owned();
+        let rootfs = sandbox.staging_dir().join(id).join("rootfs");
         std::fs::create_dir_all(&rootfs)
             .map_err(|e| CriError::internal("Creating the rootfs dir", e))?;
         images
@@ -164,19 +199,24 @@ impl CriService {
             .await
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
+        hull_image::faults::pause_at("create_container.rootfs").await;
         let guest_shared = Sandbox::GUEST_SHARED_DIR;
-        let mut mounts = volumes::prepare(&shared, guest_shared, id, &config.mounts)
-            .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
+        let files = images.files_dir(id).ok_or_else(|| {
+            CriError::internal(
+                "The container's files dir",
+                format!("bad container id {id}"),
+            )
+        })?;
         let etc_files = etc::prepare(
-            &shared,
-            guest_shared,
-            id,
+            &files,
             (sandbox_config, &config),
             Path::new("/etc/resolv.conf"),
         )
         .map_err(|e| CriError::internal("Writing /etc/hostname and /etc/resolv.conf", e))?;
-        mounts.extend(etc_files);
-        make_mount_points(&rootfs, &mounts, &volumes::mounts_dir(&shared, id));
+        let all: Vec<cri::Mount> = config.mounts.iter().cloned().chain(etc_files).collect();
+        let mounts = volumes::prepare(&run_dir, guest_shared, id, &all)
+            .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
+        make_mount_points(&rootfs, &mounts, &volumes::mounts_dir(&run_dir, id));
         let sysctls: BTreeMap<String, String> = sandbox_config
             .linux
             .as_ref()
@@ -212,11 +252,14 @@ impl CriService {
             })
             .await
             .map_err(|e| CriError::internal("Agent CreateContainer", e))?;
+        hull_image::faults::pause_at("create_container.agent").await;
         let log_path = if sandbox_config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
         } else {
+            // Normalised (validated at the top): `a/../b.log` is `b.log`.
+            let relative = super::super::validate::log_path("config.log_path", &config.log_path)?;
             Path::new(&sandbox_config.log_directory)
-                .join(&config.log_path)
+                .join(relative)
                 .display()
                 .to_string()
         };
@@ -234,6 +277,7 @@ impl CriService {
             reason: String::new(),
             message: String::new(),
             log_path,
+            runtime_spec: serde_json::to_value(&oci).ok(),
         };
         self.daemon
             .containers

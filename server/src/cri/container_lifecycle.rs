@@ -131,16 +131,19 @@ impl CriService {
                     return Err(CriError::internal("Agent RemoveContainer", e));
                 }
             }
-            let shared = sandbox.shared_dir().to_owned();
-            volumes::release(&shared, &r.id);
             if let Some(images) = self.daemon.containers.images() {
-                let rootfs = shared.join(&r.id).join("rootfs");
-                images
-                    .remove_rootfs(&r.id, &rootfs)
-                    .await
-                    .map_err(|e| CriError::internal("Removing the rootfs", e))?;
+                let rootfs = sandbox.staging_dir().join(&r.id).join("rootfs");
+                super::create::remove_container_dir(
+                    images.as_ref(),
+                    sandbox.run_dir(),
+                    &r.id,
+                    Some(rootfs),
+                )
+                .await
+                .map_err(|e| CriError::internal("Removing the rootfs", e))?;
+            } else {
+                volumes::release(sandbox.run_dir(), &r.id);
             }
-            let _ = std::fs::remove_dir_all(shared.join(&r.id));
         }
         self.daemon
             .containers
@@ -154,6 +157,13 @@ impl CriService {
         &self,
         req: cri::ExecSyncRequest,
     ) -> Result<cri::ExecSyncResponse, CriError> {
+        super::super::validate::exec_cmd(&req.cmd)?;
+        if req.timeout < 0 {
+            return Err(CriError::InvalidArgument(format!(
+                "timeout: {} is negative",
+                req.timeout
+            )));
+        }
         let r = self
             .daemon
             .containers

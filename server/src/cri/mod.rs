@@ -7,6 +7,7 @@ mod runtime;
 mod runtime_info;
 mod sandbox;
 pub mod status;
+pub mod validate;
 
 use std::sync::Arc;
 

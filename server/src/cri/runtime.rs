@@ -321,9 +321,7 @@ impl CriService {
         &self,
         req: cri::ExecRequest,
     ) -> Result<cri::ExecResponse, CriError> {
-        if req.cmd.is_empty() {
-            return Err(CriError::InvalidArgument("cmd must not be empty".into()));
-        }
+        super::validate::exec_cmd(&req.cmd)?;
         if !(req.stdin || req.stdout || req.stderr) {
             return Err(CriError::InvalidArgument(
                 "one of stdin, stdout, or stderr must be set".into(),
@@ -379,7 +377,10 @@ impl CriService {
             .sandboxes
             .get(&req.pod_sandbox_id)
             .ok_or_else(|| {
-                CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+                CriError::NotFound(format!(
+                    "pod sandbox {} not found",
+                    super::status::quote(&req.pod_sandbox_id)
+                ))
             })?;
         if sb.state() != crate::state::SandboxState::Ready {
             return Err(CriError::FailedPrecondition(format!(

@@ -41,6 +41,8 @@ impl CriService {
         &self,
         req: cri::RunPodSandboxRequest,
     ) -> Result<cri::RunPodSandboxResponse, CriError> {
+        // Before anything is reserved: no name, no netns, no VM for a bad request.
+        super::validate::run_pod_sandbox(&req)?;
         let pod_sandbox_id = self.daemon.sandboxes.run(req).await?;
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
     }

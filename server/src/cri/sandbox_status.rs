@@ -45,6 +45,11 @@ fn verbose_info(sb: &Sandbox, rec: &SandboxRecord) -> Result<HashMap<String, Str
     let r = &rec.resources;
     let vm = sb.vm();
     let doc = serde_json::json!({
+        // containerd's keys first: `jq .info.config` works as with containerd.
+        "pid": vm.as_ref().map(|v| v.pid()).unwrap_or(r.vmm_pid),
+        "runtimeHandler": rec.runtime_handler,
+        "runtimeType": crate::cri::RUNTIME_NAME,
+        "config": serde_json::to_value(&rec.config).map_err(|e| CriError::internal("Encoding info", e))?,
         "vmmPid": vm.as_ref().map(|v| v.pid()).unwrap_or(r.vmm_pid),
         "vmRunning": vm.as_ref().is_some_and(|v| v.is_running()),
         "backend": r.backend,
@@ -53,6 +58,7 @@ fn verbose_info(sb: &Sandbox, rec: &SandboxRecord) -> Result<HashMap<String, Str
         "netns": r.netns,
         "runDir": r.run_dir,
         "sharedDir": r.shared_dir,
+        "stagingDir": crate::sandbox::share::staging_dir(&r.run_dir),
         "vcpus": r.vm.as_ref().map(|v| v.vcpus),
         "memoryMib": r.vm.as_ref().map(|v| v.memory_mib),
         "ips": r.ips,
@@ -241,10 +247,12 @@ fn pod_stats(
 
 impl CriService {
     fn pod_sandbox_lookup(&self, id: &str) -> Result<std::sync::Arc<Sandbox>, CriError> {
-        self.daemon
-            .sandboxes
-            .get(id)
-            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))
+        self.daemon.sandboxes.get(id).ok_or_else(|| {
+            CriError::NotFound(format!(
+                "pod sandbox {} not found",
+                crate::cri::status::quote(id)
+            ))
+        })
     }
 
     pub(crate) async fn do_pod_sandbox_status(

@@ -73,9 +73,55 @@ pub(crate) fn full_message(err: &dyn std::error::Error) -> String {
     msg
 }
 
+/// `value` quoted for an error message, cut to an excerpt: a client's 1 MiB id must not
+/// come back as a 1 MiB message. Use it wherever a message quotes client input.
+pub fn quote(value: &str) -> String {
+    format!("{:?}", hull_agent_api::validate::excerpt(value))
+}
+
+/// How many bytes the `grpc-message` header of an error may take once percent-encoded.
+/// Default gRPC clients (C-core, grpc-java) accept 8 KiB of response metadata in all.
+pub const MAX_ENCODED_MESSAGE: usize = 4096;
+
+/// The bytes a message byte takes in `grpc-message` (tonic percent-encodes controls,
+/// space, `"#<>`?{}` and everything past ASCII; `%` is counted as encoded too).
+fn encoded_len(b: u8) -> usize {
+    if b.is_ascii_graphic() && !b"\"#<>`?{}%".contains(&b) {
+        1
+    } else {
+        3
+    }
+}
+
+/// `message` cut so that its encoded form fits [`MAX_ENCODED_MESSAGE`], saying how long
+/// it was when cut (the whole message is in hulld's log).
+pub fn cap_message(message: &str) -> String {
+    const TAIL: usize = 64;
+    let mut used = 0;
+    let mut end = 0;
+    for (i, c) in message.char_indices() {
+        let mut buf = [0u8; 4];
+        let cost: usize = c.encode_utf8(&mut buf).bytes().map(encoded_len).sum();
+        if used + cost > MAX_ENCODED_MESSAGE - 3 * TAIL {
+            return format!(
+                "{}... (message cut, {} bytes in all)",
+                &message[..end],
+                message.len()
+            );
+        }
+        used += cost;
+        end = i + c.len_utf8();
+    }
+    message.to_owned()
+}
+
 impl From<CriError> for Status {
     fn from(err: CriError) -> Self {
-        Status::new(err.code(), full_message(&err))
+        let message = full_message(&err);
+        if message.len() > MAX_ENCODED_MESSAGE / 3 {
+            tracing::debug!(code = ?err.code(), %message, "CRI error (full message)");
+        }
+        Status::new(err.code(), cap_message(&message))
     }
 }
 
@@ -101,6 +147,27 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::Unimplemented);
         assert!(s.message().starts_with("Exec is not implemented"));
+    }
+
+    #[test]
+    fn long_messages_are_cut_to_fit_client_metadata() {
+        let huge = format!("container {} not found", quote(&"a".repeat(1 << 20)));
+        assert!(huge.len() < 300, "quote cuts: {} bytes", huge.len());
+        for text in [
+            "x".repeat(1 << 20),
+            " ".repeat(1 << 20),
+            "é".repeat(1 << 19),
+        ] {
+            let s: Status = CriError::NotFound(text.clone()).into();
+            let encoded: usize = s.message().bytes().map(encoded_len).sum();
+            assert!(encoded <= MAX_ENCODED_MESSAGE, "{encoded} bytes encoded");
+            assert!(
+                s.message()
+                    .contains(&format!("{} bytes in all", text.len()))
+            );
+        }
+        let short: Status = CriError::NotFound("pod \"x\" not found".into()).into();
+        assert_eq!(short.message(), "pod \"x\" not found");
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl Backends {
         let network = PodNetwork::new(network_config(config));
         Self {
             network: Arc::new(network),
-            hypervisor: choose_hypervisor(config.vm.vmm, config.vm.templates),
+            hypervisor: choose_hypervisor(config.vm.vmm, config.vm.templates, qemu_config(config)),
             agent: Arc::new(VsockAgent),
         }
     }
@@ -83,7 +83,8 @@ impl Backends {
     /// Why hulld runs the pod VMM it runs for `vm.vmm = choice` (the decision
     /// [`Backends::from_config`] made, for Status).
     pub fn vmm_reason(choice: VmmChoice) -> String {
-        select_vmm(choice, host_kvm(), HullConfig::default(), true).1
+        let qemu = QemuConfig::default();
+        select_vmm(choice, host_kvm(), HullConfig::default(), qemu, true).1
     }
 
     /// The backend that started a sandbox's VM, to re-attach to it and stop it: the
@@ -134,9 +135,10 @@ pub fn select_vmm(
     choice: VmmChoice,
     host: &Result<(), KvmUnusable>,
     hull: HullConfig,
+    qemu: QemuConfig,
     templates: bool,
 ) -> (Result<Arc<dyn Hypervisor>, String>, String) {
-    let qemu = || Ok(Arc::new(QemuHypervisor::new(QemuConfig::default())) as Arc<dyn Hypervisor>);
+    let qemu = move || Ok(Arc::new(QemuHypervisor::new(qemu.clone())) as Arc<dyn Hypervisor>);
     let hull_ready = match host {
         Err(why) => Err(format!(
             "this host's KVM cannot boot stock Linux guests: {why}"
@@ -174,8 +176,21 @@ fn backend_of(b: Backend) -> Arc<dyn Hypervisor> {
     }
 }
 
-fn choose_hypervisor(choice: VmmChoice, templates: bool) -> Result<Arc<dyn Hypervisor>, String> {
-    let (hypervisor, reason) = select_vmm(choice, host_kvm(), HullConfig::default(), templates);
+/// The QEMU backend's settings from hulld's config.
+fn qemu_config(config: &Config) -> QemuConfig {
+    QemuConfig {
+        console_max_bytes: config.vm.console_log_max_bytes,
+        ..QemuConfig::default()
+    }
+}
+
+fn choose_hypervisor(
+    choice: VmmChoice,
+    templates: bool,
+    qemu: QemuConfig,
+) -> Result<Arc<dyn Hypervisor>, String> {
+    let hull = HullConfig::default();
+    let (hypervisor, reason) = select_vmm(choice, host_kvm(), hull, qemu, templates);
     match &hypervisor {
         Ok(h) => tracing::info!(backend = ?h.backend(), %reason, "pod VMM selected"),
         Err(_) => tracing::error!(%reason, "no pod VMM: RunPodSandbox will fail"),
@@ -191,6 +206,7 @@ mod tests {
         HullConfig {
             vmm: path.to_owned(),
             virtiofsd: "/x".into(),
+            jail: true,
         }
     }
 
@@ -201,13 +217,31 @@ mod tests {
     #[test]
     fn auto_picks_hull_only_where_kvm_boots_stock_guests() {
         let exe = std::env::current_exe().expect("exe");
-        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(&exe), true);
+        let (h, why) = select_vmm(
+            VmmChoice::Auto,
+            &Ok(()),
+            hull_at(&exe),
+            QemuConfig::default(),
+            true,
+        );
         assert_eq!(backend(&h), Some(Backend::Hull), "{why}");
-        let (h, why) = select_vmm(VmmChoice::Auto, &Err(KvmUnusable::Pvm), hull_at(&exe), true);
+        let (h, why) = select_vmm(
+            VmmChoice::Auto,
+            &Err(KvmUnusable::Pvm),
+            hull_at(&exe),
+            QemuConfig::default(),
+            true,
+        );
         assert_eq!(backend(&h), Some(Backend::Qemu));
         assert!(why.contains("PVM") && why.contains("QEMU"), "{why}");
         let missing = std::path::Path::new("/nonexistent/hull-vmm");
-        let (h, why) = select_vmm(VmmChoice::Auto, &Ok(()), hull_at(missing), true);
+        let (h, why) = select_vmm(
+            VmmChoice::Auto,
+            &Ok(()),
+            hull_at(missing),
+            QemuConfig::default(),
+            true,
+        );
         assert_eq!(backend(&h), Some(Backend::Qemu));
         assert!(why.contains("/nonexistent/hull-vmm"), "{why}");
     }
@@ -236,16 +270,34 @@ mod tests {
     #[test]
     fn hull_where_it_cannot_run_is_an_error_naming_the_reason() {
         let exe = std::env::current_exe().expect("exe");
-        let (h, why) = select_vmm(VmmChoice::Hull, &Err(KvmUnusable::Pvm), hull_at(&exe), true);
+        let (h, why) = select_vmm(
+            VmmChoice::Hull,
+            &Err(KvmUnusable::Pvm),
+            hull_at(&exe),
+            QemuConfig::default(),
+            true,
+        );
         let err = h.err().expect("must be unavailable");
         assert_eq!(err, why);
         assert!(
             err.contains("vm.vmm = \"hull\"") && err.contains("PVM"),
             "{err}"
         );
-        let (h, _) = select_vmm(VmmChoice::Hull, &Ok(()), hull_at(&exe), true);
+        let (h, _) = select_vmm(
+            VmmChoice::Hull,
+            &Ok(()),
+            hull_at(&exe),
+            QemuConfig::default(),
+            true,
+        );
         assert_eq!(backend(&h), Some(Backend::Hull));
-        let (h, _) = select_vmm(VmmChoice::Qemu, &Ok(()), hull_at(&exe), true);
+        let (h, _) = select_vmm(
+            VmmChoice::Qemu,
+            &Ok(()),
+            hull_at(&exe),
+            QemuConfig::default(),
+            true,
+        );
         assert_eq!(backend(&h), Some(Backend::Qemu));
     }
 }

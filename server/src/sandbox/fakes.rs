@@ -166,7 +166,7 @@ impl AgentConnector for FakeAgent {
     ) -> Result<(), tonic::Status> {
         let mut s = self.state.lock().unwrap();
         if s.fail_setup {
-            return Err(tonic::Status::invalid_argument(
+            return Err(tonic::Status::failed_precondition(
                 "injected: no NIC with that MAC",
             ));
         }

@@ -70,14 +70,16 @@ fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()
 }
 
-/// A hostname from a pod name when kubelet gives none: at most 63 bytes, without a
-/// trailing `-` or `.` (kubelet truncates the same way), so long pod names still boot.
+/// A hostname from a pod name when kubelet gives none: one RFC 1123 label of at most 63
+/// bytes (kubelet truncates the same way), any other character made a `-`, without a
+/// leading or trailing `-`, so any pod name still boots.
 fn pod_hostname(name: &str) -> String {
-    let mut end = name.len().min(63);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].trim_end_matches(['-', '.']).to_owned()
+    let label: String = name
+        .chars()
+        .take(63)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    label.trim_matches('-').to_owned()
 }
 
 /// How many bytes of host entropy each pod VM gets (the agent accepts 32..=256).
@@ -293,5 +295,12 @@ mod tests {
         assert!(long.starts_with(&h));
         assert_eq!(pod_hostname("web"), "web");
         assert_eq!(pod_hostname(""), "");
+        for name in ["a_b.c", "-x-", "é-pod", "web.1", &"ü".repeat(80)] {
+            let h = pod_hostname(name);
+            assert!(
+                h.is_empty() || hull_agent_api::validate::hostname(&h).is_ok(),
+                "{name:?} -> {h:?}"
+            );
+        }
     }
 }

@@ -12,8 +12,8 @@
 //! let _guard = sb.lock().await;        // per-pod lock: serializes with Stop/Remove of the pod
 //! if sb.state() != SandboxState::Ready { /* FailedPrecondition */ }
 //! let mut agent = sb.agent().await?;   // AgentClient<Channel>, connected (cached, reconnects)
-//! let host_dir = sb.shared_dir();      // host side of the virtio-fs share ...
-//! let guest_dir = Sandbox::GUEST_SHARED_DIR; // ... which the guest sees here
+//! let host_dir = sb.staging_dir();     // hulld's side of the virtio-fs share (see share.rs) ...
+//! let guest_dir = Sandbox::GUEST_SHARED_DIR; // ... which the guest sees here, read-only
 //! let netns = sb.netns();              // Option<PathBuf>: /run/netns/hull-<id>
 //! let rec = sb.record();               // SandboxRecord snapshot (config, labels, ips, ...)
 //! ```
@@ -34,11 +34,13 @@
 mod backends;
 pub mod capacity;
 mod guest;
+mod janitor;
 mod run;
 pub mod share;
 pub mod sizing;
 mod stop;
 mod warm;
+pub mod watch;
 
 #[cfg(test)]
 mod fakes;
@@ -82,7 +84,7 @@ pub enum SandboxError {
     NewId(#[source] std::io::Error),
     #[error("The sandbox task failed: {0}")]
     Task(String),
-    #[error("Pod sandbox {0} not found")]
+    #[error("Pod sandbox {} not found", crate::cri::status::quote(.0))]
     NotFound(String),
     #[error("Pod sandbox {id} is not ready ({state:?})")]
     NotReady { id: String, state: SandboxState },
@@ -184,9 +186,22 @@ impl Sandbox {
         lock(&self.record).state
     }
 
-    /// Host side of the virtio-fs share (`<run_dir>/shared`).
+    /// What virtiofsd serves (`<run_dir>/shared`): a read-only view of
+    /// [`Sandbox::staging_dir`]. hulld never writes through it.
     pub fn shared_dir(&self) -> &Path {
         &self.shared_dir
+    }
+
+    /// hulld's working tree for the share (`<run_dir>/staging`), which the guest sees
+    /// read-only at [`Sandbox::GUEST_SHARED_DIR`]: container dirs, rootfs overlays, volume
+    /// and `/etc` file binds are made here (see [`share`]).
+    pub fn staging_dir(&self) -> PathBuf {
+        share::staging_dir(&self.run_dir)
+    }
+
+    /// Where volume binds get their flags before they move into the staging dir.
+    pub fn scratch_dir(&self) -> PathBuf {
+        share::scratch_dir(&self.run_dir)
     }
 
     /// `<state_dir>/sandboxes/<id>`: VMM sockets, pid files, console log.
@@ -273,6 +288,8 @@ pub struct SandboxManager {
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     /// containerd's name reservation: `name_namespace_uid_attempt` → sandbox id.
     names: Mutex<HashMap<String, String>>,
+    /// What to do with a pod's containers when its VM dies (see [`watch`]).
+    vm_death: watch::HookCell,
 }
 
 impl std::fmt::Debug for SandboxManager {
@@ -292,6 +309,7 @@ impl SandboxManager {
             backends,
             sandboxes: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            vm_death: watch::HookCell::new(),
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use hull_agent_api::AgentClient;
 use hull_cri_api::{NamespaceMode, PodSandboxConfig, RunPodSandboxRequest};
+use hull_image::faults::pause_at;
 use hull_vm::hypervisor::{Hypervisor, NetConfig, VmConfig, VmHandle};
 use tonic::transport::Channel;
 use tracing::{Instrument, info, info_span};
@@ -53,8 +54,8 @@ pub(super) fn validate(req: &RunPodSandboxRequest) -> Result<&PodSandboxConfig, 
     }
     if !HANDLERS.contains(&req.runtime_handler.as_str()) {
         return Err(invalid(&format!(
-            "runtime handler {:?} is unknown (hull serves \"\" and \"hull\")",
-            req.runtime_handler
+            "runtime handler {} is unknown (hull serves \"\" and \"hull\")",
+            crate::cri::status::quote(&req.runtime_handler)
         )));
     }
     let network = config
@@ -111,6 +112,7 @@ impl SandboxManager {
             let mut undo = Unwind::new(&id);
             let sb = self.reserve_and_record(&id, config, &req.runtime_handler, &mut undo)?;
             let _guard = sb.lock().await;
+            pause_at("run_sandbox.recorded").await;
             match self
                 .run_steps(&sb, hypervisor.as_ref(), &mut undo, t0)
                 .await
@@ -118,6 +120,7 @@ impl SandboxManager {
                 Ok(()) => {
                     undo.disarm();
                     info!(ms = ms(t0.elapsed()), "pod sandbox ready");
+                    self.watch_vm(&sb);
                     Ok(id)
                 }
                 Err(err) => Err(self.unwind(&sb, err, undo).await),
@@ -206,15 +209,23 @@ impl SandboxManager {
             r.resources.netns = Some(net.netns.clone());
             r.resources.ips = net.ips.iter().map(|i| i.address.addr.to_string()).collect();
         })?;
+        pause_at("run_sandbox.network").await;
 
         let t = Instant::now();
         let vm_config = self.vm_config(sb, &rec.config, &net);
+        // Recorded before the start: a hulld killed during it finds the VMM and helpers
+        // again from the run dir's pid files at recovery.
+        sb.update(&self.store, |r| {
+            r.resources.vm = Some(vm_config.clone());
+            r.resources.backend = Some(hypervisor.backend());
+        })?;
         let vm: Arc<dyn VmHandle> = Arc::from(
             hypervisor
                 .start(&vm_config)
                 .await
                 .map_err(SandboxError::VmStart)?,
         );
+        pause_at("run_sandbox.vm_spawned").await;
         let stopper = Arc::clone(&vm);
         undo.push("vm", async move {
             stopper
@@ -233,12 +244,11 @@ impl SandboxManager {
             "VM started"
         );
         sb.update(&self.store, |r| {
-            r.resources.vm = Some(vm_config.clone());
-            r.resources.backend = Some(hypervisor.backend());
             r.resources.vmm_pid = vm.pid();
             r.resources.console_log = Some(vm.console_log());
             r.resources.agent_socket = Some(vm.agent_socket());
         })?;
+        pause_at("run_sandbox.vm_started").await;
 
         let t = Instant::now();
         let client = self.wait_agent(vm.as_ref()).await?;
@@ -252,7 +262,15 @@ impl SandboxManager {
             .agent
             .setup_sandbox(client, setup)
             .await
-            .map_err(|s| SandboxError::AgentSetup(format!("{:?}: {}", s.code(), s.message())))?;
+            .map_err(|s| match s.code() {
+                // The second wall (the agent's own checks, or what only the guest knows,
+                // such as which sysctls its kernel has): still the client's mistake.
+                tonic::Code::InvalidArgument => SandboxError::InvalidRequest(format!(
+                    "the guest agent refused it: {}",
+                    s.message()
+                )),
+                code => SandboxError::AgentSetup(format!("{code:?}: {}", s.message())),
+            })?;
         timings.insert("agent_setup".to_owned(), ms(t.elapsed()));
         timings.insert("total".to_owned(), ms(t0.elapsed()));
         sb.update(&self.store, |r| {
@@ -351,23 +369,19 @@ impl SandboxManager {
 }
 
 fn create_dirs(sb: &Sandbox, undo: &mut Unwind) -> Result<(), SandboxError> {
-    std::fs::create_dir_all(&sb.run_dir).map_err(|source| SandboxError::CreateDir {
-        path: sb.run_dir.clone(),
-        source,
-    })?;
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = sb.run_dir.clone();
-    let shared = sb.shared_dir.clone();
-    let prepared = super::share::prepare(&shared);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| SandboxError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+    let prepared = super::share::prepare(&dir);
     undo.push("dirs", async move {
-        if let Err(e) = super::share::release(&shared) {
-            return Err(format!("unmounting {}: {e}", shared.display()));
-        }
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("removing {}: {e}", dir.display()))
-            }
-            _ => Ok(()),
-        }
+        super::share::release(&dir)
+            .and_then(|()| Ok(crate::mounts::remove_unmounted_tree(&dir)?))
+            .map_err(|e| format!("removing {}: {}", dir.display(), super::error_chain(&e)))
     });
     prepared.map_err(SandboxError::from)
 }

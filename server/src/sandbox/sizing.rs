@@ -33,8 +33,33 @@ fn mem_mib(r: &LinuxContainerResources) -> u64 {
         .div_ceil(MIB as u64)
 }
 
-/// The VM size for `config`.
+/// The node's memory in MiB (`MemTotal`), read once; `None` where /proc says nothing.
+fn host_memory_mib() -> Option<u64> {
+    static HOST: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *HOST.get_or_init(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        parse_mem_total_mib(&meminfo)
+    })
+}
+
+fn parse_mem_total_mib(meminfo: &str) -> Option<u64> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+/// The VM size for `config`: limits beyond the node's memory get a VM of the node's
+/// memory (as Kata caps a VM at the host's), so a pod with a huge limit still boots.
 pub fn vm_size(config: &PodSandboxConfig, vm: &VmSection) -> VmSize {
+    size_within(config, vm, host_memory_mib())
+}
+
+fn size_within(config: &PodSandboxConfig, vm: &VmSection, host_mib: Option<u64>) -> VmSize {
     let linux = config.linux.as_ref();
     let res = linux.and_then(|l| l.resources.as_ref());
     let over = linux.and_then(|l| l.overhead.as_ref());
@@ -48,7 +73,7 @@ pub fn vm_size(config: &PodSandboxConfig, vm: &VmSection) -> VmSize {
     let mem = res.map(mem_mib).unwrap_or(0);
     let memory_mib = if mem > 0 {
         let total = mem + over.map(mem_mib).unwrap_or(0) + vm.memory_overhead_mib;
-        total.max(MIN_MEMORY_MIB)
+        total.min(host_mib.unwrap_or(u64::MAX)).max(MIN_MEMORY_MIB)
     } else {
         vm.default_memory_mib
     };
@@ -120,5 +145,21 @@ mod tests {
         let s = vm_size(&pod(Some(limits(1_000_000, 0)), None), &vm);
         assert_eq!(s.vcpus, MAX_VCPUS);
         assert_eq!(s.memory_mib, vm.default_memory_mib);
+    }
+
+    #[test]
+    fn limits_past_the_node_get_the_nodes_memory() {
+        let vm = VmSection::default();
+        let huge = pod(Some(limits(1000, 1 << 30)), None);
+        assert_eq!(size_within(&huge, &vm, Some(24_000)).memory_mib, 24_000);
+        assert_eq!(
+            size_within(&huge, &vm, None).memory_mib,
+            (1 << 30) + vm.memory_overhead_mib
+        );
+        assert_eq!(
+            parse_mem_total_mib("MemTotal:       24575056 kB\nMemFree: 1 kB\n"),
+            Some(23_999)
+        );
+        assert_eq!(parse_mem_total_mib("nothing"), None);
     }
 }

@@ -159,16 +159,9 @@ impl SandboxManager {
     async fn remove_locked(&self, sb: &Sandbox) -> Result<(), SandboxError> {
         self.stop_locked(sb).await?;
         // Unmount rootfs overlays and volumes first: the removal must not walk into them.
-        super::share::release(&sb.shared_dir)?;
-        match std::fs::remove_dir_all(&sb.run_dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(SandboxError::RemoveDir {
-                    path: sb.run_dir.clone(),
-                    source: e,
-                });
-            }
-            _ => {}
-        }
+        super::share::release(&sb.run_dir)?;
+        crate::mounts::remove_unmounted_tree(&sb.run_dir)
+            .map_err(|e| SandboxError::Share(e.into()))?;
         for c in self.store.list::<ContainerRecord>()? {
             if c.sandbox_id == sb.id {
                 self.store.delete::<ContainerRecord>(&c.id)?;

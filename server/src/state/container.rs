@@ -34,6 +34,10 @@ pub struct ContainerRecord {
     pub message: String,
     /// Absolute path of the CRI log file (sandbox log dir + container log path).
     pub log_path: String,
+    /// The OCI spec hulld sent the agent (shown by a verbose ContainerStatus as
+    /// `runtimeSpec`, as containerd does); absent in records of older hullds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_spec: Option<serde_json::Value>,
 }
 
 impl Record for ContainerRecord {

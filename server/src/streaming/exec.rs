@@ -247,6 +247,7 @@ async fn open_output(
         container_id: id.to_owned(),
         exec_id: exec_id.to_owned(),
         stream: kind as i32,
+        limit: 0,
     };
     Ok(agent.clone().read_output(req).await?.into_inner())
 }

@@ -54,11 +54,59 @@ impl Hulld {
 
     /// Spawns hulld and waits until its socket accepts connections.
     pub fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_hulld"))
+        self.spawn(
+            Command::new(env!("CARGO_BIN_EXE_hulld")),
+            &[],
+            Stdio::inherit(),
+        );
+    }
+
+    /// [`Hulld::start`] with extra environment variables (e.g. test pause points).
+    pub fn start_env(&mut self, vars: &[(&str, &str)]) {
+        self.spawn(
+            Command::new(env!("CARGO_BIN_EXE_hulld")),
+            vars,
+            Stdio::inherit(),
+        );
+    }
+
+    /// Where [`Hulld::start_logging`] sends hulld's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.root().join("hulld.log")
+    }
+
+    /// Like [`Hulld::start`], with hulld's log in [`Hulld::log_path`] for the test to read.
+    pub fn start_logging(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("create hulld.log");
+        self.spawn(
+            Command::new(env!("CARGO_BIN_EXE_hulld")),
+            &[],
+            Stdio::from(log),
+        );
+    }
+
+    /// Like [`Hulld::start`], but hulld (and so its VMMs and virtiofsd) runs in a mount
+    /// namespace of its own, a slave copy of the host's: whatever mounts it makes, or a
+    /// hostile guest makes it make or lose, stay out of the host's mount table.
+    pub fn start_in_own_mount_ns(&mut self) {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "slave", "--"])
+            .arg(env!("CARGO_BIN_EXE_hulld"));
+        self.spawn(cmd, &[], Stdio::inherit());
+    }
+
+    /// The pid of the running hulld.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("hulld is running").id()
+    }
+
+    fn spawn(&mut self, mut cmd: Command, vars: &[(&str, &str)], stderr: Stdio) {
+        let child = cmd
             .arg("--config")
             .arg(&self.config_path)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn hulld");
         self.child = Some(child);

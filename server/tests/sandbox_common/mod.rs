@@ -1,8 +1,11 @@
 //! Shared setup of the pod sandbox integration tests: a throw-away "host" netns where the
 //! CNI plugins run (bridge, veths, iptables rules never touch the real host), a conflist
-//! with a unique bridge/subnet/network name, a hulld config pointing at the real guest,
-//! and checks that nothing of a sandbox is left.
+//! with a unique bridge/subnet/network name, a hulld config pointing at the real guest
+//! and running the pod VMM `HULL_TEST_VMM` names (see [`vmm`]), and checks that nothing of a
+//! sandbox is left.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod vmm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use hull_network::netns::Netns;
 
 use crate::common::Hulld;
+pub use vmm::TestVmm;
 
 pub const CNI_BIN: &str = "/usr/lib/cni";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -40,11 +44,11 @@ pub fn require_prerequisites() {
             "CNI plugin {CNI_BIN}/{p} missing: apt-get install containernetworking-plugins"
         );
     }
-    for p in ["vhost-device-vsock", "virtiofsd"] {
+    for p in TestVmm::current().helpers() {
         let found = hull_vm::qemu::find_program(p);
         assert!(
             found.is_file(),
-            "{p} missing: cargo install {p} (see vm/src/qemu)"
+            "{p} missing: cargo install {p} (see packaging/guest/install-tools.sh)"
         );
     }
     guest_file("vmlinux");
@@ -105,12 +109,13 @@ impl PodEnv {
     }
 
     /// A hulld with this env's network; `vm` keys override the `[vm]` section's
-    /// (kernel and initramfs default to the built guest).
+    /// (kernel and initramfs default to the built guest, the VMM to [`TestVmm::current`]).
     pub fn hulld(&self, conflist: &str, vm: &[(&str, String)]) -> Hulld {
         let mut keys = vec![
             ("kernel", format!("{:?}", guest_file("vmlinux"))),
             ("initramfs", format!("{:?}", guest_file("initramfs.img"))),
         ];
+        keys.extend(TestVmm::current().vm_keys());
         for (k, v) in vm {
             keys.retain(|(key, _)| key != k);
             keys.push((k, v.clone()));

@@ -14,8 +14,12 @@
 //! template they find, the third on a settled test host (`--no-templates`: all boot cold). For each, the agent answers over the
 //! hybrid vsock, SetupSandbox mounts the share and configures eth0 on the tap, a busybox
 //! container runs from the virtio-fs share (CreateContainer, StartContainer, ReadOutput,
-//! WaitProcess) and the test host pings the guest. Every check prints a `NESTED-POD` line,
-//! the path each pod took a `NESTED-POD-PATH` line; any failure exits non-zero.
+//! WaitProcess) and the test host pings the guest. The container also reports the pod's
+//! identity (MAC, boot id, random numbers, clock): each pod's clock must be the host's, the
+//! test host must see the pod's own MAC on the wire, and no two pods may share a MAC, boot
+//! id or random numbers (`identity`). Every check prints a `NESTED-POD` line (the
+//! distinctness ones `NESTED-POD-UNIQUE`), the path each pod took a `NESTED-POD-PATH`
+//! line; any failure exits non-zero.
 //!
 //! `bench` boots the same guest N times with hull-vmm and with QEMU microvm (KVM), both with
 //! a vsock device and the console in a file, and times launch → the agent's ready line on the
@@ -33,6 +37,7 @@ use anyhow::{Context, bail, ensure};
 use hull_vm::hypervisor::AGENT_READY_MARKER;
 
 mod bench;
+mod identity;
 mod pod;
 mod restore;
 

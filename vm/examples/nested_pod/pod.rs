@@ -1,4 +1,5 @@
-//! `nested_pod pod`: three pods through the `hull` backend, every check of a pod on each.
+//! `nested_pod pod`: three pods through the `hull` backend, every check of a pod on each,
+//! and (`identity`) that the pods restored from one template are distinct.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,9 +13,9 @@ use hull_vm::hull::{Boot, HullConfig, HullHypervisor};
 use hull_vm::hypervisor::{NetConfig, VmConfig, VmHandle};
 use tonic::transport::Channel;
 
+use super::identity::{self, Identity};
 use super::{Opts, bench, print_metrics};
 
-const MAC: &str = "02:68:75:6c:6c:01";
 const GUEST_IP: &str = "10.199.0.2";
 const HOST_IP: &str = "10.199.0.1";
 /// Written into the container's rootfs on the host; the container prints it.
@@ -30,7 +31,12 @@ fn busybox_rootfs(root: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copy /bin/busybox")?;
-    for applet in ["sh", "cat", "ip", "grep", "echo"] {
+    let applets = ["sh", "cat", "ip", "grep", "echo"];
+    for applet in applets
+        .iter()
+        .chain(identity::APPLETS)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     std::fs::write(root.join("etc/marker"), format!("{MARKER}\n"))?;
@@ -59,17 +65,24 @@ pub async fn pods(opts: &Opts) -> anyhow::Result<()> {
     let hv = HullHypervisor::new(HullConfig {
         vmm: opts.path("--hull-vmm")?,
         virtiofsd: opts.path("--virtiofsd").unwrap_or_default(),
+        jail: true,
     })
     .with_templates(templates);
     let mut boots = Vec::new();
+    let mut ids = Vec::new();
     for n in 1..=PODS {
         if n == PODS {
             bench::settle(&dir, "pod", n)?;
         }
-        let boot = one_pod(&hv, opts, &dir, n)
+        let (boot, id) = one_pod(&hv, opts, &dir, n)
             .await
             .with_context(|| format!("pod {n}"))?;
         boots.push(boot);
+        ids.extend(id);
+    }
+    // Every pod's container reported its identity (needs the share and the NIC).
+    if ids.len() == PODS {
+        identity::check_all(&ids)?;
     }
     if templates {
         ensure!(
@@ -95,7 +108,18 @@ pub async fn pods(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one_pod(hv: &HullHypervisor, opts: &Opts, dir: &Path, n: usize) -> anyhow::Result<Boot> {
+/// Pod `n`'s MAC: every pod gets its own, as hulld gives each pod the MAC of its CNI
+/// interface; a VM restored from a template must not keep the template's.
+fn mac(n: usize) -> String {
+    format!("02:68:75:6c:6c:{n:02x}")
+}
+
+async fn one_pod(
+    hv: &HullHypervisor,
+    opts: &Opts,
+    dir: &Path,
+    n: usize,
+) -> anyhow::Result<(Boot, Option<Identity>)> {
     let share = dir.join(format!("share{n}"));
     let with_fs = opts.flag("--fs");
     if with_fs {
@@ -112,7 +136,7 @@ async fn one_pod(hv: &HullHypervisor, opts: &Opts, dir: &Path, n: usize) -> anyh
         netns: None,
         net: opts.get("--net").map(|tap| NetConfig {
             tap: tap.into(),
-            mac: MAC.into(),
+            mac: mac(n),
             mtu: 1500,
         }),
         shared_dir: with_fs.then_some(share),
@@ -140,23 +164,24 @@ async fn one_pod(hv: &HullHypervisor, opts: &Opts, dir: &Path, n: usize) -> anyh
         .map(|p| p.display().to_string())
         .collect();
     println!("NESTED-POD pod {n}: stopped: {exit:?}, files left: {left:?}");
-    let ready = result?;
+    let (ready, id) = result?;
     println!(
         "NESTED-POD-PATH pod {n}: {}, start-to-agent-ready {:.1} ms",
         describe(&boot),
         ready.as_secs_f64() * 1e3
     );
     ensure!(left.is_empty(), "stop left {left:?}");
-    Ok(boot)
+    Ok((boot, id))
 }
 
-/// Every check of one pod; the time from start to the agent being ready.
+/// Every check of one pod; the time from start to the agent being ready, and the pod's
+/// identity (with the share and the NIC).
 async fn drive_pod(
     vm: &dyn VmHandle,
     cfg: &VmConfig,
     t0: Instant,
     n: usize,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Option<Identity>)> {
     vm.wait_agent_ready(Instant::now() + Duration::from_secs(120))
         .await?;
     let ready = t0.elapsed();
@@ -181,10 +206,12 @@ async fn drive_pod(
     }
     // SetupSandbox mounts the share too (the agent does not at boot), so it always runs.
     setup_sandbox(&mut client, cfg.net.is_some(), n).await?;
+    let mut id = None;
     if cfg.shared_dir.is_some() {
-        run_container(&mut client, cfg.net.is_some(), n).await?;
+        id = run_container(&mut client, cfg.net.is_some(), n).await?;
     }
-    if cfg.net.is_some() {
+    if let Some(net) = &cfg.net {
+        identity::flush_neighbours(&net.tap)?;
         let ping = Command::new("ping")
             .args(["-c", "1", "-W", "10", GUEST_IP])
             .output()
@@ -198,8 +225,11 @@ async fn drive_pod(
             "NESTED-POD pod {n}: test host pinged the guest: {}",
             out.lines().nth(1).unwrap_or("")
         );
+        if let Some(id) = &mut id {
+            id.wire_mac = Some(identity::wire_mac(&net.tap, GUEST_IP)?);
+        }
     }
-    Ok(ready)
+    Ok((ready, id))
 }
 
 /// 32 bytes from the host's RNG for the guest's (restored VMs share their template's CRNG).
@@ -226,7 +256,7 @@ async fn setup_sandbox(
         // By MAC, or (a restored VM keeps its template's MAC) eth0, which then gets MAC.
         setup.interfaces = vec![pb::Interface {
             name: "eth0".into(),
-            mac: MAC.into(),
+            mac: mac(n),
             mtu: 1500,
             addresses: vec![pb::IpAddress {
                 cidr: format!("{GUEST_IP}/24"),
@@ -240,7 +270,10 @@ async fn setup_sandbox(
     }
     client.setup_sandbox(setup).await.context("SetupSandbox")?;
     match net {
-        true => println!("NESTED-POD pod {n}: SetupSandbox configured eth0 {MAC} {GUEST_IP}/24"),
+        true => println!(
+            "NESTED-POD pod {n}: SetupSandbox configured eth0 {} {GUEST_IP}/24",
+            mac(n)
+        ),
         false => println!("NESTED-POD pod {n}: SetupSandbox done (no NIC)"),
     }
     Ok(())
@@ -259,14 +292,17 @@ fn spec_json(script: &str) -> anyhow::Result<Vec<u8>> {
     }))?)
 }
 
+/// Runs the pod's first container: it prints the marker from the share and (with a NIC)
+/// its address and the pod's identity, which is returned.
 async fn run_container(
     client: &mut AgentClient<Channel>,
     net: bool,
     n: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Identity>> {
     let mut script = "cat /etc/marker".to_owned();
     if net {
-        script.push_str("; ip -o -4 addr show dev eth0 | grep -o '[0-9.]*/24'");
+        script.push_str("; ip -o -4 addr show dev eth0 | grep -o '[0-9.]*/24'; ");
+        script.push_str(identity::SCRIPT);
     }
     let create = pb::CreateContainerRequest {
         container_id: "c1".into(),
@@ -283,6 +319,7 @@ async fn run_container(
             container_id: "c1".into(),
             exec_id: String::new(),
             stream: OutputStream::Stdout as i32,
+            limit: 0,
         };
         let mut s = reader.read_output(req).await?.into_inner();
         let mut out = Vec::new();
@@ -294,6 +331,7 @@ async fn run_container(
     let start = pb::StartContainerRequest {
         container_id: "c1".into(),
     };
+    let before = identity::host_secs()?;
     client
         .start_container(start)
         .await
@@ -308,19 +346,25 @@ async fn run_container(
         .context("WaitProcess")?
         .into_inner();
     let out = stdout.await??;
+    let after = identity::host_secs()?;
     let mut want = format!("{MARKER}\n");
     if net {
         want.push_str(&format!("{GUEST_IP}/24\n"));
     }
     ensure!(
-        wait.exit_status == 0 && out == want,
-        "container exited {} (signal {}) with output {out:?}, want {want:?}",
+        wait.exit_status == 0 && out.starts_with(&want),
+        "container exited {} (signal {}) with output {out:?}, want {want:?} first",
         wait.exit_status,
         wait.signal
     );
     println!(
         "NESTED-POD pod {n}: container ran from the virtio-fs share: {:?}",
-        out.trim()
+        want.trim()
     );
-    Ok(())
+    if !net {
+        return Ok(None);
+    }
+    let id = identity::parse(&out[want.len()..], n, &mac(n), (before, after))?;
+    println!("NESTED-POD pod {n}: identity {id:?}");
+    Ok(Some(id))
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use hull_vm::hypervisor::AGENT_VSOCK_PORT;
-use hull_vm::vmm::config::{VmmConfig, VsockConfig};
+use hull_vmm_api::config::{VmmConfig, VsockConfig};
 
 use super::bench::{MEMORY_MIB, Sample, boot_timeout, cmdline, hull_sample, stop};
 use super::{Opts, api_request};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::hypervisor::VmConfig;
 use crate::qemu::argv::{self, SHARE_TAG};
-use crate::vmm::config::{FsConfig, NetConfig, VmmConfig, VsockConfig};
+use hull_vmm_api::config::{FsConfig, NetConfig, VmmConfig, VsockConfig};
 
 /// The guest's vsock context id (one VM per hull-vmm, so always the first free one).
 pub const GUEST_CID: u32 = 3;

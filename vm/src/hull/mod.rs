@@ -1,4 +1,4 @@
-//! The hull backend: hull-vmm (this crate's own monitor, `vm/src/vmm`) plus `virtiofsd`
+//! The hull backend: hull-vmm (hull's own monitor, crate `hull-vmm` in vm/vmm) plus `virtiofsd`
 //! for the pod's shared dir. Same process model as the qemu backend: both run detached
 //! from hulld (own session, pid files in the VM's run dir), hull-vmm inside the pod's netns
 //! for its tap, so a restarted hulld can [`Hypervisor::reattach`]. hull-vmm serves the
@@ -19,12 +19,15 @@
 
 pub mod detect;
 pub mod files;
+pub mod jail;
 pub mod probe;
 pub mod template;
 pub mod template_build;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use hull_vmm_api::exit::ExitReason;
 
 use crate::procvm::{Spawn, VmProcs, check_id, check_pod_paths, must_exist, remove_files, started};
 use crate::qemu::procs::{Proc, wait_agent_marker, wait_for_socket};
@@ -37,16 +40,19 @@ use crate::error_chain;
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::qemu::{argv, find_program};
 
-/// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API), see `ExitReason`.
-const EXIT_API_SHUTDOWN: i32 = 5;
-/// hull-vmm's exit code after it wrote a snapshot (`ExitReason::Snapshotted`).
-pub const EXIT_SNAPSHOTTED: i32 = 7;
+/// hull-vmm's exit code for a shutdown asked for (SIGTERM or the API).
+const EXIT_API_SHUTDOWN: i32 = ExitReason::ApiShutdown.code();
+/// hull-vmm's exit code after it wrote a snapshot.
+pub const EXIT_SNAPSHOTTED: i32 = ExitReason::Snapshotted.code();
 
 /// Where the backend finds its programs.
 #[derive(Debug, Clone)]
 pub struct HullConfig {
     pub vmm: PathBuf,
     pub virtiofsd: PathBuf,
+    /// Run hull-vmm jailed (its own uid, a mount namespace holding only its files, see
+    /// [`jail`]); on by default.
+    pub jail: bool,
 }
 
 impl Default for HullConfig {
@@ -60,6 +66,7 @@ impl Default for HullConfig {
         Self {
             vmm: beside.unwrap_or_else(|| find_program("hull-vmm")),
             virtiofsd: find_program("virtiofsd"),
+            jail: true,
         }
     }
 }
@@ -188,7 +195,8 @@ impl Hypervisor for HullHypervisor {
 
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
         let files = RunFiles::new(&config.run_dir);
-        if !files.vmm_pid.exists() {
+        // virtiofsd alone (hulld killed before hull-vmm started) is adopted too.
+        if !files.vmm_pid.exists() && !files.virtiofsd_pid.exists() {
             return Err(HypervisorError::Missing {
                 what: "hull-vmm pid file",
                 path: files.vmm_pid.clone(),
@@ -225,7 +233,7 @@ pub struct HullVm {
 }
 
 impl HullVm {
-    /// hull-vmm's control API socket (status, metrics, shutdown; see `vmm::api`).
+    /// hull-vmm's control API socket (status, metrics, shutdown; see `hull_vmm_api::control`).
     pub fn api_socket(&self) -> &Path {
         &self.files.api_socket
     }
@@ -252,7 +260,7 @@ impl HullVm {
             what: format!("hull-vmm config {}", f.vmm_config.display()),
             source,
         })?;
-        let args = match &self.boot {
+        let mut args = match &self.boot {
             Boot::Cold => vec!["--config".into(), f.vmm_config.clone().into_os_string()],
             Boot::Restored { dir, .. } => {
                 let text = format!("{}\n", dir.display());
@@ -263,6 +271,9 @@ impl HullVm {
                 template::restore_args(&f.vmm_config, dir)
             }
         };
+        if programs.jail {
+            args.extend(jail::args(&config.id, &config.run_dir, &[]));
+        }
         let vmm = Spawn {
             what: "hull-vmm",
             program: &programs.vmm,
@@ -299,6 +310,10 @@ impl VmHandle for HullVm {
 
     fn is_running(&self) -> bool {
         self.procs.is_running()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.procs.failure()
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {

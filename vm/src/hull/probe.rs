@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hull_vmm_api::control::Request;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -33,7 +34,8 @@ async fn exchange(socket: &Path, line: &str) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))?
 }
 
-/// One request on hull-vmm's control API (`vmm::api`); the reply, parsed.
+/// One request on hull-vmm's control API (messages: `hull_vmm_api::control`); the reply,
+/// parsed.
 pub async fn api_request(
     socket: &Path,
     request: &serde_json::Value,
@@ -47,10 +49,11 @@ pub async fn api_request(
 /// Asks hull-vmm to snapshot the VM into `dir` (which must exist, empty); on `ok` it
 /// pauses the guest, writes the snapshot and exits with [`super::EXIT_SNAPSHOTTED`].
 pub async fn request_snapshot(api: &Path, dir: &Path) -> Result<(), String> {
-    let dir = dir
-        .to_str()
-        .ok_or_else(|| format!("snapshot dir {} is not UTF-8", dir.display()))?;
-    let req = serde_json::json!({ "op": "snapshot", "dir": dir });
+    if dir.to_str().is_none() {
+        return Err(format!("snapshot dir {} is not UTF-8", dir.display()));
+    }
+    let req = serde_json::to_value(Request::Snapshot { dir: dir.into() })
+        .map_err(|e| format!("snapshot request for {}: {e}", dir.display()))?;
     let reply = api_request(api, &req).await?;
     if reply.get("ok") == Some(&serde_json::Value::Bool(true)) {
         Ok(())

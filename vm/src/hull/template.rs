@@ -16,14 +16,14 @@ use std::time::UNIX_EPOCH;
 
 use super::files::{RunFiles, vmm_config};
 use crate::hypervisor::VmConfig;
-use crate::vmm::config::VmmConfig;
+use hull_vmm_api::config::VmmConfig;
 
 /// The templates dir's name, next to the sandboxes' run dirs.
 pub const TEMPLATES_DIR: &str = ".templates";
 /// Written into a template dir last: a dir without it is not a template.
 pub const COMPLETE_MARKER: &str = "complete";
 /// The files hull-vmm's snapshot writes.
-pub const SNAPSHOT_FILES: [&str; 2] = ["vm.json", "memory"];
+pub use hull_vmm_api::snapshot::FILES as SNAPSHOT_FILES;
 /// The MAC of every template's NIC (locally administered); pods get theirs from the agent.
 pub const TEMPLATE_MAC: &str = "02:68:75:6c:6c:fe";
 /// Bumped when what a template holds changes in a way the key does not capture.
@@ -184,7 +184,7 @@ pub fn template_vmm_config(config: &VmConfig, paths: &TemplatePaths) -> VmmConfi
 }
 
 /// A NIC without a backend (hull-vmm drops its frames).
-fn untap(net: &mut crate::vmm::config::NetConfig) {
+fn untap(net: &mut hull_vmm_api::config::NetConfig) {
     net.tap = None;
 }
 

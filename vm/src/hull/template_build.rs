@@ -240,10 +240,20 @@ async fn boot_and_snapshot(
     let json = serde_json::to_vec_pretty(&template_vmm_config(config, paths))
         .map_err(|e| TemplateError::Vmm(HypervisorError::InvalidConfig(e.to_string())))?;
     std::fs::write(&files.vmm_config, json).map_err(dir_error(&files.vmm_config))?;
+    let mut args = vec!["--config".into(), files.vmm_config.clone().into_os_string()];
+    if programs.jail {
+        // The jailed template VM writes its snapshot as its own uid.
+        super::jail::give_dir(&config.id, &paths.snapshot).map_err(dir_error(&paths.snapshot))?;
+        args.extend(super::jail::args(
+            &config.id,
+            &paths.build,
+            &[&paths.snapshot],
+        ));
+    }
     let spawn = Spawn {
         what: "hull-vmm",
         program: &programs.vmm,
-        args: vec!["--config".into(), files.vmm_config.clone().into_os_string()],
+        args,
         log: &files.vmm_log,
         pid_file: &files.vmm_pid,
     };

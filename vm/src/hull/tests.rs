@@ -15,11 +15,12 @@ fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 /// Behaves like hull-vmm as far as the backend can see: reads `--config FILE`, creates the
-/// API socket named in it, runs until SIGTERM, then exits 5.
+/// API socket named in it, runs until SIGTERM, then exits 5. The trap comes before the
+/// socket: the backend may stop the VM as soon as the socket is there.
 const FAKE_VMM: &str = r#"[ "$1" = --config ] || exit 1
+trap 'exit 5' TERM
 api=$(sed -n 's/.*"api_socket": "\(.*\)".*/\1/p' "$2")
 touch "$api"
-trap 'exit 5' TERM
 while :; do sleep 0.05; done"#;
 
 struct Setup {
@@ -53,6 +54,7 @@ fn hv(vmm: PathBuf) -> HullHypervisor {
     HullHypervisor::new(HullConfig {
         vmm,
         virtiofsd: "/nonexistent/virtiofsd".into(),
+        jail: true,
     })
     .with_templates(false)
 }
@@ -66,7 +68,7 @@ async fn start_reattach_stop_and_cleanup() {
     let files = RunFiles::new(&s.config.run_dir);
     assert!(vm.is_running());
     assert!(files.vmm_config.is_file() && files.vmm_pid.is_file());
-    let written: crate::vmm::config::VmmConfig =
+    let written: hull_vmm_api::config::VmmConfig =
         serde_json::from_slice(&std::fs::read(&files.vmm_config).expect("read config"))
             .expect("parse config");
     assert_eq!(written.vsock.expect("vsock").uds_path, files.agent_socket);
@@ -151,6 +153,7 @@ async fn invalid_configs_are_refused_before_anything_starts() {
     let missing = HullHypervisor::new(HullConfig {
         vmm: s.dir.path().join("no-such-vmm"),
         virtiofsd: "/x".into(),
+        jail: true,
     });
     assert!(missing.templates.is_some(), "templates are on by default");
     assert!(matches!(

@@ -35,7 +35,12 @@ pub struct RunFiles {
     pub fs_backend: PathBuf,
     /// The pid file virtiofsd itself writes next to its socket.
     pub fs_backend_pid: PathBuf,
+    /// QEMU's serial port, a socket it listens on; hulld copies it into `console_log`
+    /// (capped, see [`super::console`]).
+    pub console_socket: PathBuf,
     pub console_log: PathBuf,
+    /// The empty dir QEMU chroots into once the VM is set up (`-chroot`).
+    pub jail_root: PathBuf,
     /// QEMU's own stdout/stderr (kept after stop: it says why a VM failed).
     pub qemu_log: PathBuf,
     pub qemu_pid: PathBuf,
@@ -53,7 +58,9 @@ impl RunFiles {
             vsock_backend: f("vhost-vsock.sock"),
             fs_backend: f("vhost-fs.sock"),
             fs_backend_pid: f("vhost-fs.sock.pid"),
+            console_socket: f("console.sock"),
             console_log: f("console.log"),
+            jail_root: f("jail"),
             qemu_log: f("qemu.log"),
             qemu_pid: f("qemu.pid"),
             vsock_pid: f("vhost-vsock.pid"),
@@ -64,9 +71,10 @@ impl RunFiles {
     }
 
     /// Sockets and pid files (what `stop` removes; logs stay for debugging).
-    pub fn transient(&self) -> [&Path; 7] {
+    pub fn transient(&self) -> [&Path; 8] {
         [
             &self.agent_socket,
+            &self.console_socket,
             &self.vsock_backend,
             &self.fs_backend,
             &self.fs_backend_pid,
@@ -109,7 +117,11 @@ fn os(parts: &[&str]) -> Vec<OsString> {
 }
 
 /// QEMU microvm arguments. QEMU adds the `virtio_mmio.device=` kernel arguments itself.
-pub fn qemu_args(config: &VmConfig, files: &RunFiles, tcg: bool) -> Vec<OsString> {
+/// Jailed (`jail`), QEMU chroots into [`RunFiles::jail_root`] and drops to the pod's own
+/// uid/gid (hull-vmm's, [`crate::hull::jail::id_for`]) once every device is set up: its
+/// fds (tap, memfd, vhost-user and console sockets, /dev/kvm) stay, nothing else is
+/// reachable and no capability is left.
+pub fn qemu_args(config: &VmConfig, files: &RunFiles, tcg: bool, jail: bool) -> Vec<OsString> {
     let mem = config.memory_mib;
     let mut args = os(&["-name", &format!("hull-{}", config.id)]);
     let accel = if tcg { "tcg" } else { "kvm" };
@@ -132,10 +144,13 @@ pub fn qemu_args(config: &VmConfig, files: &RunFiles, tcg: bool) -> Vec<OsString
         "-nographic",
         "-no-reboot",
         "-serial",
+        "chardev:console",
+        "-chardev",
     ]));
-    let mut serial = OsString::from("file:");
-    serial.push(&files.console_log);
-    args.push(serial);
+    // wait=on: the guest starts once hulld's console pump is connected.
+    let mut console = chardev("console", &files.console_socket);
+    console.push(",server=on,wait=on");
+    args.push(console);
     args.push("-kernel".into());
     args.push(config.kernel.clone().into());
     args.push("-initrd".into());
@@ -152,6 +167,12 @@ pub fn qemu_args(config: &VmConfig, files: &RunFiles, tcg: bool) -> Vec<OsString
             "-device",
             &format!("vhost-user-fs-device,chardev=fs,tag={SHARE_TAG}"),
         ]));
+    }
+    if jail {
+        let id = crate::hull::jail::id_for(&config.id);
+        args.push("-chroot".into());
+        args.push(files.jail_root.clone().into_os_string());
+        args.extend(os(&["-runas", &format!("{id}:{id}")]));
     }
     if let Some(net) = &config.net {
         args.extend(os(&[
@@ -262,19 +283,21 @@ mod tests {
     fn qemu_command_line_has_every_device() {
         let cfg = test_config();
         let files = RunFiles::new(&cfg.run_dir);
-        let line = joined(&qemu_args(&cfg, &files, true));
+        let line = joined(&qemu_args(&cfg, &files, true, true));
         for want in [
             "-M microvm,accel=tcg,acpi=off,memory-backend=mem",
             "memory-backend-memfd,id=mem,size=512M,share=on",
             "-smp 2 -m 512M",
             "-no-reboot",
-            "-serial file:/run/hull/sandboxes/pod1/console.log",
+            "-serial chardev:console",
+            "socket,id=console,path=/run/hull/sandboxes/pod1/console.sock,server=on,wait=on",
             "vhost-user-vsock-device,chardev=vsock",
             "socket,id=fs,path=/run/hull/sandboxes/pod1/vhost-fs.sock",
             "vhost-user-fs-device,chardev=fs,tag=hullshare",
             "tap,id=net0,ifname=tap0,script=no,downscript=no",
             "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01",
             "-kernel /k -initrd /i",
+            "-chroot /run/hull/sandboxes/pod1/jail -runas ",
         ] {
             assert!(line.contains(want), "missing {want:?} in {line}");
         }
@@ -282,12 +305,13 @@ mod tests {
             line.contains("tsc_early_khz=2100000 no_timer_check RUST_LOG=debug"),
             "{line}"
         );
-        let kvm = joined(&qemu_args(&cfg, &files, false));
+        let kvm = joined(&qemu_args(&cfg, &files, false, false));
         assert!(
             kvm.contains("accel=kvm")
                 && kvm.contains("-cpu host")
                 && !kvm.contains("tsc_early_khz")
         );
+        assert!(!kvm.contains("-runas"), "not jailed when asked not to be");
     }
 
     #[test]
@@ -295,7 +319,7 @@ mod tests {
         let mut cfg = test_config();
         cfg.net = None;
         cfg.shared_dir = None;
-        let line = joined(&qemu_args(&cfg, &RunFiles::new(&cfg.run_dir), true));
+        let line = joined(&qemu_args(&cfg, &RunFiles::new(&cfg.run_dir), true, false));
         assert!(!line.contains("vhost-user-fs-device") && !line.contains("-netdev"));
     }
 

@@ -10,6 +10,7 @@
 //! period), then the helpers, then the files; console and helper logs are kept.
 
 pub mod argv;
+pub mod console;
 /// Spawned and adopted helper processes, shared with the hull backend.
 pub(crate) mod procs;
 
@@ -17,7 +18,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use argv::{Accel, RunFiles};
-use procs::wait_agent_marker;
+use console::{ConsolePump, MAX_CONSOLE_BYTES};
+use procs::{wait_agent_marker, wait_for_socket};
 
 use crate::hypervisor::{Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmHandle};
 use crate::procvm::{
@@ -31,6 +33,11 @@ pub struct QemuConfig {
     pub vhost_vsock: PathBuf,
     pub virtiofsd: PathBuf,
     pub accel: Accel,
+    /// Chroot QEMU into an empty dir and run it as the pod's own uid (see
+    /// [`argv::qemu_args`]); on by default.
+    pub jail: bool,
+    /// Bytes of guest console kept in `console.log` ([`MAX_CONSOLE_BYTES`] by default).
+    pub console_max_bytes: u64,
 }
 
 impl Default for QemuConfig {
@@ -41,6 +48,8 @@ impl Default for QemuConfig {
             vhost_vsock: find_program("vhost-device-vsock"),
             virtiofsd: find_program("virtiofsd"),
             accel: Accel::Auto,
+            jail: true,
+            console_max_bytes: MAX_CONSOLE_BYTES,
         }
     }
 }
@@ -156,6 +165,7 @@ impl Hypervisor for QemuHypervisor {
         let mut vm = QemuVm {
             files,
             procs: VmProcs::new(exit_of),
+            console: None,
         };
         let launched = vm.launch(config, &self.config, tcg).await;
         Ok(Box::new(started(vm, launched).await?))
@@ -163,7 +173,10 @@ impl Hypervisor for QemuHypervisor {
 
     async fn reattach(&self, config: &VmConfig) -> Result<Box<dyn VmHandle>, HypervisorError> {
         let files = RunFiles::new(&config.run_dir);
-        if !files.qemu_pid.exists() {
+        // A hulld killed between the helpers' start and QEMU's leaves only helpers: they
+        // are adopted too, so stopping the VM stops them.
+        let pid_files = [&files.qemu_pid, &files.vsock_pid, &files.virtiofsd_pid];
+        if !pid_files.iter().any(|p| p.exists()) {
             return Err(HypervisorError::Missing {
                 what: "QEMU pid file",
                 path: files.qemu_pid.clone(),
@@ -179,7 +192,13 @@ impl Hypervisor for QemuHypervisor {
             &helpers,
             exit_of,
         );
-        let vm = QemuVm { files, procs };
+        let cap = self.config.console_max_bytes;
+        let console = ConsolePump::attach(&files.console_socket, &files.console_log, cap);
+        let vm = QemuVm {
+            files,
+            procs,
+            console,
+        };
         tracing::info!(sandbox_id = %config.id, running = vm.is_running(), "re-attached to QEMU VM");
         Ok(Box::new(vm))
     }
@@ -189,6 +208,8 @@ impl Hypervisor for QemuHypervisor {
 pub struct QemuVm {
     files: RunFiles,
     procs: VmProcs,
+    /// Copies the guest console into the console log while this handle lives.
+    console: Option<ConsolePump>,
 }
 
 impl QemuVm {
@@ -214,18 +235,32 @@ impl QemuVm {
             helpers.push(argv::virtiofsd(f, &programs.virtiofsd, dir));
         }
         self.procs.start_helpers(&helpers).await?;
+        if programs.jail {
+            std::fs::create_dir_all(&f.jail_root).map_err(|source| HypervisorError::Io {
+                what: format!("QEMU's jail root {}", f.jail_root.display()),
+                source,
+            })?;
+        }
         let qemu = Spawn {
             what: "qemu",
             program: &programs.qemu,
-            args: argv::qemu_args(config, f, tcg),
+            args: argv::qemu_args(config, f, tcg, programs.jail),
             log: &f.qemu_log,
             pid_file: &f.qemu_pid,
         };
         let qemu = self.procs.spawn_vmm(&qemu, config.netns.as_deref())?;
-        // No waiting here to see that QEMU stays up: wait_agent_ready notices an exit
-        // within one poll and reports qemu.log, so a bad config still fails fast without
-        // costing every good start a fixed delay.
-        tracing::info!(pid = qemu.pid, "QEMU spawned");
+        let pid = qemu.pid;
+        // QEMU waits for this connection before it runs the guest. Beyond that, no waiting
+        // here to see that QEMU stays up: wait_agent_ready notices an exit within one poll
+        // and reports qemu.log, so a bad config still fails fast without costing every
+        // good start a fixed delay.
+        wait_for_socket(&f.console_socket, qemu, &f.qemu_log).await?;
+        self.console = Some(ConsolePump::start(
+            &f.console_socket,
+            &f.console_log,
+            programs.console_max_bytes,
+        )?);
+        tracing::info!(pid, "QEMU spawned");
         Ok(())
     }
 }
@@ -251,6 +286,10 @@ impl VmHandle for QemuVm {
 
     fn is_running(&self) -> bool {
         self.procs.is_running()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.procs.failure()
     }
 
     async fn wait_agent_ready(&self, deadline: Instant) -> Result<(), HypervisorError> {

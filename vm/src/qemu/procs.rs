@@ -211,9 +211,17 @@ const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How often the console is read for the agent's ready marker.
 const READY_POLL: Duration = Duration::from_millis(10);
 
-/// The last lines of a log, for error messages.
+/// The last lines of a log (from its last 64 KiB at most: a log may be a guest's flood),
+/// for error messages.
 pub fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = File::open(path) {
+        let len = file.metadata().map_or(0, |m| m.len());
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 << 10)));
+        let _ = file.take(64 << 10).read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
@@ -252,6 +260,48 @@ pub fn open_netns(path: Option<&Path>) -> Result<Option<File>, HypervisorError> 
     .transpose()
 }
 
+/// Finds a marker in a growing file, reading only what was appended since the last look
+/// (at most [`SCAN_MAX`] bytes a look): a guest that floods its console costs the boot
+/// wait no more than the bytes it wrote, never a re-read of the whole file.
+#[derive(Default)]
+struct MarkerScan {
+    pos: u64,
+    /// The last bytes already scanned, shorter than the marker (it may straddle reads).
+    tail: Vec<u8>,
+}
+
+/// The most a [`MarkerScan`] reads at one look.
+const SCAN_MAX: u64 = 1 << 20;
+
+impl MarkerScan {
+    fn found(&mut self, path: &Path, marker: &[u8]) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = File::open(path) else {
+            return false;
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        if len < self.pos {
+            // Recreated: read it again from the start.
+            *self = Self::default();
+        }
+        if len == self.pos || file.seek(SeekFrom::Start(self.pos)).is_err() {
+            return false;
+        }
+        let mut window = std::mem::take(&mut self.tail);
+        let before = window.len();
+        if file.take(SCAN_MAX).read_to_end(&mut window).is_err() {
+            return false;
+        }
+        self.pos += (window.len() - before) as u64;
+        if window.windows(marker.len()).any(|w| w == marker) {
+            return true;
+        }
+        let keep = marker.len().saturating_sub(1).min(window.len());
+        self.tail = window.split_off(window.len() - keep);
+        false
+    }
+}
+
 /// Waits for the agent's ready marker on the guest console while the VMM runs. The
 /// console is guest output: only a hint of when to connect, never trusted for more.
 pub async fn wait_agent_marker(
@@ -261,9 +311,9 @@ pub async fn wait_agent_marker(
     deadline: std::time::Instant,
 ) -> Result<(), HypervisorError> {
     let marker = crate::hypervisor::AGENT_READY_MARKER.as_bytes();
+    let mut scan = MarkerScan::default();
     loop {
-        let text = std::fs::read(console).unwrap_or_default();
-        if text.windows(marker.len()).any(|w| w == marker) {
+        if scan.found(console, marker) {
             return Ok(());
         }
         if !vmm.is_some_and(Proc::alive) {
@@ -294,6 +344,36 @@ impl Drop for Proc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_marker_scan_reads_each_byte_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        let marker = b"READY-MARKER";
+        let mut scan = MarkerScan::default();
+        assert!(!scan.found(&path, marker), "no file yet");
+        let mut f = std::fs::File::create(&path).expect("create");
+        std::io::Write::write_all(&mut f, &vec![b'x'; 3 << 20]).expect("flood");
+        // Three looks to get through the flood, a bounded read each.
+        for _ in 0..3 {
+            assert!(!scan.found(&path, marker));
+        }
+        assert_eq!(scan.pos, 3 << 20);
+        assert!(!scan.found(&path, marker), "nothing new: nothing read");
+        // The marker split across two looks is still found.
+        std::io::Write::write_all(&mut f, b"READY-").expect("write");
+        assert!(!scan.found(&path, marker));
+        std::io::Write::write_all(&mut f, b"MARKER\n").expect("write");
+        assert!(scan.found(&path, marker));
+        // A recreated file is read from its start.
+        std::fs::write(&path, b"READY-MARKER").expect("recreate");
+        let mut scan = MarkerScan {
+            pos: 1 << 30,
+            tail: Vec::new(),
+        };
+        assert!(scan.found(&path, marker));
+        assert_eq!(log_tail(&path), "READY-MARKER");
+    }
 
     #[tokio::test]
     async fn spawn_terminate_and_adopt() {

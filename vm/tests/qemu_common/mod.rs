@@ -20,6 +20,7 @@ pub async fn collect_output(
         container_id: id.into(),
         exec_id: exec_id.into(),
         stream: stream as i32,
+        limit: 0,
     };
     let mut s = client
         .read_output(req)
