@@ -33,6 +33,8 @@ pub struct QemuConfig {
     pub vhost_vsock: PathBuf,
     pub virtiofsd: PathBuf,
     pub accel: Accel,
+    /// TCG's translation buffer, MiB ([`argv::TCG_TB_SIZE_MIB`] by default; unused under KVM).
+    pub tcg_tb_size_mib: u32,
     /// Chroot QEMU into an empty dir and run it as the pod's own uid (see
     /// [`argv::qemu_args`]); on by default.
     pub jail: bool,
@@ -48,6 +50,7 @@ impl Default for QemuConfig {
             vhost_vsock: find_program("vhost-device-vsock"),
             virtiofsd: find_program("virtiofsd"),
             accel: Accel::Auto,
+            tcg_tb_size_mib: argv::TCG_TB_SIZE_MIB,
             jail: true,
             console_max_bytes: MAX_CONSOLE_BYTES,
         }
@@ -244,7 +247,12 @@ impl QemuVm {
         let qemu = Spawn {
             what: "qemu",
             program: &programs.qemu,
-            args: argv::qemu_args(config, f, tcg, programs.jail),
+            args: argv::qemu_args(
+                config,
+                f,
+                tcg.then_some(programs.tcg_tb_size_mib),
+                programs.jail,
+            ),
             log: &f.qemu_log,
             pid_file: &f.qemu_pid,
         };
