@@ -206,8 +206,11 @@ impl Proc {
     }
 }
 
-/// How long a VMM or helper gets to create its socket.
-const SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// How long a live VMM or helper gets to create its socket. A process that dies is seen
+/// at once (the wait polls its liveness), so this bounds only a hung one; it is generous
+/// because a loaded node (or a nested TCG test host) was seen taking over 10 s, and
+/// kubelet's own RunPodSandbox deadline (2 min) is the limit that matters.
+const SOCKET_WAIT: Duration = Duration::from_secs(45);
 /// How often the console is read for the agent's ready marker.
 const READY_POLL: Duration = Duration::from_millis(10);
 

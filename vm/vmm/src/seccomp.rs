@@ -142,7 +142,7 @@ const COMMON: &[(i64, &str)] = &[
     (libc::SYS_exit, "thread exit"),
     (libc::SYS_exit_group, "process exit"),
     (libc::SYS_restart_syscall, "interrupted sleeps"),
-    // The jail's uid drop (vm/src/vmm/jail.rs) runs after the device threads started;
+    // The jail's uid drop (vm/vmm/src/jail.rs) runs after the device threads started;
     // glibc makes every thread change its credentials. Once dropped, a thread can only
     // "change" to the ids it has.
     (libc::SYS_setresuid, "the jail's uid drop, in every thread"),
