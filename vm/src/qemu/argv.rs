@@ -27,6 +27,16 @@ pub const TCG_TSC_KHZ: u32 = 2_100_000;
 /// cost no measurable CPU on a pod's boot and execs (test/bench/README.md, issue 20).
 pub const TCG_TB_SIZE_MIB: u32 = 16;
 
+/// How a TCG guest runs: its translation buffer and the host TSC rate it inherits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tcg {
+    /// `-accel tcg,tb-size=` in MiB ([`TCG_TB_SIZE_MIB`]).
+    pub tb_size_mib: u32,
+    /// The host's TSC rate ([`super::tsc::host_tsc_khz`]): the guest keeps time by its TSC
+    /// and idles tickless. `None`: [`TCG_TSC_KHZ`] for the early calibration only.
+    pub host_tsc_khz: Option<u32>,
+}
+
 /// The virtio-fs tag the agent mounts.
 pub const SHARE_TAG: &str = "hullshare";
 
@@ -92,7 +102,7 @@ impl RunFiles {
 }
 
 /// Kernel command line: the backend's own arguments, then the caller's.
-pub fn kernel_cmdline(config: &VmConfig, tcg: bool) -> String {
+pub fn kernel_cmdline(config: &VmConfig, tcg: Option<Tcg>) -> String {
     // reboot=t + QEMU -no-reboot: the agent's reboot(2) ends QEMU (poweroff does not on
     // microvm); panic=-1 makes a guest panic end it too.
     let mut parts = vec![
@@ -102,9 +112,13 @@ pub fn kernel_cmdline(config: &VmConfig, tcg: bool) -> String {
         "loglevel=4",
         "8250.nr_uarts=1",
     ];
-    let tsc = format!("tsc_early_khz={TCG_TSC_KHZ}");
-    if tcg {
+    let khz = tcg.and_then(|t| t.host_tsc_khz);
+    let tsc = format!("tsc_early_khz={}", khz.unwrap_or(TCG_TSC_KHZ));
+    if tcg.is_some() {
         parts.push(&tsc);
+        if khz.is_some() {
+            parts.push("tsc=reliable");
+        }
         // Under TCG on a loaded host the IO-APIC timer check can miss its ticks and panic
         // the guest in setup_IO_APIC ("..MP-BIOS bug: 8254 timer not connected"); Kata
         // passes the same flag.
@@ -126,18 +140,18 @@ fn os(parts: &[&str]) -> Vec<OsString> {
 /// Jailed (`jail`), QEMU chroots into [`RunFiles::jail_root`] and drops to the pod's own
 /// uid/gid (hull-vmm's, [`crate::hull::jail::id_for`]) once every device is set up: its
 /// fds (tap, memfd, vhost-user and console sockets, /dev/kvm) stay, nothing else is
-/// reachable and no capability is left. Under TCG (`tcg`: its translation buffer in MiB)
-/// the buffer is capped ([`TCG_TB_SIZE_MIB`] by default).
+/// reachable and no capability is left. Under TCG (`tcg`) the translation buffer is
+/// capped and the guest told the host's TSC rate.
 pub fn qemu_args(
     config: &VmConfig,
     files: &RunFiles,
-    tcg: Option<u32>,
+    tcg: Option<Tcg>,
     jail: bool,
 ) -> Vec<OsString> {
     let mem = config.memory_mib;
     let mut args = os(&["-name", &format!("hull-{}", config.id)]);
     let accel = match tcg {
-        Some(tb_size_mib) => format!("tcg,tb-size={tb_size_mib}"),
+        Some(t) => format!("tcg,tb-size={}", t.tb_size_mib),
         None => "kvm".to_owned(),
     };
     // The CMOS RTC stays on: without it the guest boots at 1970 and its kernel spends
@@ -173,7 +187,7 @@ pub fn qemu_args(
     args.push("-initrd".into());
     args.push(config.initramfs.clone().into());
     args.push("-append".into());
-    args.push(kernel_cmdline(config, tcg.is_some()).into());
+    args.push(kernel_cmdline(config, tcg).into());
     args.push("-chardev".into());
     args.push(chardev("vsock", &files.vsock_backend));
     args.extend(os(&["-device", "vhost-user-vsock-device,chardev=vsock"]));
@@ -300,7 +314,11 @@ mod tests {
     fn qemu_command_line_has_every_device() {
         let cfg = test_config();
         let files = RunFiles::new(&cfg.run_dir);
-        let line = joined(&qemu_args(&cfg, &files, Some(TCG_TB_SIZE_MIB), true));
+        let tcg = Tcg {
+            tb_size_mib: TCG_TB_SIZE_MIB,
+            host_tsc_khz: None,
+        };
+        let line = joined(&qemu_args(&cfg, &files, Some(tcg), true));
         for want in [
             "-accel tcg,tb-size=16 -M microvm,acpi=off,memory-backend=mem",
             "memory-backend-memfd,id=mem,size=512M,share=on",
@@ -337,14 +355,22 @@ mod tests {
         let mut cfg = test_config();
         cfg.net = None;
         cfg.shared_dir = None;
+        let tcg = Tcg {
+            tb_size_mib: 8,
+            host_tsc_khz: Some(2_300_000),
+        };
         let line = joined(&qemu_args(
             &cfg,
             &RunFiles::new(&cfg.run_dir),
-            Some(8),
+            Some(tcg),
             false,
         ));
         assert!(!line.contains("vhost-user-fs-device") && !line.contains("-netdev"));
         assert!(line.contains("-accel tcg,tb-size=8 "), "{line}");
+        assert!(
+            line.contains("tsc_early_khz=2300000 tsc=reliable no_timer_check"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod argv;
 pub mod console;
 /// Spawned and adopted helper processes, shared with the hull backend.
 pub(crate) mod procs;
+pub mod tsc;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -250,7 +251,10 @@ impl QemuVm {
             args: argv::qemu_args(
                 config,
                 f,
-                tcg.then_some(programs.tcg_tb_size_mib),
+                tcg.then(|| argv::Tcg {
+                    tb_size_mib: programs.tcg_tb_size_mib,
+                    host_tsc_khz: tsc::host_tsc_khz(),
+                }),
                 programs.jail,
             ),
             log: &f.qemu_log,
