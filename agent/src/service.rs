@@ -330,19 +330,10 @@ impl Agent for AgentService {
             .containers
             .get(&req.into_inner().container_id)
             .map_err(status)?;
-        let p = &c.cgroup;
-        Ok(Response::new(pb::ContainerStatsResponse {
-            cpu_usage_usec: cgroup::flat_keyed(p, "cpu.stat", "usage_usec"),
-            cpu_user_usec: cgroup::flat_keyed(p, "cpu.stat", "user_usec"),
-            cpu_system_usec: cgroup::flat_keyed(p, "cpu.stat", "system_usec"),
-            memory_current_bytes: cgroup::single(p, "memory.current"),
-            memory_max_bytes: cgroup::single(p, "memory.max"),
-            memory_anon_bytes: cgroup::flat_keyed(p, "memory.stat", "anon"),
-            memory_file_bytes: cgroup::flat_keyed(p, "memory.stat", "file"),
-            oom_kills: cgroup::flat_keyed(p, "memory.events", "oom_kill"),
-            pids_current: cgroup::single(p, "pids.current"),
-            timestamp_unix_nanos: nanos(SystemTime::now()),
-        }))
+        Ok(Response::new(container::stats::read(
+            &c.cgroup,
+            nanos(SystemTime::now()),
+        )))
     }
 
     type PortForwardStream = BoxStream<pb::PortForwardChunk>;

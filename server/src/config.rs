@@ -52,6 +52,8 @@ pub struct Config {
     pub vm: VmSection,
     pub cni: CniSection,
     pub streaming: StreamingSection,
+    /// hulld's Prometheus endpoint.
+    pub metrics: MetricsSection,
     /// Registry mirrors, credentials and pull limits (`[registry]`, see `hull_image::RegistryConfig`).
     pub registry: hull_image::RegistryConfig,
     /// What the node can hold (`[node]`): RunPodSandbox's memory admission.
@@ -153,6 +155,15 @@ pub struct StreamingSection {
     pub address: String,
 }
 
+/// hulld's own metrics (Prometheus text format at `http://<address>/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` to serve on, like containerd's `metrics.address`; empty (the default)
+    /// turns the endpoint off. Plain HTTP: keep it on loopback or a node-internal address.
+    pub address: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -166,6 +177,7 @@ impl Default for Config {
             vm: VmSection::default(),
             cni: CniSection::default(),
             streaming: StreamingSection::default(),
+            metrics: MetricsSection::default(),
             registry: hull_image::RegistryConfig::default(),
             node: NodeSection::default(),
         }

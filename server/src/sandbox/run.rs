@@ -258,6 +258,12 @@ impl SandboxManager {
         let t = Instant::now();
         let client = self.wait_agent(vm.as_ref()).await?;
         timings.insert("agent_ready".to_owned(), ms(t.elapsed()));
+        let vm_up_ms: f64 = ["vm_start", "agent_ready"]
+            .iter()
+            .filter_map(|k| timings.get(*k))
+            .sum();
+        let vm_up = Duration::from_secs_f64(vm_up_ms / 1000.0);
+        crate::metrics::vm_started(hypervisor.backend(), vm.restored(), vm_up);
         info!(ms = ms(t.elapsed()), "agent connected");
         *sb.agent.lock().await = Some(client.clone());
 
