@@ -17,6 +17,7 @@
 mod container;
 mod init;
 mod netcfg;
+mod oom;
 mod output;
 mod portforward;
 mod reaper;

@@ -9,16 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hull_agent_api::v1::{self as pb, agent_server::Agent};
 use hull_agent_api::{AGENT_VSOCK_PORT, AgentServer, VERSION};
-use tokio::sync::broadcast;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::container::{self, ContainerError, Containers, Output, cgroup};
+use crate::oom::OomMonitor;
 use crate::reaper::Reaper;
 use crate::sandbox::{self, SandboxError};
 use crate::share;
-
-const OOM_POLL: Duration = Duration::from_millis(500);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -53,7 +51,7 @@ fn nanos(t: SystemTime) -> i64 {
 
 pub struct AgentService {
     containers: Arc<Containers>,
-    oom: broadcast::Sender<pb::OomEvent>,
+    oom: OomMonitor,
 }
 
 impl AgentService {
@@ -407,35 +405,21 @@ fn container_info(c: container::ContainerSummary) -> pb::ContainerInfo {
     }
 }
 
-/// Polls each container's `memory.events` and broadcasts new OOM kills.
-fn spawn_oom_monitor(containers: Arc<Containers>, tx: broadcast::Sender<pb::OomEvent>) {
-    tokio::spawn(async move {
-        let mut seen: std::collections::HashMap<String, u64> = Default::default();
-        loop {
-            tokio::time::sleep(OOM_POLL).await;
-            let all = containers.ids();
-            seen.retain(|id, _| all.iter().any(|c| &c.id == id));
-            for c in all {
-                let kills = cgroup::flat_keyed(&c.cgroup, "memory.events", "oom_kill");
-                let before = seen.insert(c.id.clone(), kills).unwrap_or(0);
-                if kills > before {
-                    tracing::warn!(container_id = %c.id, kills, "OOM kill");
-                    let _ = tx.send(pb::OomEvent {
-                        container_id: c.id.clone(),
-                        timestamp_unix_nanos: nanos(SystemTime::now()),
-                    });
-                }
-            }
-        }
-    });
-}
-
 /// Serves the API on vsock port 1024 until the process ends (Shutdown powers off).
 pub async fn serve() -> anyhow::Result<()> {
     let reaper = Reaper::start()?;
     let containers = Arc::new(Containers::new(reaper));
-    let (oom, _) = broadcast::channel(64);
-    spawn_oom_monitor(containers.clone(), oom.clone());
+    let of = Arc::clone(&containers);
+    let counts: crate::oom::KillCounts = Arc::new(move || {
+        of.ids()
+            .into_iter()
+            .map(|c| {
+                let kills = cgroup::flat_keyed(&c.cgroup, "memory.events", "oom_kill");
+                (c.id.clone(), kills)
+            })
+            .collect()
+    });
+    let oom = OomMonitor::new(counts, crate::oom::OOM_POLL);
     let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, AGENT_VSOCK_PORT);
     let listener = tokio_vsock::VsockListener::bind(addr)?;
     // The plain marker line VMM backends wait for (see hull_agent_api::READY_MARKER).

@@ -16,6 +16,9 @@ pub enum CriError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The node cannot hold what was asked for (kubelet retries with back-off).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{rpc} is not implemented by hull yet ({why})")]
     Unimplemented {
         rpc: &'static str,
@@ -48,6 +51,7 @@ impl CriError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unimplemented { .. } => Code::Unimplemented,
             Self::Internal { .. } => Code::Internal,
         }

@@ -32,6 +32,7 @@
 //! saying so (Kata does the same for its VM runtimes by default).
 
 mod backends;
+pub mod capacity;
 mod guest;
 mod janitor;
 mod run;
@@ -75,6 +76,8 @@ pub enum SandboxError {
     HostNetwork,
     #[error("Pod sandbox name {name:?} is already reserved for sandbox {id}")]
     NameReserved { name: String, id: String },
+    #[error("Pod not admitted")]
+    Admission(#[from] capacity::CapacityError),
     #[error("VMM backend unavailable: {0}")]
     BackendUnavailable(String),
     #[error("Failed to generate a sandbox id")]
@@ -280,6 +283,8 @@ pub struct SandboxManager {
     config: Arc<Config>,
     pub(crate) store: Store,
     backends: Backends,
+    /// Memory admission of new pods (`[node]`).
+    pub(crate) capacity: capacity::NodeCapacity,
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     /// containerd's name reservation: `name_namespace_uid_attempt` → sandbox id.
     names: Mutex<HashMap<String, String>>,
@@ -298,6 +303,7 @@ impl std::fmt::Debug for SandboxManager {
 impl SandboxManager {
     pub fn new(config: Arc<Config>, store: Store, backends: Backends) -> Self {
         Self {
+            capacity: capacity::NodeCapacity::new(&config.node),
             config,
             store,
             backends,

@@ -99,7 +99,17 @@ impl SandboxManager {
         let id = new_id()?;
         // Port mappings are checked before anything is taken.
         guest::pod_spec(&id, &config)?;
+        // So is the node's room for the VM; the promise is held until the pod is up or unwound.
+        let size = super::sizing::vm_size(&config, &self.config.vm);
         let meta = config.metadata.clone().unwrap_or_default();
+        let _admission = self.capacity.admit(size.memory_mib).inspect_err(|e| {
+            tracing::warn!(
+                pod = %format!("{}/{}", meta.namespace, meta.name),
+                error = %e,
+                memory_mib = size.memory_mib,
+                "RunPodSandbox refused"
+            );
+        })?;
         let span = info_span!("run_pod_sandbox", pod_id = %id, pod = %format!("{}/{}", meta.namespace, meta.name));
         async move {
             info!(attempt = meta.attempt, "RunPodSandbox");
