@@ -23,6 +23,9 @@ APT_PACKAGES=(
     # tests: a real registry, test images, guest rootfs, the containerd baseline
     docker-registry skopeo umoci busybox-static apache2-utils zstd jq
     e2fsprogs erofs-utils containerd runc
+    # server/tests/metrics.rs: hulld's Prometheus endpoint checked with the reference
+    # Python client's text-format parser
+    python3-prometheus-client
     # test/k8s: etcd for the API server, openssl for its certificates. Kubernetes and
     # crictl are built with the machine's Go (/usr/local/go, 1.26: Kubernetes 1.36 needs
     # 1.26; Debian 12's golang-go is 1.19)

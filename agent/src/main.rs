@@ -21,6 +21,7 @@ mod container;
 mod host;
 mod init;
 mod netcfg;
+mod oom;
 mod output;
 mod portforward;
 mod reaper;

@@ -5,7 +5,7 @@
 //! byte (bytes since the process started). A process therefore never blocks on a slow or
 //! absent reader: when the ring is full the oldest bytes are dropped, counted and logged.
 //!
-//! Any number of readers ([`OutputHub::subscribe`]) follow the stream at once, each from
+//! Any number of readers ([`OutputHub::subscribe_limited`]) follow the stream at once, each from
 //! its own offset: hulld's log writer, an attach, and a log writer re-attaching after a
 //! hulld restart from the offset its log file ended at. A reader's stream ends once the
 //! process side closed (EOF: the process and everything holding the stream exited) and the
@@ -156,8 +156,8 @@ impl OutputHub {
         self.subscribe_limited(offset, None)
     }
 
-    /// [`Self::subscribe`] that also closes the channel once `limit` bytes were handed out
-    /// (the last chunk cut to fit).
+    /// A reader from `offset` (`None`: from the current end, only new output) that also
+    /// closes the channel once `limit` bytes were handed out (the last chunk cut to fit).
     pub fn subscribe_limited(
         self: &Arc<Self>,
         offset: Option<u64>,

@@ -9,16 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hull_agent_api::v1::{self as pb, agent_server::Agent};
 use hull_agent_api::{AGENT_VSOCK_PORT, AgentServer, VERSION};
-use tokio::sync::broadcast;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::container::{self, ContainerError, Containers, Output, cgroup};
+use crate::oom::OomMonitor;
 use crate::reaper::Reaper;
 use crate::sandbox::{self, SandboxError};
 use crate::share;
-
-const OOM_POLL: Duration = Duration::from_millis(500);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -63,7 +61,7 @@ fn nanos(t: SystemTime) -> i64 {
 
 pub struct AgentService {
     containers: Arc<Containers>,
-    oom: broadcast::Sender<pb::OomEvent>,
+    oom: OomMonitor,
     /// In a pod VM, or in host mode for a host-isolation pod.
     mode: Arc<Mode>,
 }
@@ -361,19 +359,29 @@ impl Agent for AgentService {
             .containers
             .get(&req.into_inner().container_id)
             .map_err(status)?;
-        let s = cgroup::stats(&c.cgroup);
-        Ok(Response::new(pb::ContainerStatsResponse {
-            cpu_usage_usec: s.cpu_usage_usec,
-            cpu_user_usec: s.cpu_user_usec,
-            cpu_system_usec: s.cpu_system_usec,
-            memory_current_bytes: s.memory_current_bytes,
-            memory_max_bytes: s.memory_max_bytes,
-            memory_anon_bytes: s.memory_anon_bytes,
-            memory_file_bytes: s.memory_file_bytes,
-            oom_kills: s.oom_kills,
-            pids_current: s.pids_current,
-            timestamp_unix_nanos: nanos(SystemTime::now()),
-        }))
+        let now = nanos(SystemTime::now());
+        // A v2 cgroup (the guest's, a v2 node's): every figure; v1 (a host pod on a v1 or
+        // hybrid node): what runc reports from v1, the rest 0.
+        let answer = match (&c.cgroup.unified, c.cgroup.is_v1()) {
+            (Some(dir), false) => container::stats::read(dir, now),
+            _ => {
+                let s = cgroup::stats(&c.cgroup);
+                pb::ContainerStatsResponse {
+                    cpu_usage_usec: s.cpu_usage_usec,
+                    cpu_user_usec: s.cpu_user_usec,
+                    cpu_system_usec: s.cpu_system_usec,
+                    memory_current_bytes: s.memory_current_bytes,
+                    memory_max_bytes: s.memory_max_bytes,
+                    memory_anon_bytes: s.memory_anon_bytes,
+                    memory_file_bytes: s.memory_file_bytes,
+                    oom_kills: s.oom_kills,
+                    pids_current: s.pids_current,
+                    timestamp_unix_nanos: now,
+                    ..Default::default()
+                }
+            }
+        };
+        Ok(Response::new(answer))
     }
 
     type PortForwardStream = BoxStream<pb::PortForwardChunk>;
@@ -447,33 +455,16 @@ fn container_info(c: container::ContainerSummary) -> pb::ContainerInfo {
     }
 }
 
-/// Polls each container's `memory.events` and broadcasts new OOM kills.
-fn spawn_oom_monitor(containers: Arc<Containers>, tx: broadcast::Sender<pb::OomEvent>) {
-    tokio::spawn(async move {
-        let mut seen: std::collections::HashMap<String, u64> = Default::default();
-        loop {
-            tokio::time::sleep(OOM_POLL).await;
-            let all = containers.ids();
-            seen.retain(|id, _| all.iter().any(|c| &c.id == id));
-            for c in all {
-                let kills = cgroup::stats(&c.cgroup).oom_kills;
-                let before = seen.insert(c.id.clone(), kills).unwrap_or(0);
-                if kills > before {
-                    tracing::warn!(container_id = %c.id, kills, "OOM kill");
-                    let _ = tx.send(pb::OomEvent {
-                        container_id: c.id.clone(),
-                        timestamp_unix_nanos: nanos(SystemTime::now()),
-                    });
-                }
-            }
-        }
-    });
-}
-
 /// The service over `containers` (the reaper must be running), with the OOM monitor.
 pub fn service(containers: Arc<Containers>, mode: Mode) -> AgentServer<AgentService> {
-    let (oom, _) = broadcast::channel(64);
-    spawn_oom_monitor(containers.clone(), oom.clone());
+    let of = Arc::clone(&containers);
+    let counts: crate::oom::KillCounts = Arc::new(move || {
+        of.ids()
+            .into_iter()
+            .map(|c| (c.id.clone(), cgroup::stats(&c.cgroup).oom_kills))
+            .collect()
+    });
+    let oom = OomMonitor::new(counts, crate::oom::OOM_POLL);
     AgentServer::new(AgentService {
         containers,
         oom,

@@ -43,7 +43,15 @@ impl ImageService {
     pub async fn pull(&self, image: &str, auth: Option<&AuthConfig>) -> Result<ImageRecord> {
         let reference = parse_reference(image)?;
         let span = tracing::info_span!("pull_image", image = %reference.whole());
-        self.pull_inner(reference, auth).instrument(span).await
+        let started = Instant::now();
+        let res = self.pull_inner(reference, auth).instrument(span).await;
+        // hulld's metrics endpoint shows these (a no-op without a metrics recorder).
+        let result = if res.is_ok() { "ok" } else { "error" };
+        metrics::counter!("hull_image_pulls_total", "result" => result).increment(1);
+        if res.is_ok() {
+            metrics::histogram!("hull_image_pull_duration_seconds").record(started.elapsed());
+        }
+        res
     }
 
     async fn pull_inner(
@@ -146,6 +154,8 @@ impl ImageService {
                 .unwrap_or(0),
         };
         let rec = self.inner.meta.upsert(rec)?;
+        metrics::counter!("hull_image_pull_bytes_total")
+            .increment(progress.bytes.load(Ordering::Relaxed));
         self.sync_layers_in_background();
         tracing::info!(
             id = %rec.id,

@@ -68,12 +68,16 @@ pub struct Config {
     pub vm: VmSection,
     pub cni: CniSection,
     pub streaming: StreamingSection,
+    /// hulld's Prometheus endpoint.
+    pub metrics: MetricsSection,
     /// Registry mirrors, credentials and pull limits (`[registry]`, see `hull_image::RegistryConfig`).
     pub registry: hull_image::RegistryConfig,
     /// Runtime handlers by name (`[runtimes.<name>]`), see [`runtimes`].
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Who may run with host isolation (`[host_isolation]`).
     pub host_isolation: HostIsolationSection,
+    /// What the node can hold (`[node]`): RunPodSandbox's memory admission.
+    pub node: NodeSection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,11 +152,35 @@ pub struct CniSection {
     pub runtime_netns: Option<PathBuf>,
 }
 
+/// Node-level limits: a pod the node cannot hold is refused with `ResourceExhausted`
+/// before anything is taken (see `sandbox::capacity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Refuse pods whose VM the node's available memory cannot hold.
+    pub memory_admission: bool,
+    /// MiB of `MemAvailable` kept free for the node itself and for running pods' guests
+    /// growing into RAM they have not touched yet.
+    pub memory_headroom_mib: u64,
+    /// MiB a pod costs the host outside its guest RAM (VMM, virtiofsd, vsock helper, page
+    /// tables); measured in test/bench/README.md.
+    pub pod_overhead_mib: u64,
+}
+
 /// The exec/attach/port-forward streaming server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamingSection {
     /// `host:port`; port 0 picks a free one.
+    pub address: String,
+}
+
+/// hulld's own metrics (Prometheus text format at `http://<address>/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` to serve on, like containerd's `metrics.address`; empty (the default)
+    /// turns the endpoint off. Plain HTTP: keep it on loopback or a node-internal address.
     pub address: String,
 }
 
@@ -170,9 +198,22 @@ impl Default for Config {
             vm: VmSection::default(),
             cni: CniSection::default(),
             streaming: StreamingSection::default(),
+            metrics: MetricsSection::default(),
             registry: hull_image::RegistryConfig::default(),
             runtimes: default_runtimes(),
             host_isolation: HostIsolationSection::default(),
+            node: NodeSection::default(),
+        }
+    }
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            memory_admission: true,
+            // kubelet evicts at 100 MiB available by default: hull stops admitting first.
+            memory_headroom_mib: 512,
+            pod_overhead_mib: 64,
         }
     }
 }
@@ -311,6 +352,15 @@ impl Config {
         if self.vm.memory_overhead_mib > 1 << 16 {
             return Err(("vm.memory_overhead_mib", "must be at most 65536".into()));
         }
+        if self.node.memory_headroom_mib > 1 << 24 {
+            return Err((
+                "node.memory_headroom_mib",
+                "must be at most 16777216".into(),
+            ));
+        }
+        if self.node.pod_overhead_mib > 1 << 16 {
+            return Err(("node.pod_overhead_mib", "must be at most 65536".into()));
+        }
         if self.vm.stop_grace_secs > 3600 {
             return Err(("vm.stop_grace_secs", "must be at most 3600".into()));
         }
@@ -446,6 +496,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`streaming.address`"), "{err}");
+    }
+
+    #[test]
+    fn node_section_keys_and_ranges() {
+        let c = parse("[node]\nmemory_headroom_mib = 2048\n").unwrap();
+        assert_eq!(c.node.memory_headroom_mib, 2048);
+        assert!(c.node.memory_admission);
+        assert_eq!(
+            c.node.pod_overhead_mib,
+            NodeSection::default().pod_overhead_mib
+        );
+        let c = parse("[node]\nmemory_admission = false\n").unwrap();
+        assert!(!c.node.memory_admission);
+        let err = parse("[node]\npod_overhead_mib = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`node.pod_overhead_mib`"), "{err}");
+        let err = parse("[node]\nheadroom = 1\n").unwrap_err().to_string();
+        assert!(err.contains("headroom"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum DaemonError {
     Images(#[from] hull_image::ImageError),
     #[error("Cannot start the streaming server")]
     Streaming(#[from] crate::streaming::StreamingError),
+    #[error("Cannot start the metrics endpoint")]
+    Metrics(#[from] crate::metrics::MetricsServerError),
 }
 
 /// What every CRI call shares.
@@ -152,8 +154,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let socket = daemon.config.socket.clone();
+    // Before recovery, so that what it cleans is counted.
+    let metrics = start_metrics(&daemon).await?;
     // Before the first call: reattach to running VMs, unwind half-created sandboxes.
-    daemon.sandboxes.recover().await;
+    let report = daemon.sandboxes.recover().await;
+    crate::metrics::leftovers_cleaned("sandbox_unwound", report.unwound.len());
     crate::container::recover::recover(&daemon.containers, &daemon.sandboxes).await;
     crate::container::orphans::remove_orphans(&daemon.containers, &daemon.sandboxes).await;
     // Blobs and layers of pulls a crash cut short (no image refers to them).
@@ -193,7 +198,9 @@ pub async fn serve(
         notify.notify_one();
     };
     let server = tonic::transport::Server::builder()
-        .layer(crate::cri::rpc_log::RpcLogLayer)
+        .layer(crate::cri::rpc_log::RpcLogLayer::with_pod_of(pod_of(
+            &daemon,
+        )))
         .add_service(runtime)
         .add_service(image)
         .serve_with_incoming_shutdown(incoming(listener), shutdown);
@@ -205,11 +212,35 @@ pub async fn serve(
         }
     };
     streaming.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket");
     }
     tracing::info!("hulld stopped");
     result.map_err(DaemonError::from)
+}
+
+/// A container's pod, for the span of each container call.
+fn pod_of(daemon: &Arc<Daemon>) -> crate::cri::rpc_span::PodOf {
+    let containers = Arc::clone(&daemon.containers);
+    Arc::new(move |id: &str| containers.get(id).ok().map(|r| r.sandbox_id))
+}
+
+/// Binds the metrics endpoint when `[metrics] address` is set, and serves it.
+async fn start_metrics(
+    daemon: &Arc<Daemon>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    let address = &daemon.config.metrics.address;
+    if address.is_empty() {
+        return Ok(None);
+    }
+    let server = crate::metrics::MetricsServer::bind(address).await?;
+    if let Some(addr) = server.local_addr() {
+        tracing::info!(address = %addr, "serving metrics at http://{addr}/metrics");
+    }
+    Ok(Some(tokio::spawn(server.serve(Arc::clone(daemon)))))
 }
 
 /// The CRI socket's connections, each behind [`AnyAuthority`] so that clients sending

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod events;
 pub mod logging;
 pub mod logs;
+pub mod metrics;
 pub mod mounts;
 pub mod recover;
 pub mod sandbox;

@@ -1,11 +1,11 @@
 //! A hostile guest against the host side of the pod's virtio-fs share (issue 19, items
 //! 1-4 and 8): each attack runs inside a real pod VM (QEMU TCG here) from a privileged
-//! container, which reaches the agent's mount of the share through `/proc/1/root` (issue
-//! 19 item 9) and does what guest root can do there. (Mounting the `hullshare` tag again
-//! does not give the share's root: the guest kernel hands back the newest virtio-fs
-//! superblock, a submount such as the container's own rootfs.) If containers stop seeing
-//! the agent's PID namespace, the tests say so instead of passing. Each test asserts the
-//! host is untouched:
+//! container, which reaches the share's root as guest root can: by FUSE file handle
+//! through a file the agent bound from the share (`attacker hold-share`, the "shocker"
+//! route; `/proc/1/root` is `hull-pause`'s empty root since issue 19 item 9, and mounting
+//! the `hullshare` tag again gives the newest virtio-fs superblock, a submount such as the
+//! container's own rootfs). If that route closes, the tests say so instead of passing.
+//! Each test asserts the host is untouched:
 //!
 //! - symlinks planted in every container dir of the share, ahead of hulld and in a race
 //!   with it (a static C attacker, `hostile/attacker.c`, looping for a fixed time while the

@@ -151,6 +151,85 @@ async fn each_run_step_failing_leaves_nothing() {
     .await;
 }
 
+/// A pod the node cannot hold (issue 20) is refused with RESOURCE_EXHAUSTED before
+/// anything is taken: the real hulld reading the real /proc/meminfo, with a headroom
+/// (`[node] memory_headroom_mib`, 16 TiB) no node has. No netns, veth, run dir or record;
+/// no VMM or helper process; the name stays free, so a retry is refused the same way, not
+/// with AlreadyExists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_node_cannot_hold_is_refused_with_resource_exhausted() {
+    let env = PodEnv::new();
+    let mut hulld = env.hulld(&env.conflist(&[]), &[]);
+    let mut config = std::fs::read_to_string(&hulld.config_path).unwrap();
+    config.push_str("[node]\nmemory_headroom_mib = 16777216\n");
+    std::fs::write(&hulld.config_path, config).unwrap();
+    hulld.start();
+    let mut rt = hulld.runtime().await;
+    for attempt in 0..2 {
+        let err = rt
+            .run_pod_sandbox(pod("big"))
+            .await
+            .expect_err("RunPodSandbox must be refused");
+        assert_eq!(
+            err.code(),
+            tonic::Code::ResourceExhausted,
+            "attempt {attempt}: {}",
+            err.message()
+        );
+        for needle in [
+            "cannot hold this pod",
+            "node.memory_headroom_mib keeps 16777216 MiB",
+        ] {
+            assert!(
+                err.message().contains(needle),
+                "{needle:?} not in {}",
+                err.message()
+            );
+        }
+    }
+    let items = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(items.is_empty(), "sandbox listed: {items:?}");
+    let mut left = env.network_leftovers();
+    left.extend(
+        std::fs::read_dir(hulld.root().join("run/sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("dir {}", e.path().display())),
+    );
+    // No VMM or helper was ever spawned for it: nothing but hulld names its root.
+    let hulld_pid = hulld.child.as_ref().map(|c| c.id());
+    left.extend(
+        processes_naming(hulld.root())
+            .into_iter()
+            .filter(|(pid, _)| Some(*pid) != hulld_pid)
+            .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
+    );
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// Processes whose command line names `dir` (a hulld's VMMs and helpers get their
+/// sockets and shares below its state dir), with that command line.
+fn processes_naming(dir: &std::path::Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&needle).then_some((pid, cmd))
+        })
+        .collect()
+}
+
 /// A guest that does not answer at StopPodSandbox (its VMM is frozen with SIGSTOP) is
 /// killed once the stop grace is over: Stop takes no longer than the agent's shutdown
 /// deadline plus the grace, and leaves nothing behind.

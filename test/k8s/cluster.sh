@@ -363,6 +363,35 @@ test_stats_summary() {
         >/dev/null <<<"$b" || fail "figures did not move: before $a after $b"
 }
 
+cadvisor() { k get --raw /api/v1/nodes/node1/proxy/metrics/cadvisor; }
+
+# kubelet's /metrics/cadvisor from hull's ListPodSandboxMetrics (PodAndContainerStatsFromCRI).
+test_metrics_cadvisor() {
+    local m
+    m=$(cadvisor) || fail "no /metrics/cadvisor"
+    grep -E '^container_cpu_usage_seconds_total\{container="shell",.*namespace="default",pod="shell"\}' <<<"$m" >/dev/null ||
+        fail "no CPU series of container shell: $(grep -c '^container_' <<<"$m") container_ series"
+    grep -E '^container_memory_working_set_bytes\{container="shell",.*pod="shell"\} [1-9]' <<<"$m" >/dev/null ||
+        fail "no working set of container shell"
+    grep -E '^container_network_receive_bytes_total\{container="",.*interface="eth0",.*pod="shell"\} [1-9]' <<<"$m" >/dev/null ||
+        fail "no network series of pod shell"
+    grep -E '^hull_pod_vm_process_resident_memory_bytes\{.*pod="shell",process=' <<<"$m" >/dev/null ||
+        fail "no VM cost of pod shell"
+    note "/metrics/cadvisor: $(grep -c 'pod="shell"' <<<"$m") series of pod shell"
+}
+
+# kubelet's checkpoint API (ContainerCheckpoint) reaches hull, which says why it refuses.
+# --request-timeout 0: kubectl would pass its own as ?timeout=1m0s, which kubelet's
+# checkpoint handler cannot parse (it takes whole seconds) and answers 404.
+test_checkpoint_refused() {
+    local out
+    if out=$(k --request-timeout 0 create --raw /api/v1/nodes/node1/proxy/checkpoint/default/shell/shell -f /dev/null 2>&1); then
+        fail "checkpoint succeeded, but hull has no checkpoint archive: $out"
+    fi
+    grep -qE 'non-migratable|hull-vmm snapshots' <<<"$out" || fail "not hull's refusal: $out"
+    note "checkpoint refused: $(cut -c1-160 <<<"$out")"
+}
+
 test_cluster_cleanup() {
     k -n kube-system delete daemonset kube-proxy --wait=false >/dev/null 2>&1
     k delete deployment --all --wait=false >/dev/null 2>&1
@@ -410,6 +439,8 @@ scenario_cluster() {
     record_all 1
     t "kubectl delete honours the grace period" test_grace_period
     t "kubelet /stats/summary: figures non-zero and moving" test_stats_summary
+    t "kubelet /metrics/cadvisor shows hull pods (CRI metrics)" test_metrics_cadvisor
+    t "kubelet's checkpoint API reaches hull, which refuses with the reason" test_checkpoint_refused
     record_all 1
     if [[ " ${SCENARIOS[*]} " != *" twonode "* ]]; then
         t "deleting every pod leaves nothing on node1" test_cluster_cleanup

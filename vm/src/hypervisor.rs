@@ -129,6 +129,10 @@ pub trait VmHandle: Send + Sync {
     async fn stop(&self, grace: std::time::Duration) -> Result<VmExit, HypervisorError>;
     /// Whether the VMM process is still alive.
     fn is_running(&self) -> bool;
+    /// Whether the VM was restored from a snapshot (a VM template) rather than booted.
+    fn restored(&self) -> bool {
+        false
+    }
     /// Why the VM can no longer serve its pod, once it cannot: the VMM exited, or a
     /// helper process it needs (virtiofsd, the vsock backend) died, each named with how
     /// it ended where that is known. `None` while everything runs. The default knows only

@@ -25,6 +25,7 @@ mod pty;
 mod rootfs;
 mod seccomp;
 pub mod spec;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -1,8 +1,11 @@
 //! The CRI services (runtime.v1) that hulld serves.
 
+mod checkpoint;
 mod container;
 mod image;
+mod metrics;
 pub mod rpc_log;
+pub mod rpc_span;
 mod runtime;
 mod runtime_info;
 mod sandbox;

@@ -1,37 +1,62 @@
-//! One debug line per CRI call, with its duration: a tower layer around both services.
+//! One debug line and the RPC metrics per CRI call: a tower layer around both services.
 //!
-//! `hulld::rpc=debug` in the log filter turns it on (off by default: kubelet makes
+//! `hulld::rpc=debug` in the log filter turns the line on (off by default: kubelet makes
 //! several calls a second). Each line names the RPC (`ListPodSandbox`), its gRPC status
 //! when the call failed before a body (tonic's trailers-only errors), and `micros`, the
 //! time to the response head. `test/k8s/rpc_stats.sh` turns a log into per-RPC counts
-//! and p50/p99 latencies; a metrics endpoint is another issue's.
+//! and p50/p99 latencies. The same outcome goes to the metrics recorder
+//! ([`crate::metrics::rpc_finished`]: counts, errors by code, latency histogram), a no-op
+//! unless hulld's metrics endpoint is on.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tonic::body::Body;
 use tonic::codegen::http;
+use tracing::Instrument;
 
 /// The log target of the per-call lines.
 pub const TARGET: &str = "hulld::rpc";
 
 /// Wraps a service in [`RpcLog`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcLogLayer;
+#[derive(Clone, Default)]
+pub struct RpcLogLayer {
+    pod_of: Option<super::rpc_span::PodOf>,
+}
+
+impl RpcLogLayer {
+    /// `pod_of` finds a container's pod, for the spans of container calls.
+    pub fn with_pod_of(pod_of: super::rpc_span::PodOf) -> Self {
+        Self {
+            pod_of: Some(pod_of),
+        }
+    }
+}
+
+impl std::fmt::Debug for RpcLogLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcLogLayer").finish_non_exhaustive()
+    }
+}
 
 impl<S> tower::Layer<S> for RpcLogLayer {
     type Service = RpcLog<S>;
 
     fn layer(&self, inner: S) -> RpcLog<S> {
-        RpcLog { inner }
+        RpcLog {
+            inner,
+            pod_of: self.pod_of.clone(),
+        }
     }
 }
 
-/// Logs each call it passes to the inner service (see the module doc).
-#[derive(Debug, Clone)]
+/// Runs each call in its span (`rpc_span.rs`), then logs and records it (module doc).
+#[derive(Clone)]
 pub struct RpcLog<S> {
     inner: S,
+    pod_of: Option<super::rpc_span::PodOf>,
 }
 
 /// `/runtime.v1.RuntimeService/ListPodSandbox` → `ListPodSandbox`.
@@ -39,9 +64,9 @@ pub fn rpc_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-impl<S, B, R> tower::Service<http::Request<B>> for RpcLog<S>
+impl<S, R> tower::Service<http::Request<Body>> for RpcLog<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S: tower::Service<http::Request<Body>, Response = http::Response<R>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: 'static,
     R: 'static,
@@ -54,23 +79,36 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if !tracing::enabled!(target: TARGET, tracing::Level::DEBUG) {
-            return Box::pin(self.inner.call(req));
-        }
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let rpc = rpc_name(req.uri().path()).to_owned();
-        Box::pin(logged(rpc, self.inner.call(req)))
+        let span = super::rpc_span::new_span(&rpc);
+        let Some(kind) = super::rpc_span::id_kind(&rpc) else {
+            let call = self.inner.call(req);
+            return Box::pin(logged(rpc, call).instrument(span));
+        };
+        // The ready service answers this call; a clone takes its place (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let pod_of = self.pod_of.clone();
+        let span2 = span.clone();
+        Box::pin(
+            async move {
+                let req = super::rpc_span::with_ids(req, kind, &span2, pod_of.as_ref()).await;
+                logged(rpc, inner.call(req)).await
+            }
+            .instrument(span),
+        )
     }
 }
 
-/// Awaits `call` and logs its name, status and duration.
+/// Awaits `call`, records its outcome and logs its name, status and duration.
 async fn logged<F, R, E>(rpc: String, call: F) -> Result<http::Response<R>, E>
 where
     F: Future<Output = Result<http::Response<R>, E>>,
 {
     let start = Instant::now();
     let res = call.await;
-    let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = start.elapsed();
     let code = match &res {
         // tonic answers an error before any message as trailers-only: the status is in
         // the head. A call that fails later (a stream) is logged as its head: 0.
@@ -82,6 +120,13 @@ where
             .to_owned(),
         Err(_) => "transport".to_owned(),
     };
+    let code_name = if code == "transport" {
+        "Unavailable"
+    } else {
+        crate::metrics::code_name(&code)
+    };
+    crate::metrics::rpc_finished(&rpc, code_name, elapsed);
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     tracing::debug!(target: TARGET, rpc = %rpc, micros, code = %code, "CRI call");
     res
 }
@@ -102,7 +147,7 @@ mod tests {
 
     #[tokio::test]
     async fn passes_requests_and_responses_through() {
-        let inner = tower::service_fn(|req: http::Request<()>| async move {
+        let inner = tower::service_fn(|req: http::Request<Body>| async move {
             let status = if req.uri().path().ends_with("/Bad") {
                 "3"
             } else {
@@ -122,10 +167,10 @@ mod tests {
             .with_ansi(false)
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let mut svc = RpcLogLayer.layer(inner);
+        let mut svc = RpcLogLayer::default().layer(inner);
         let req = http::Request::builder()
             .uri("/runtime.v1.RuntimeService/Bad")
-            .body(())
+            .body(Body::empty())
             .expect("request");
         let res = svc.call(req).await.expect("call");
         assert_eq!(res.body(), "/runtime.v1.RuntimeService/Bad");
@@ -134,6 +179,55 @@ mod tests {
         assert!(line.contains("CRI call rpc=Bad"), "{line}");
         assert!(line.contains("code=3"), "{line}");
         assert!(line.contains("micros="), "{line}");
+    }
+
+    /// A container call runs in a span with its request id, container id and pod id, and
+    /// the handler gets the request body unchanged.
+    #[tokio::test]
+    async fn container_calls_run_in_a_span_with_their_ids() {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let inner = tower::service_fn(|req: http::Request<Body>| async move {
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            let msg = hull_cri_api::StopContainerRequest::decode(&body[5..]).expect("decode");
+            tracing::info!(timeout = msg.timeout, "handler");
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("grpc-status", "0")
+                    .body(msg.container_id)
+                    .expect("response"),
+            )
+        });
+        let buf = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let pod_of: crate::cri::rpc_span::PodOf =
+            std::sync::Arc::new(|c: &str| (c == "c0ffee").then(|| "p0d".to_owned()));
+        let mut svc = RpcLogLayer::with_pod_of(pod_of).layer(inner);
+        let msg = hull_cri_api::StopContainerRequest {
+            container_id: "c0ffee".into(),
+            timeout: 7,
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        let req = http::Request::builder()
+            .uri("/runtime.v1.RuntimeService/StopContainer")
+            .body(Body::new(http_body_util::Full::new(bytes::Bytes::from(
+                frame,
+            ))))
+            .expect("request");
+        let res = svc.call(req).await.expect("call");
+        assert_eq!(res.body(), "c0ffee");
+        let text = buf.text();
+        assert!(text.contains("cri{rpc=StopContainer req_id="), "{text}");
+        assert!(text.contains("pod_id=p0d container_id=c0ffee}"), "{text}");
+        assert!(text.contains("handler timeout=7"), "{text}");
     }
 
     /// A `MakeWriter` that keeps what is logged.

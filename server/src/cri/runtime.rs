@@ -3,9 +3,8 @@
 //! live by CRI object: `sandbox*.rs` (pod sandboxes) and `container*.rs` (containers);
 //! each opens its span with the pod and container ids.
 //!
-//! RPCs whose issue has not landed yet answer `UNIMPLEMENTED` with a message naming what
-//! is missing, so kubelet and critest see a clear, typed refusal rather than a hang or a
-//! panic.
+//! CheckpointContainer refuses with the reason per backend (`checkpoint.rs`); pod and
+//! container metrics for kubelet's `/metrics/cadvisor` are in `metrics/`.
 
 use std::pin::Pin;
 
@@ -26,11 +25,6 @@ type CallResult<T> = Result<Response<T>, Status>;
 /// The stream `GetContainerEvents` answers with.
 pub(crate) type ContainerEventStream =
     Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
-
-fn not_yet<T>(rpc: &'static str, why: &'static str) -> CallResult<T> {
-    tracing::debug!(rpc, "unimplemented CRI call");
-    Err(CriError::Unimplemented { rpc, why }.into())
-}
 
 #[tonic::async_trait]
 impl RuntimeService for CriService {
@@ -258,23 +252,25 @@ impl RuntimeService for CriService {
 
     async fn checkpoint_container(
         &self,
-        _req: Request<cri::CheckpointContainerRequest>,
+        req: Request<cri::CheckpointContainerRequest>,
     ) -> CallResult<cri::CheckpointContainerResponse> {
-        not_yet("CheckpointContainer", "checkpointing is not supported")
+        Ok(Response::new(
+            self.do_checkpoint_container(req.into_inner()).await?,
+        ))
     }
 
     async fn list_metric_descriptors(
         &self,
         _req: Request<cri::ListMetricDescriptorsRequest>,
     ) -> CallResult<cri::ListMetricDescriptorsResponse> {
-        not_yet("ListMetricDescriptors", "pod metrics are not exported yet")
+        Ok(Response::new(self.do_list_metric_descriptors()))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> CallResult<cri::ListPodSandboxMetricsResponse> {
-        not_yet("ListPodSandboxMetrics", "pod metrics are not exported yet")
+        Ok(Response::new(self.do_list_pod_sandbox_metrics().await?))
     }
 }
 

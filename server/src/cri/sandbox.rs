@@ -9,6 +9,7 @@ use tracing::info;
 
 use super::CriService;
 use super::status::CriError;
+use crate::sandbox::capacity::CapacityError;
 use crate::sandbox::{SandboxError, error_chain};
 
 /// The one mapping from sandbox errors to CRI codes.
@@ -27,6 +28,9 @@ impl From<SandboxError> for CriError {
             }
             SandboxError::AgentTimeout { .. } | SandboxError::AgentNotReady { .. } => {
                 CriError::DeadlineExceeded(message)
+            }
+            SandboxError::Admission(CapacityError::NodeFull { .. }) => {
+                CriError::ResourceExhausted(message)
             }
             _ => CriError::internal(message, err),
         }

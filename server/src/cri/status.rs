@@ -19,6 +19,9 @@ pub enum CriError {
     PermissionDenied(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The node cannot hold what was asked for (kubelet retries with back-off).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{rpc} is not implemented by hull yet ({why})")]
     Unimplemented {
         rpc: &'static str,
@@ -52,6 +55,7 @@ impl CriError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unimplemented { .. } => Code::Unimplemented,
             Self::Internal { .. } => Code::Internal,
         }

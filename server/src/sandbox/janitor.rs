@@ -52,6 +52,7 @@ impl SandboxManager {
                 }
             }
         }
+        crate::metrics::leftovers_cleaned("sandbox_leftover", report.removed.len());
         report
     }
 

@@ -36,6 +36,7 @@
 //! at warn level.
 
 mod backends;
+pub mod capacity;
 mod guest;
 pub mod handlers;
 pub mod host;
@@ -92,6 +93,8 @@ pub enum SandboxError {
     HostIsolationDenied { namespace: String, why: String },
     #[error("Pod sandbox name {name:?} is already reserved for sandbox {id}")]
     NameReserved { name: String, id: String },
+    #[error("Pod not admitted")]
+    Admission(#[from] capacity::CapacityError),
     #[error("VMM backend unavailable: {0}")]
     BackendUnavailable(String),
     #[error("Failed to generate a sandbox id")]
@@ -320,6 +323,8 @@ pub struct SandboxManager {
     /// VMMs of handlers whose `vmm` differs from `vm.vmm`, made at their first pod (each
     /// keeps its own VM templates).
     vmms: Mutex<HashMap<crate::config::VmmChoice, VmmBackend>>,
+    /// Memory admission of new pods (`[node]`).
+    pub(crate) capacity: capacity::NodeCapacity,
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     /// containerd's name reservation: `name_namespace_uid_attempt` → sandbox id.
     names: Mutex<HashMap<String, String>>,
@@ -341,6 +346,7 @@ impl SandboxManager {
             agent: config.host_isolation.agent.clone(),
         }));
         Self {
+            capacity: capacity::NodeCapacity::new(&config.node),
             config,
             store,
             backends,

@@ -86,7 +86,17 @@ impl SandboxManager {
         let id = new_id()?;
         // Port mappings are checked before anything is taken.
         guest::pod_spec(&id, &config)?;
+        // So is the node's room for the VM; the promise is held until the pod is up or unwound.
+        let size = super::sizing::vm_size(&config, &self.config.vm);
         let meta = config.metadata.clone().unwrap_or_default();
+        let _admission = self.capacity.admit(size.memory_mib).inspect_err(|e| {
+            tracing::warn!(
+                pod = %format!("{}/{}", meta.namespace, meta.name),
+                error = %e,
+                memory_mib = size.memory_mib,
+                "RunPodSandbox refused"
+            );
+        })?;
         let span = info_span!("run_pod_sandbox", pod_id = %id, pod = %format!("{}/{}", meta.namespace, meta.name));
         async move {
             info!(attempt = meta.attempt, handler = %iso.handler, isolation = iso.isolation.as_str(), "RunPodSandbox");
@@ -241,6 +251,12 @@ impl SandboxManager {
         let t = Instant::now();
         let client = self.wait_agent(vm.as_ref()).await?;
         timings.insert("agent_ready".to_owned(), ms(t.elapsed()));
+        let vm_up_ms: f64 = ["vm_start", "agent_ready"]
+            .iter()
+            .filter_map(|k| timings.get(*k))
+            .sum();
+        let vm_up = Duration::from_secs_f64(vm_up_ms / 1000.0);
+        crate::metrics::vm_started(hypervisor.backend(), vm.restored(), vm_up);
         info!(ms = ms(t.elapsed()), "agent connected");
         *sb.agent.lock().await = Some(client.clone());
 

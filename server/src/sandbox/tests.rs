@@ -501,3 +501,56 @@ async fn no_warm_up_with_templates_off() {
     assert!(e.mgr.warm_vm_template().is_none());
     assert!(e.vm.state.lock().unwrap().warmed.is_empty());
 }
+
+#[tokio::test]
+async fn a_pod_the_node_cannot_hold_is_refused_before_anything_is_taken() {
+    use super::capacity::{CapacityError, NodeCapacity, NodeMemory};
+    let mut e = env();
+    // 1000 MiB available, 512 kept free, 64 per pod outside guest RAM: a default 256 MiB
+    // VM fits (320 <= 488), a pod with a 1 GiB limit (1024 + 64 guest overhead) does not.
+    let source = Arc::new(|| {
+        Ok(NodeMemory {
+            available_kib: 1000 * 1024,
+        })
+    });
+    Arc::get_mut(&mut e.mgr)
+        .expect("only the env holds the manager")
+        .capacity = NodeCapacity::with_source(&e.config.node, source);
+    let mut big = request("big");
+    if let Some(c) = big.config.as_mut() {
+        c.linux = Some(cri::LinuxPodSandboxConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 1 << 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let err = e.mgr.run(big).await.unwrap_err();
+    assert!(
+        matches!(
+            err.root(),
+            SandboxError::Admission(CapacityError::NodeFull {
+                need_mib: 1152,
+                available_mib: 1000,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let status = tonic::Status::from(CriError::from(err));
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("node.memory_headroom_mib"),
+        "{status:?}"
+    );
+    // Nothing was taken: no network, no VM, no record, no dir, no name.
+    assert_eq!(e.net.calls(), (0, 0));
+    assert!(e.vm.state.lock().unwrap().started.is_empty());
+    e.assert_nothing_left();
+    assert!(lock(&e.mgr.names).is_empty(), "name reserved");
+    // A pod of the default size fits; its promise is given back once it is up.
+    let id = e.mgr.run(request("small")).await.unwrap();
+    assert_eq!(e.mgr.get(&id).unwrap().state(), SandboxState::Ready);
+    assert_eq!(e.mgr.capacity.in_flight_mib(), 0);
+}

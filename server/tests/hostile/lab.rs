@@ -19,8 +19,11 @@ use crate::{common, cri_common, registry};
 
 pub const IMAGE: &str = "registry.k8s.io/hostile:latest";
 pub const LINKS_IMAGE: &str = "registry.k8s.io/hostile-links:latest";
-/// The pod's share as a privileged container reaches it: the agent's mount.
-pub const SHARE: &str = "/proc/1/root/run/hull/shared";
+/// The pod's share as a privileged container reaches it: the share's root, opened by
+/// FUSE file handle through the share-backed `/etc/hostname` (`attacker hold-share`, see
+/// attacker.c) and held by a process of the pod, since `/proc/1/root` is `hull-pause`'s
+/// empty root.
+pub const SHARE: &str = "/hull-share";
 /// How long the attacker plants symlinks, and the test races it.
 pub const RACE: Duration = Duration::from_secs(30);
 
@@ -205,7 +208,8 @@ impl Lab {
     /// A privileged container running `script` (`$SHARE` is the share's root), once it
     /// reaches the share.
     pub async fn attacker(&mut self, script: &str) -> String {
-        let mut config = self.config(IMAGE, &["sh", "-c", &format!("SHARE={SHARE}; {script}")]);
+        let escape = format!("attacker hold-share /etc/hostname {SHARE} && SHARE={SHARE}");
+        let mut config = self.config(IMAGE, &["sh", "-c", &format!("{escape} && {script}")]);
         config.linux = Some(cri::LinuxContainerConfig {
             resources: None,
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -214,7 +218,10 @@ impl Lab {
             }),
         });
         let id = cri_common::create_start(&mut self.rt, &self.pod_id, &self.pod, config).await;
-        let (code, out) = self.exec(&id, &format!("ls {SHARE}")).await;
+        // The container's command makes the link; the exec times out (60 s) if it never
+        // does.
+        let wait = format!("until ls {SHARE}/ >/dev/null 2>&1; do sleep 0.2; done; ls {SHARE}/");
+        let (code, out) = self.exec(&id, &wait).await;
         assert!(
             code == 0 && out.contains(&id),
             "the privileged container cannot reach the share at {SHARE} ({code}): {out}"

@@ -312,6 +312,10 @@ impl VmHandle for HullVm {
         self.procs.is_running()
     }
 
+    fn restored(&self) -> bool {
+        matches!(self.boot, Boot::Restored { .. })
+    }
+
     fn failure(&self) -> Option<String> {
         self.procs.failure()
     }

@@ -21,6 +21,8 @@ use crate::procvm::{Spawn, VmProcs};
 use crate::qemu::argv;
 use crate::qemu::procs::{log_tail, wait_agent_marker, wait_for_socket};
 
+/// The counter of template lookups (hulld's metrics endpoint shows it).
+const TEMPLATE_LOOKUPS: &str = "hull_vm_template_lookups_total";
 /// How long pods boot cold after a template for their key failed.
 pub const FAILURE_BACKOFF: Duration = Duration::from_secs(10 * 60);
 /// How long a template VM may take to reach agent-ready.
@@ -91,6 +93,7 @@ impl Templates {
         let paths = TemplatePaths::new(&config.run_dir, &key);
         if paths.is_complete() {
             tracing::info!(key, "VM template hit");
+            metrics::counter!(TEMPLATE_LOOKUPS, "result" => "hit").increment(1);
             return restored(paths, None);
         }
         if self.failed_recently(&key) {
@@ -101,12 +104,14 @@ impl Templates {
         let _guard = lock.lock().await;
         if paths.is_complete() {
             tracing::info!(key, "VM template hit (created by another pod meanwhile)");
+            metrics::counter!(TEMPLATE_LOOKUPS, "result" => "hit").increment(1);
             return restored(paths, None);
         }
         if self.failed_recently(&key) {
             return Boot::Cold;
         }
         tracing::info!(key, dir = %paths.dir.display(), "VM template miss: creating it");
+        metrics::counter!(TEMPLATE_LOOKUPS, "result" => "miss").increment(1);
         if let Some(root) = paths.dir.parent() {
             collect_garbage(root, &key);
         }
@@ -342,6 +347,7 @@ pub fn collect_garbage(root: &Path, keep: &str) {
         };
         if garbage {
             tracing::info!(dir = %path.display(), "removing an unusable VM template");
+            metrics::counter!("hull_leftovers_cleaned_total", "kind" => "vm_template").increment(1);
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 tracing::warn!(dir = %path.display(), error = %e, "cannot remove it");
             }

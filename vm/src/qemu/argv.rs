@@ -21,6 +21,22 @@ pub enum Accel {
 /// calibration hangs about half the boots.
 pub const TCG_TSC_KHZ: u32 = 2_100_000;
 
+/// TCG's translated-code buffer, MiB (`-accel tcg,tb-size=`). QEMU's own default is 1 GiB,
+/// filled as the guest runs code it has not translated yet and flushed only when full: an
+/// idle pod's QEMU held ~35 MiB of it and ~60 MiB more after serving three execs. 16 MiB
+/// cost no measurable CPU on a pod's boot and execs (test/bench/README.md, issue 20).
+pub const TCG_TB_SIZE_MIB: u32 = 16;
+
+/// How a TCG guest runs: its translation buffer and the host TSC rate it inherits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tcg {
+    /// `-accel tcg,tb-size=` in MiB ([`TCG_TB_SIZE_MIB`]).
+    pub tb_size_mib: u32,
+    /// The host's TSC rate ([`super::tsc::host_tsc_khz`]): the guest keeps time by its TSC
+    /// and idles tickless. `None`: [`TCG_TSC_KHZ`] for the early calibration only.
+    pub host_tsc_khz: Option<u32>,
+}
+
 /// The virtio-fs tag the agent mounts.
 pub const SHARE_TAG: &str = "hullshare";
 
@@ -86,7 +102,7 @@ impl RunFiles {
 }
 
 /// Kernel command line: the backend's own arguments, then the caller's.
-pub fn kernel_cmdline(config: &VmConfig, tcg: bool) -> String {
+pub fn kernel_cmdline(config: &VmConfig, tcg: Option<Tcg>) -> String {
     // reboot=t + QEMU -no-reboot: the agent's reboot(2) ends QEMU (poweroff does not on
     // microvm); panic=-1 makes a guest panic end it too.
     let mut parts = vec![
@@ -96,9 +112,13 @@ pub fn kernel_cmdline(config: &VmConfig, tcg: bool) -> String {
         "loglevel=4",
         "8250.nr_uarts=1",
     ];
-    let tsc = format!("tsc_early_khz={TCG_TSC_KHZ}");
-    if tcg {
+    let khz = tcg.and_then(|t| t.host_tsc_khz);
+    let tsc = format!("tsc_early_khz={}", khz.unwrap_or(TCG_TSC_KHZ));
+    if tcg.is_some() {
         parts.push(&tsc);
+        if khz.is_some() {
+            parts.push("tsc=reliable");
+        }
         // Under TCG on a loaded host the IO-APIC timer check can miss its ticks and panic
         // the guest in setup_IO_APIC ("..MP-BIOS bug: 8254 timer not connected"); Kata
         // passes the same flag.
@@ -120,18 +140,29 @@ fn os(parts: &[&str]) -> Vec<OsString> {
 /// Jailed (`jail`), QEMU chroots into [`RunFiles::jail_root`] and drops to the pod's own
 /// uid/gid (hull-vmm's, [`crate::hull::jail::id_for`]) once every device is set up: its
 /// fds (tap, memfd, vhost-user and console sockets, /dev/kvm) stay, nothing else is
-/// reachable and no capability is left.
-pub fn qemu_args(config: &VmConfig, files: &RunFiles, tcg: bool, jail: bool) -> Vec<OsString> {
+/// reachable and no capability is left. Under TCG (`tcg`) the translation buffer is
+/// capped and the guest told the host's TSC rate.
+pub fn qemu_args(
+    config: &VmConfig,
+    files: &RunFiles,
+    tcg: Option<Tcg>,
+    jail: bool,
+) -> Vec<OsString> {
     let mem = config.memory_mib;
     let mut args = os(&["-name", &format!("hull-{}", config.id)]);
-    let accel = if tcg { "tcg" } else { "kvm" };
+    let accel = match tcg {
+        Some(t) => format!("tcg,tb-size={}", t.tb_size_mib),
+        None => "kvm".to_owned(),
+    };
     // The CMOS RTC stays on: without it the guest boots at 1970 and its kernel spends
     // about a second failing to read the clock.
     args.extend(os(&[
+        "-accel",
+        &accel,
         "-M",
-        &format!("microvm,accel={accel},acpi=off,memory-backend=mem"),
+        "microvm,acpi=off,memory-backend=mem",
         "-cpu",
-        if tcg { "max" } else { "host" },
+        if tcg.is_some() { "max" } else { "host" },
         "-smp",
         &config.vcpus.to_string(),
         "-m",
@@ -284,9 +315,13 @@ mod tests {
     fn qemu_command_line_has_every_device() {
         let cfg = test_config();
         let files = RunFiles::new(&cfg.run_dir);
-        let line = joined(&qemu_args(&cfg, &files, true, true));
+        let tcg = Tcg {
+            tb_size_mib: TCG_TB_SIZE_MIB,
+            host_tsc_khz: None,
+        };
+        let line = joined(&qemu_args(&cfg, &files, Some(tcg), true));
         for want in [
-            "-M microvm,accel=tcg,acpi=off,memory-backend=mem",
+            "-accel tcg,tb-size=16 -M microvm,acpi=off,memory-backend=mem",
             "memory-backend-memfd,id=mem,size=512M,share=on",
             "-smp 2 -m 512M",
             "-no-reboot",
@@ -306,9 +341,10 @@ mod tests {
             line.contains("tsc_early_khz=2100000 no_timer_check RUST_LOG=debug"),
             "{line}"
         );
-        let kvm = joined(&qemu_args(&cfg, &files, false, false));
+        let kvm = joined(&qemu_args(&cfg, &files, None, false));
         assert!(
-            kvm.contains("accel=kvm")
+            kvm.contains("-accel kvm -M microvm,acpi=off")
+                && !kvm.contains("tb-size")
                 && kvm.contains("-cpu host")
                 && !kvm.contains("tsc_early_khz")
         );
@@ -320,8 +356,22 @@ mod tests {
         let mut cfg = test_config();
         cfg.net = None;
         cfg.shared_dir = None;
-        let line = joined(&qemu_args(&cfg, &RunFiles::new(&cfg.run_dir), true, false));
+        let tcg = Tcg {
+            tb_size_mib: 8,
+            host_tsc_khz: Some(2_300_000),
+        };
+        let line = joined(&qemu_args(
+            &cfg,
+            &RunFiles::new(&cfg.run_dir),
+            Some(tcg),
+            false,
+        ));
         assert!(!line.contains("vhost-user-fs-device") && !line.contains("-netdev"));
+        assert!(line.contains("-accel tcg,tb-size=8 "), "{line}");
+        assert!(
+            line.contains("tsc_early_khz=2300000 tsc=reliable no_timer_check"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod argv;
 pub mod console;
 /// Spawned and adopted helper processes, shared with the hull backend.
 pub(crate) mod procs;
+pub mod tsc;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub struct QemuConfig {
     pub vhost_vsock: PathBuf,
     pub virtiofsd: PathBuf,
     pub accel: Accel,
+    /// TCG's translation buffer, MiB ([`argv::TCG_TB_SIZE_MIB`] by default; unused under KVM).
+    pub tcg_tb_size_mib: u32,
     /// Chroot QEMU into an empty dir and run it as the pod's own uid (see
     /// [`argv::qemu_args`]); on by default.
     pub jail: bool,
@@ -48,6 +51,7 @@ impl Default for QemuConfig {
             vhost_vsock: find_program("vhost-device-vsock"),
             virtiofsd: find_program("virtiofsd"),
             accel: Accel::Auto,
+            tcg_tb_size_mib: argv::TCG_TB_SIZE_MIB,
             jail: true,
             console_max_bytes: MAX_CONSOLE_BYTES,
         }
@@ -244,7 +248,15 @@ impl QemuVm {
         let qemu = Spawn {
             what: "qemu",
             program: &programs.qemu,
-            args: argv::qemu_args(config, f, tcg, programs.jail),
+            args: argv::qemu_args(
+                config,
+                f,
+                tcg.then(|| argv::Tcg {
+                    tb_size_mib: programs.tcg_tb_size_mib,
+                    host_tsc_khz: tsc::host_tsc_khz(),
+                }),
+                programs.jail,
+            ),
             log: &f.qemu_log,
             pid_file: &f.qemu_pid,
         };

@@ -206,8 +206,11 @@ impl Proc {
     }
 }
 
-/// How long a VMM or helper gets to create its socket.
-const SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// How long a live VMM or helper gets to create its socket. A process that dies is seen
+/// at once (the wait polls its liveness), so this bounds only a hung one; it is generous
+/// because a loaded node (or a nested TCG test host) was seen taking over 10 s, and
+/// kubelet's own RunPodSandbox deadline (2 min) is the limit that matters.
+const SOCKET_WAIT: Duration = Duration::from_secs(45);
 /// How often the console is read for the agent's ready marker.
 const READY_POLL: Duration = Duration::from_millis(10);
 
@@ -222,7 +225,14 @@ pub fn log_tail(path: &Path) -> String {
         let _ = file.take(64 << 10).read_to_end(&mut bytes);
     }
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    // QEMU's note that it waits for hulld's console pump to connect says nothing about why
+    // a VM failed; it would push the line that does out of an error's quote.
+    let lines: Vec<&str> = text
+        .lines()
+        .rev()
+        .filter(|l| !l.contains("info: QEMU waiting for connection on:"))
+        .take(5)
+        .collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
@@ -344,6 +354,23 @@ impl Drop for Proc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_tail_quotes_the_last_lines_without_qemus_console_wait_note() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("qemu.log");
+        std::fs::write(
+            &path,
+            "early\nqemu-system-x86_64: -chardev socket,id=console,path=/r/console.sock,\
+             server=on,wait=on: info: QEMU waiting for connection on: disconnected:unix:/r/c\n\
+             qemu: linux kernel too old to load a ram disk\n",
+        )
+        .expect("write");
+        assert_eq!(
+            log_tail(&path),
+            "early | qemu: linux kernel too old to load a ram disk"
+        );
+    }
 
     #[test]
     fn the_marker_scan_reads_each_byte_once() {

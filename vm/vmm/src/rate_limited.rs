@@ -2,7 +2,7 @@
 //! `logger/rate_limited.rs`): a guest that loops on a bad queue, a full control queue or
 //! a device reset must not flood the host's logs (hull-vmm's stderr is a file under `/run`).
 //!
-//! Each [`warn_limited!`]/[`error_limited!`] call site has its own window: at most
+//! Each [`warn_limited!`](crate::warn_limited)/[`error_limited!`](crate::error_limited) call site has its own window: at most
 //! [`BURST`] lines per [`PERIOD`]; the first line after a quiet spell carries
 //! `suppressed = <n>`, the count dropped meanwhile.
 

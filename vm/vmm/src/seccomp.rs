@@ -142,7 +142,7 @@ const COMMON: &[(i64, &str)] = &[
     (libc::SYS_exit, "thread exit"),
     (libc::SYS_exit_group, "process exit"),
     (libc::SYS_restart_syscall, "interrupted sleeps"),
-    // The jail's uid drop (vm/src/vmm/jail.rs) runs after the device threads started;
+    // The jail's uid drop (vm/vmm/src/jail.rs) runs after the device threads started;
     // glibc makes every thread change its credentials. Once dropped, a thread can only
     // "change" to the ids it has.
     (libc::SYS_setresuid, "the jail's uid drop, in every thread"),
@@ -317,18 +317,27 @@ mod tests {
             check();
             std::process::exit(0);
         }
+        // The test's path in this crate (`seccomp::tests::<test>`): a wrong name would run
+        // no test at all and exit 0.
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let test = format!("{module}::{test}");
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--nocapture"])
+            .args(["--exact", &test, "--nocapture", "--test-threads", "1"])
             .env("HULL_SECCOMP_CHILD", "1")
             .output()
             .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("running 1 test"),
+            "the child did not run {test}: {stdout}"
+        );
         Some(out.status)
     }
 
     #[test]
     fn the_vsock_thread_cannot_make_a_network_socket() {
         use std::os::unix::process::ExitStatusExt;
-        let test = "vmm::seccomp::tests::the_vsock_thread_cannot_make_a_network_socket";
+        let test = "the_vsock_thread_cannot_make_a_network_socket";
         let status = in_filtered_child(test, ThreadKind::VsockDevice, || {
             // A unix socket is allowed; an inet one is not.
             let _ = std::os::unix::net::UnixStream::connect("/nonexistent/hull.sock");
@@ -339,7 +348,7 @@ mod tests {
 
     #[test]
     fn the_vsock_thread_may_connect_a_unix_socket() {
-        let test = "vmm::seccomp::tests::the_vsock_thread_may_connect_a_unix_socket";
+        let test = "the_vsock_thread_may_connect_a_unix_socket";
         let status = in_filtered_child(test, ThreadKind::VsockDevice, || {
             let _ = std::os::unix::net::UnixStream::connect("/nonexistent/hull.sock");
         });
@@ -349,7 +358,7 @@ mod tests {
     #[test]
     fn a_device_thread_cannot_make_any_socket() {
         use std::os::unix::process::ExitStatusExt;
-        let test = "vmm::seccomp::tests::a_device_thread_cannot_make_any_socket";
+        let test = "a_device_thread_cannot_make_any_socket";
         let status = in_filtered_child(test, ThreadKind::Device, || {
             let _ = std::os::unix::net::UnixStream::connect("/run/hull/hull.sock");
         });
