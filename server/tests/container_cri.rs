@@ -36,17 +36,8 @@ fn log_lines(path: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_run_create_start_log_exec_stop_remove() {
     let env = PodEnv::new();
-    let reg = registry::TestRegistry::start();
-    let h = reg.host();
-    common::push_test_images(&h);
-    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    cri_common::mirror_registry_k8s_io(&hulld, &h);
-    hulld.start();
-    let mut images = hulld.images().await;
-    let mut rt = hulld.runtime().await;
-
     let image = "registry.k8s.io/busybox:latest";
-    cri_common::pull(&mut images, image).await;
+    let (_reg, hulld, _, mut rt) = cri_common::mirrored_hulld(&env, image).await;
 
     let logs = tempfile::tempdir().unwrap();
     let pod_config = cri::PodSandboxConfig {
@@ -272,16 +263,8 @@ async fn checks(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_containers_while_the_pod_stops() {
     let env = PodEnv::new();
-    let reg = registry::TestRegistry::start();
-    let h = reg.host();
-    common::push_test_images(&h);
-    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    cri_common::mirror_registry_k8s_io(&hulld, &h);
-    hulld.start();
-    let mut images = hulld.images().await;
-    let mut rt = hulld.runtime().await;
     let image = "registry.k8s.io/busybox:latest";
-    cri_common::pull(&mut images, image).await;
+    let (_reg, _hulld, _, mut rt) = cri_common::mirrored_hulld(&env, image).await;
     let logs = tempfile::tempdir().unwrap();
     let pod_config = cri_common::pod_config("rm-while-stopping", logs.path());
     let pod_id = cri_common::run_pod(&mut rt, &pod_config).await;

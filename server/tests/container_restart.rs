@@ -95,17 +95,9 @@ async fn wait_log(path: &Path, at_least: u64, limit: Duration) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_container_survives_hulld_sigkill_with_exact_logs() {
     let env = PodEnv::new();
-    let reg = registry::TestRegistry::start();
-    let h = reg.host();
-    common::push_test_images(&h);
-    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    cri_common::mirror_registry_k8s_io(&hulld, &h);
-    hulld.start();
-    let mut images = hulld.images().await;
-    cri_common::pull(&mut images, IMAGE).await;
+    let (_reg, mut hulld, _, mut rt) = cri_common::mirrored_hulld(&env, IMAGE).await;
     let logs = tempfile::tempdir().unwrap();
     let pod_config = cri_common::pod_config("restart", logs.path());
-    let mut rt = hulld.runtime().await;
     let pod_id = cri_common::run_pod(&mut rt, &pod_config).await;
 
     // The checks run in a task so that a failed one still tears the pod down below.

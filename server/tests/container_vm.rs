@@ -10,6 +10,9 @@
 
 mod common;
 mod cri_common;
+#[path = "../../image-service/tests/support/registry.rs"]
+#[allow(dead_code)]
+mod registry;
 mod sandbox_common;
 
 use std::collections::BTreeMap;

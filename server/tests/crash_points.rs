@@ -181,13 +181,7 @@ async fn killed_in_run_pod_sandbox_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_in_create_container_leaves_nothing() {
     let env = PodEnv::new();
-    let reg = registry::TestRegistry::start();
-    let h = reg.host();
-    common::push_test_images(&h);
-    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    cri_common::mirror_registry_k8s_io(&hulld, &h);
-    hulld.start();
-    cri_common::pull(&mut hulld.images().await, IMAGE).await;
+    let (_reg, mut hulld, _, _) = cri_common::mirrored_hulld(&env, IMAGE).await;
     let logs = tempfile::tempdir().unwrap();
     let pod_config = cri_common::pod_config("crash-ctr", logs.path());
     let pod_id = cri_common::run_pod(&mut hulld.runtime().await, &pod_config).await;

@@ -71,15 +71,7 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let env = PodEnv::new();
-    let reg = registry::TestRegistry::start();
-    let h = reg.host();
-    common::push_test_images(&h);
-    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    cri_common::mirror_registry_k8s_io(&hulld, &h);
-    hulld.start();
-    let mut images = hulld.images().await;
-    let mut rt = hulld.runtime().await;
-    cri_common::pull(&mut images, IMAGE).await;
+    let (_reg, _hulld, _, mut rt) = cri_common::mirrored_hulld(&env, IMAGE).await;
     let logs = tempfile::tempdir().expect("log dir");
     let pod_config = cri::PodSandboxConfig {
         hostname: "streampod".into(),

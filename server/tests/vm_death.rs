@@ -29,14 +29,7 @@ const LIMIT: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_vm_process_dying_ends_the_pods_containers() {
     let env = PodEnv::new();
-    let reg = registry::TestRegistry::start();
-    let h = reg.host();
-    common::push_test_images(&h);
-    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
-    cri_common::mirror_registry_k8s_io(&hulld, &h);
-    hulld.start();
-    let mut images = hulld.images().await;
-    cri_common::pull(&mut images, IMAGE).await;
+    let (_reg, hulld, _, _) = cri_common::mirrored_hulld(&env, IMAGE).await;
     let logs = tempfile::tempdir().unwrap();
     for (pid_file, what) in [
         ("qemu.pid", "qemu"),

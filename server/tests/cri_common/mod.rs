@@ -20,6 +20,31 @@ pub fn mirror_registry_k8s_io(hulld: &Hulld, host: &str) {
     std::fs::write(&hulld.config_path, config).expect("write hulld config");
 }
 
+/// What most container tests start from: a registry on loopback holding the test images
+/// (`common::push_test_images`), a hulld on `env`'s pod network with `registry.k8s.io`
+/// mirrored to it and the agent given 120 s (a loaded TCG host), started, and `image`
+/// pulled. The registry lives as long as the returned value is kept.
+pub async fn mirrored_hulld(
+    env: &crate::sandbox_common::PodEnv,
+    image: &str,
+) -> (
+    crate::registry::TestRegistry,
+    Hulld,
+    ImageServiceClient<Channel>,
+    RuntimeServiceClient<Channel>,
+) {
+    let reg = crate::registry::TestRegistry::start();
+    let host = reg.host();
+    crate::common::push_test_images(&host);
+    let mut hulld = env.hulld(&env.conflist(&[]), &[("agent_timeout_secs", "120".into())]);
+    mirror_registry_k8s_io(&hulld, &host);
+    hulld.start();
+    let mut images = hulld.images().await;
+    let rt = hulld.runtime().await;
+    pull(&mut images, image).await;
+    (reg, hulld, images, rt)
+}
+
 /// PullImage, which must succeed.
 pub async fn pull(images: &mut ImageServiceClient<Channel>, image: &str) {
     images
