@@ -37,6 +37,9 @@ step "grpcio test client" test/tools/grpcio.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
+# hull-agent's binary for host-isolation pods (server/tests/host_pods.rs runs it in host
+# mode from the target dir); cargo test builds only the test harnesses of a bin crate.
+step "cargo build hull-agent" cargo build --locked -p hull-agent
 step "cargo test" cargo test --workspace --locked
 
 CRI_TOOLS_VERSION=1.36.0

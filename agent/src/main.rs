@@ -4,6 +4,9 @@
 //! configures the pod network from what hulld sends, and runs the pod's containers
 //! (namespaces and cgroup v2 inside the guest), serving `hull-agent-api` over vsock port 1024.
 //!
+//! On the node, `hull-agent --host-mode <config>` runs one host-isolation pod's containers
+//! with the same code, behind the same API on a unix socket (see [`host`]).
+//!
 //! The same binary is also the container helper: the agent re-executes itself
 //! (`/proc/self/exe __container-init|__container-exec <config>`) to set up each container
 //! process in a fresh single-threaded process, see [`container`].
@@ -15,6 +18,7 @@
 //! VMM then exits).
 
 mod container;
+mod host;
 mod init;
 mod netcfg;
 mod oom;
@@ -36,6 +40,8 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some(container::helper::INIT_ARG) => return container::helper::run_init(&args),
         Some(container::helper::EXEC_ARG) => return container::helper::run_exec(&args),
+        Some(hull_agent_api::host::HOST_MODE_ARG) => return host::run(&args),
+        Some(hull_agent_api::host::HOST_CLEANUP_ARG) => return host::cleanup(&args),
         _ => {}
     }
     let pid1 = std::process::id() == 1;

@@ -33,6 +33,16 @@ fn status(e: ContainerError) -> Status {
     }
 }
 
+/// `e` and its sources, `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let sources = source_chain(e);
+    if sources.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {sources}")
+    }
+}
+
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = Vec::new();
     let mut cur = e.source();
@@ -52,6 +62,16 @@ fn nanos(t: SystemTime) -> i64 {
 pub struct AgentService {
     containers: Arc<Containers>,
     oom: OomMonitor,
+    /// In a pod VM, or in host mode for a host-isolation pod.
+    mode: Arc<Mode>,
+}
+
+/// Where the agent runs.
+pub enum Mode {
+    /// PID 1 of a pod VM.
+    Guest,
+    /// One host-isolation pod's agent on the node (see [`crate::host`]).
+    Host(hull_agent_api::host::HostModeConfig),
 }
 
 impl AgentService {
@@ -108,9 +128,13 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let span = tracing::info_span!("setup_sandbox", sandbox_id = %req.sandbox_id);
         let _enter = span.enter();
-        sandbox::setup(&req).map_err(|e| match e {
+        let result = match self.mode.as_ref() {
+            Mode::Guest => sandbox::setup(&req),
+            Mode::Host(config) => crate::host::setup_sandbox(&req, config),
+        };
+        result.map_err(|e| match e {
             // What the request asks for is wrong (hulld passes it on as the client's
-            // mistake); a missing NIC is the VM's, not the request's.
+            // mistake); a missing NIC is the VM's (or the node's), not the request's.
             SandboxError::Validate(_) => Status::invalid_argument(e.to_string()),
             SandboxError::NoInterface(_) => Status::failed_precondition(e.to_string()),
             other => Status::internal(format!("{other}: {}", source_chain(&other))),
@@ -125,8 +149,13 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::CreateContainerResponse>, Status> {
         let r = req.into_inner();
         // hulld calls SetupSandbox first, which mounts the share; a client that did not
-        // still gets the share its rootfs and bind mounts are on.
-        match share::ensure_mounted() {
+        // still gets the share its rootfs and bind mounts are on. (A host pod has no share:
+        // its rootfs and volumes are host paths.)
+        let share = match self.mode.as_ref() {
+            Mode::Guest => share::ensure_mounted(),
+            Mode::Host(_) => Ok(share::ShareState::Absent),
+        };
+        match share {
             Ok(share::ShareState::Mounted) => {
                 tracing::warn!(container_id = %r.container_id, "virtio-fs share mounted by CreateContainer: SetupSandbox was not called first");
             }
@@ -330,10 +359,29 @@ impl Agent for AgentService {
             .containers
             .get(&req.into_inner().container_id)
             .map_err(status)?;
-        Ok(Response::new(container::stats::read(
-            &c.cgroup,
-            nanos(SystemTime::now()),
-        )))
+        let now = nanos(SystemTime::now());
+        // A v2 cgroup (the guest's, a v2 node's): every figure; v1 (a host pod on a v1 or
+        // hybrid node): what runc reports from v1, the rest 0.
+        let answer = match (&c.cgroup.unified, c.cgroup.is_v1()) {
+            (Some(dir), false) => container::stats::read(dir, now),
+            _ => {
+                let s = cgroup::stats(&c.cgroup);
+                pb::ContainerStatsResponse {
+                    cpu_usage_usec: s.cpu_usage_usec,
+                    cpu_user_usec: s.cpu_user_usec,
+                    cpu_system_usec: s.cpu_system_usec,
+                    memory_current_bytes: s.memory_current_bytes,
+                    memory_max_bytes: s.memory_max_bytes,
+                    memory_anon_bytes: s.memory_anon_bytes,
+                    memory_file_bytes: s.memory_file_bytes,
+                    oom_kills: s.oom_kills,
+                    pids_current: s.pids_current,
+                    timestamp_unix_nanos: now,
+                    ..Default::default()
+                }
+            }
+        };
+        Ok(Response::new(answer))
     }
 
     type PortForwardStream = BoxStream<pb::PortForwardChunk>;
@@ -363,11 +411,13 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::ShutdownResponse>, Status> {
         tracing::info!("shutdown requested");
         let containers = self.containers.clone();
+        let guest = matches!(self.mode.as_ref(), Mode::Guest);
         tokio::spawn(async move {
             // Let the reply reach the host first.
             tokio::time::sleep(Duration::from_millis(100)).await;
             containers.kill_all().await;
-            if std::process::id() == 1 {
+            // In host mode the agent may be PID 1 of the pod's PID namespace: never reboot.
+            if guest && std::process::id() == 1 {
                 crate::init::power_off();
             }
             std::process::exit(0);
@@ -405,28 +455,39 @@ fn container_info(c: container::ContainerSummary) -> pb::ContainerInfo {
     }
 }
 
-/// Serves the API on vsock port 1024 until the process ends (Shutdown powers off).
-pub async fn serve() -> anyhow::Result<()> {
-    let reaper = Reaper::start()?;
-    let containers = Arc::new(Containers::new(reaper));
+/// The service over `containers` (the reaper must be running), with the OOM monitor.
+pub fn service(containers: Arc<Containers>, mode: Mode) -> AgentServer<AgentService> {
     let of = Arc::clone(&containers);
     let counts: crate::oom::KillCounts = Arc::new(move || {
         of.ids()
             .into_iter()
-            .map(|c| {
-                let kills = cgroup::flat_keyed(&c.cgroup, "memory.events", "oom_kill");
-                (c.id.clone(), kills)
-            })
+            .map(|c| (c.id.clone(), cgroup::stats(&c.cgroup).oom_kills))
             .collect()
     });
     let oom = OomMonitor::new(counts, crate::oom::OOM_POLL);
+    AgentServer::new(AgentService {
+        containers,
+        oom,
+        mode: Arc::new(mode),
+    })
+}
+
+/// Serves the API on vsock port 1024 until the process ends (Shutdown powers off).
+pub async fn serve() -> anyhow::Result<()> {
+    let reaper = Reaper::start()?;
+    let containers = Arc::new(Containers::new(
+        reaper,
+        cgroup::Placement::guest(),
+        container::GUEST_STATE_DIR.into(),
+        container::PodPid::Pause,
+    ));
     let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, AGENT_VSOCK_PORT);
     let listener = tokio_vsock::VsockListener::bind(addr)?;
     // The plain marker line VMM backends wait for (see hull_agent_api::READY_MARKER).
     eprintln!("{}", hull_agent_api::READY_MARKER);
     tracing::info!(port = AGENT_VSOCK_PORT, version = VERSION, "listening");
     tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService { containers, oom }))
+        .add_service(service(containers, Mode::Guest))
         .serve_with_incoming(listener.incoming())
         .await?;
     Ok(())

@@ -41,6 +41,6 @@ pub mod tc;
 
 pub use networking::PodNetworking;
 pub use pod::{
-    POD_IFNAME, PodNetwork, PodNetworkConfig, PodNetworkError, PodNetworkStatus, PodSpec,
+    POD_IFNAME, PodNetwork, PodNetworkConfig, PodNetworkError, PodNetworkStatus, PodNic, PodSpec,
     SetupTimings,
 };

@@ -109,6 +109,18 @@ pub struct PodSpec {
     pub port_mappings: Vec<PortMapping>,
     pub dns: Option<DnsCapability>,
     pub bandwidth: Option<Bandwidth>,
+    /// Who uses the pod's eth0.
+    pub nic: PodNic,
+}
+
+/// Who uses a pod's eth0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PodNic {
+    /// A VM: a tap mirrored both ways with eth0 by tc (the default).
+    #[default]
+    VmTap,
+    /// The pod's processes themselves (hull's host-isolation pods): CNI and `lo` only.
+    Direct,
 }
 
 /// How long each setup phase took (for hulld's RunPodSandbox benchmark).
@@ -242,6 +254,12 @@ impl PodNetwork {
             .link(POD_IFNAME)
             .await
             .map_err(PodNetworkError::ReadPodInterface)?;
+        if spec.nic == PodNic::Direct {
+            info!(?timings, "pod network ready (no VM NIC)");
+            let mut status = self.status(netns, &result, raw, eth0.mac, eth0.mtu, timings.clone());
+            status.tap.clear();
+            return Ok(status);
+        }
         let tap_name = &self.config.tap_name;
         let tap = tap::create(netns, &link, tap_name, eth0.mtu)
             .await

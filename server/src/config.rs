@@ -5,12 +5,25 @@
 //! than silently ignored. Errors name the offending key (`vm.default_vcpus`), so
 //! `hulld` can say exactly what is wrong and exit with code 2.
 
+mod runtimes;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use runtimes::{
+    DEFAULT_RUNTIME, HOST_RUNTIME, HostIsolationSection, Isolation, NodeNamespaces, RuntimeHandler,
+    default_runtimes,
+};
+
 /// Where hulld looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
+
+/// The configured handler names, quoted, for messages.
+pub fn runtimes_names(config: &Config) -> String {
+    runtimes::names(&config.runtimes)
+}
 
 /// A config file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +57,11 @@ pub struct Config {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
     pub log_level: String,
     pub log_format: LogFormat,
-    /// Reported to kubelet by the `RuntimeConfig` RPC.
+    /// Reported to kubelet by the `RuntimeConfig` RPC; how host-isolation pods'
+    /// `cgroup_parent` reads (a cgroupfs path, or a systemd slice name).
     pub cgroup_driver: CgroupDriver,
+    /// The handler kubelet's `""` (no RuntimeClass) means: one of `runtimes`.
+    pub default_runtime: String,
     /// Seconds between the passes that remove what belongs to no sandbox (run dirs, pod
     /// netns, CNI attachments whose DEL failed); 0 runs the pass only at start-up.
     pub cleanup_interval_secs: u64,
@@ -56,6 +72,10 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// Registry mirrors, credentials and pull limits (`[registry]`, see `hull_image::RegistryConfig`).
     pub registry: hull_image::RegistryConfig,
+    /// Runtime handlers by name (`[runtimes.<name>]`), see [`runtimes`].
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+    /// Who may run with host isolation (`[host_isolation]`).
+    pub host_isolation: HostIsolationSection,
     /// What the node can hold (`[node]`): RunPodSandbox's memory admission.
     pub node: NodeSection,
 }
@@ -76,7 +96,7 @@ pub enum CgroupDriver {
 
 /// Which VMM runs pods: `auto` picks hull-vmm where the host's KVM boots stock guests,
 /// QEMU otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmmChoice {
     Auto,
@@ -173,12 +193,15 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            default_runtime: DEFAULT_RUNTIME.into(),
             cleanup_interval_secs: 300,
             vm: VmSection::default(),
             cni: CniSection::default(),
             streaming: StreamingSection::default(),
             metrics: MetricsSection::default(),
             registry: hull_image::RegistryConfig::default(),
+            runtimes: default_runtimes(),
+            host_isolation: HostIsolationSection::default(),
             node: NodeSection::default(),
         }
     }
@@ -265,7 +288,7 @@ impl Config {
                 },
             }
         })?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Key {
                 path: path.to_owned(),
@@ -277,6 +300,7 @@ impl Config {
                 message: e.into_inner().message().to_owned(),
             }
         })?;
+        config.runtimes = runtimes::with_builtins(std::mem::take(&mut config.runtimes));
         config
             .validate()
             .map_err(|(key, message)| ConfigError::Key {
@@ -354,6 +378,7 @@ impl Config {
                 format!("{:?} is not an ip:port address", self.streaming.address),
             ));
         }
+        runtimes::validate(&self.default_runtime, &self.runtimes, &self.host_isolation)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err((
                 "log_level",
@@ -367,6 +392,19 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Serializing plain structs of strings, paths and numbers cannot fail.
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+    }
+
+    /// The handler a RunPodSandbox's `runtime_handler` names (`""`: the default), with
+    /// its resolved name; `None` if no such handler is configured.
+    pub fn runtime_handler(&self, name: &str) -> Option<(&str, &RuntimeHandler)> {
+        let name = if name.is_empty() {
+            self.default_runtime.as_str()
+        } else {
+            name
+        };
+        self.runtimes
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
     }
 
     /// Where the metadata store lives.

@@ -35,18 +35,21 @@ EOF
     die "docker-registry did not start; see $LOG_DIR/registry.log"
 }
 
-# find_hulld: $HULLD, or `cargo build -p hulld` into $CARGO_TARGET_DIR (default target/).
+# find_hulld: $HULLD, or `cargo build -p hulld -p hull-agent` into $CARGO_TARGET_DIR
+# (default target/). hull-agent (host-isolation pods): $HULL_AGENT, else beside hulld.
 find_hulld() {
     if [[ -n ${HULLD:-} ]]; then
         [[ -x $HULLD ]] || die "HULLD=$HULLD is not an executable"
         HULLD_BIN=$HULLD
     else
-        log "cargo build -p hulld (log: $LOG_DIR/build.log)"
-        (cd "$REPO" && cargo build -p hulld -j2) >"$LOG_DIR/build.log" 2>&1 ||
+        log "cargo build -p hulld -p hull-agent (log: $LOG_DIR/build.log)"
+        (cd "$REPO" && cargo build -p hulld -p hull-agent -j2) >"$LOG_DIR/build.log" 2>&1 ||
             die "cargo build -p hulld failed; see $LOG_DIR/build.log"
         HULLD_BIN=${CARGO_TARGET_DIR:-$REPO/target}/debug/hulld
     fi
-    log "hulld: $HULLD_BIN"
+    AGENT_BIN=${HULL_AGENT:-$(dirname "$HULLD_BIN")/hull-agent}
+    [[ -x $AGENT_BIN ]] || die "no hull-agent at $AGENT_BIN (set HULL_AGENT): host-isolation pods need it"
+    log "hulld: $HULLD_BIN, hull-agent: $AGENT_BIN"
 }
 
 # write_config: hulld's config and the CNI network (bridge $BRIDGE, 10.99.0.0/16).
@@ -82,6 +85,11 @@ write_config() {
         echo
         echo "[streaming]"
         echo "address = \"127.0.0.1:0\""
+        echo
+        # critest's pods live in namespaces named cri-test-namespace<uuid>: allow all.
+        echo "[host_isolation]"
+        echo "allowed_namespaces = [\"*\"]"
+        echo "agent = \"$AGENT_BIN\""
         for host in registry.k8s.io k8s.gcr.io gcr.io; do
             echo
             echo "[registry.hosts.\"$host\"]"
@@ -132,7 +140,7 @@ progress() {
 # summarize <log dir>: counts, failed specs with their first error line, failures grouped
 # by (normalised) first error line with a rough category, skip reasons.
 summarize() {
-    local report=$1/report.json
+    local report=$1/${2:-report.json}
     [[ -s $report ]] || { echo "no report.json: critest did not finish; see $1/critest.log"; return; }
     # shellcheck disable=SC2016
     jq -r '

@@ -20,7 +20,10 @@ logs_have() { k logs "$1" -c "$2" | grep -qx -- "$3"; }
 peer_sees() { [[ $(k exec vols -c peer -- cat /ed/from-main /edm/from-main | tr '\n' ' ') == 'disk mem ' ]]; }
 cm_is() { [[ $(k exec vols -c main -- cat /cm/a.txt) == "$1" ]]; }
 images_are() { [[ $(k get pods -l app=web -o jsonpath='{range .items[*]}{.spec.containers[0].image} {end}') == "$1" ]]; }
-proxy_rules() { iptables-save -t nat | grep -q -- "-d $1/32"; }
+# (Without them, the end of kube-proxy's log is what a failure shows.)
+proxy_rules() {
+    iptables-save -t nat | grep -q -- "-d $1/32" || { k -n kube-system logs ds/kube-proxy --tail=6 2>&1; return 1; }
+}
 # answers_from POD IP: an HTTP GET of IP:80 from POD answers with the stand-in's page.
 # (nc, not wget: Debian's busybox-static wget segfaults, on the host too.)
 http_get() { printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 "$1" 80; }
@@ -38,6 +41,22 @@ test_node_ready() {
     [[ $rt == hull://* ]] || fail "node1's runtime is $rt, not hull"
     note "node1: $rt, kubelet $(k get node node1 -o jsonpath='{.status.nodeInfo.kubeletVersion}')"
     wait_for 120 "service account default exists" k get serviceaccount default
+}
+
+# kube-proxy's DaemonSet pod: Running on node1, answering its health check on the
+# namespace's 127.0.0.1, and a host-isolation sandbox in hulld (verbose status).
+kube_proxy_healthy() { curl -sf http://127.0.0.1:10256/healthz >/dev/null; }
+test_kube_proxy_pod() {
+    k -n kube-system rollout status daemonset/kube-proxy --timeout="$POD_TIMEOUT" >/dev/null ||
+        fail "kube-proxy's DaemonSet not rolled out: $(k -n kube-system get pods -o wide)"
+    wait_for 120 "kube-proxy answers on 127.0.0.1:10256" kube_proxy_healthy
+    local id iso
+    id=$(cri 1 pods -q --namespace kube-system --label k8s-app=kube-proxy | head -n1)
+    [[ -n $id ]] || fail "no kube-proxy sandbox in hulld"
+    record_pod 1 "$id"
+    # crictl puts each key of hulld's verbose info at the top level, parsed.
+    iso=$(cri 1 inspectp "$id" | jq -r '.info.isolation')
+    [[ $iso == host ]] || fail "kube-proxy's pod isolation is $iso"
 }
 
 test_run_and_logs_follow() {
@@ -374,6 +393,7 @@ test_checkpoint_refused() {
 }
 
 test_cluster_cleanup() {
+    k -n kube-system delete daemonset kube-proxy --wait=false >/dev/null 2>&1
     k delete deployment --all --wait=false >/dev/null 2>&1
     k delete job --all --wait=false >/dev/null 2>&1
     k delete pod --all --grace-period=5 --timeout=300s >/dev/null 2>&1 || fail "pods did not go: $(k get pods)"
@@ -400,6 +420,7 @@ scenario_cluster() {
     start_kubelet 1 "$WORK/node1.kubeconfig"
     start_kube_proxy
     t "node1 registers and turns Ready" test_node_ready
+    t "kube-proxy runs as a hostNetwork DaemonSet pod with host isolation" test_kube_proxy_pod
     t "kubectl run; logs -f" test_run_and_logs_follow
     t "kubectl exec -it (a terminal), exec -i" test_exec_tty
     t "kubectl attach" test_attach

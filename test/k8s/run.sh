@@ -6,8 +6,8 @@
 #
 # 1. standalone: a kubelet without API server runs static pods on a throw-away hulld.
 # 2. cluster: etcd, kube-apiserver (certificates made here), kube-controller-manager,
-#    kube-scheduler, kube-proxy (iptables) and a kubelet on hulld make a one-node cluster,
-#    driven by kubectl.
+#    kube-scheduler, kube-proxy (iptables, a hostNetwork DaemonSet pod: host isolation) and
+#    a kubelet on hulld make a one-node cluster, driven by kubectl.
 # 3. twonode: a second hulld + kubelet join that cluster (runs after cluster).
 #
 # The Kubernetes binaries come from test/k8s/build.sh (built once per version, cached),
@@ -60,15 +60,18 @@ if [[ ${HULL_K8S_INNER:-0} != 1 ]]; then
     if [[ -n ${HULLD:-} ]]; then
         [[ -x $HULLD ]] || die "HULLD=$HULLD is not an executable"
     else
-        log "cargo build -p hulld"
-        (cd "$REPO" && cargo build -p hulld --locked -q) || die "cargo build -p hulld failed"
+        log "cargo build -p hulld -p hull-agent"
+        (cd "$REPO" && cargo build -p hulld -p hull-agent --locked -q) || die "cargo build -p hulld failed"
         HULLD=${CARGO_TARGET_DIR:-$REPO/target}/debug/hulld
     fi
+    # hull-agent runs host-isolation pods (kube-proxy's): $HULL_AGENT, else beside hulld.
+    HULL_AGENT=${HULL_AGENT:-$(dirname "$HULLD")/hull-agent}
+    [[ -x $HULL_AGENT ]] || die "no hull-agent at $HULL_AGENT (set HULL_AGENT)"
     NETNS=hk8s-$$
     ip netns add "$NETNS" || die "cannot create network namespace $NETNS"
     CHILD=""
     trap '[[ -n $CHILD ]] && kill -TERM "$CHILD" 2>/dev/null' INT TERM HUP
-    HULL_K8S_INNER=1 BIN=$BIN HULLD=$HULLD NETNS=$NETNS PATH="$CRI_TOOLS:$PATH" \
+    HULL_K8S_INNER=1 BIN=$BIN HULLD=$HULLD HULL_AGENT=$HULL_AGENT NETNS=$NETNS PATH="$CRI_TOOLS:$PATH" \
         nsenter --net="/run/netns/$NETNS" -- "${BASH_SOURCE[0]}" "${SCENARIOS[@]}" &
     CHILD=$!
     while :; do
@@ -95,6 +98,7 @@ source "$HERE/twonode.sh"
 source "$HERE/bench.sh"
 
 HULLD_BIN=$HULLD
+HULL_AGENT_BIN=$HULL_AGENT
 GUEST_DIR=${HULL_GUEST_DIR:-/var/lib/hull/guest}
 for f in "$GUEST_DIR/vmlinux" "$GUEST_DIR/initramfs.img"; do
     [[ -f $f ]] || die "guest file $f is missing: run packaging/guest/build.sh all (or set HULL_GUEST_DIR)"

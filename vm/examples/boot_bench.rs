@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         netns: None,
         net: None,
         shared_dir: None,
+        host: None,
     };
     let hv = QemuHypervisor::new(QemuConfig::default());
     let mut times = Vec::with_capacity(boots);

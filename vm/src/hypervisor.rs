@@ -3,7 +3,9 @@
 //! hulld builds a [`VmConfig`] from the pod and its own config, asks a [`Hypervisor`] to
 //! start it, and gets a [`VmHandle`] back. Whatever the backend, the guest agent is reached
 //! the same way: a host unix socket speaking the hybrid-vsock handshake
-//! (`CONNECT <port>\n` → `OK <port>\n`), at [`VmHandle::agent_socket`].
+//! (`CONNECT <port>\n` → `OK <port>\n`), at [`VmHandle::agent_socket`]. A host-isolation
+//! pod goes through the same trait: the host backend ([`crate::host`]) starts hull-agent in
+//! host mode instead of a VMM, behind the same socket and handshake.
 
 use std::path::PathBuf;
 
@@ -22,6 +24,9 @@ pub enum Backend {
     Hull,
     /// QEMU's `microvm` machine (KVM or TCG).
     Qemu,
+    /// No VM: hull-agent in host mode runs a host-isolation pod's containers on the node
+    /// (see [`crate::host`]).
+    Host,
 }
 
 /// The pod NIC: a tap device inside the pod's netns, and the MAC/MTU the guest's eth0 gets.
@@ -50,6 +55,27 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Host directory shared into the guest over virtio-fs (tag `hullshare`).
     pub shared_dir: Option<PathBuf>,
+    /// Set for a host-isolation pod (only the host backend takes one; the VM backends
+    /// refuse it): which of the node's namespaces it shares, and its cgroup parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostPod>,
+}
+
+/// A host-isolation pod: the node namespaces it shares (its network namespace is
+/// [`VmConfig::netns`], `None` for the node's), and where its containers' cgroups go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostPod {
+    /// hostNetwork: `netns` is the node's (or none: hulld's own).
+    pub node_network: bool,
+    /// hostPID: the node's PID namespace (else the pod gets its own, hull-agent its init).
+    pub node_pid: bool,
+    /// hostIPC: the node's IPC namespace (else the pod's own, pinned).
+    pub node_ipc: bool,
+    /// The node's UTS namespace (hostNetwork pods; else the pod's own, pinned).
+    pub node_uts: bool,
+    /// Cgroup path (cgroupfs form, relative to each hierarchy root) the pod's containers
+    /// go under; empty: `/hull/<id>`.
+    pub cgroup_parent: String,
 }
 
 /// Errors from starting, stopping or finding a VM.

@@ -229,9 +229,15 @@ pub(crate) fn check_id(config: &VmConfig) -> Result<(), HypervisorError> {
     }
 }
 
-/// Checks that the pod's parts outside the VMM are there: the shared dir and `virtiofsd`
-/// (the program serving it) when there is one, the netns when there is one.
+/// Checks that the config is a VM's (no host-isolation part) and that the pod's parts
+/// outside the VMM are there: the shared dir and `virtiofsd` (the program serving it) when
+/// there is one, the netns when there is one.
 pub(crate) fn check_pod_paths(config: &VmConfig, virtiofsd: &Path) -> Result<(), HypervisorError> {
+    if config.host.is_some() {
+        return Err(HypervisorError::InvalidConfig(
+            "a host-isolation pod cannot run in a VM (it needs the host backend)".into(),
+        ));
+    }
     if let Some(dir) = &config.shared_dir {
         must_exist("shared dir", dir)?;
         must_exist("virtiofsd (cargo install virtiofsd)", virtiofsd)?;

@@ -274,6 +274,7 @@ async fn missing_kernel_is_a_clear_error_and_leaves_nothing() {
         netns: None,
         net: None,
         shared_dir: Some(tmp.path().join("share")),
+        host: None,
     };
     std::fs::create_dir_all(tmp.path().join("share")).expect("share dir");
     let err = QemuHypervisor::new(QemuConfig::default())
@@ -312,6 +313,7 @@ async fn failed_start_cleans_up_helpers() {
         netns: None,
         net: None,
         shared_dir: Some(tmp.path().join("share")),
+        host: None,
     };
     let err = match QemuHypervisor::new(QemuConfig::default()).start(&cfg).await {
         Err(e) => e,

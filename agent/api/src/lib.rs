@@ -10,10 +10,12 @@
 //! stdio streams, tty resize, remove), stats, OOM events and shutdown.
 //!
 //! Validation helpers shared by both sides live in [`validate`], mountinfo parsing in
-//! [`mountinfo`].
+//! [`mountinfo`]. For host-isolation pods the same API is served by hull-agent in host mode
+//! on a plain unix socket (same handshake), launched with a [`host::HostModeConfig`].
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod host;
 pub mod mountinfo;
 pub mod validate;
 

@@ -25,6 +25,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
+use super::cgroup::Cgroup;
 use super::rootfs;
 use super::seccomp::{self, Seccomp};
 use super::spec::{Process, Spec, rlimit_resource};
@@ -41,9 +42,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub struct InitConfig {
     pub rootfs: PathBuf,
     pub spec: Spec,
-    pub cgroup: PathBuf,
+    pub cgroup: Cgroup,
     /// Join the pod's PID namespace, open as [`super::pause::PIDNS_FD`] (the spec asks
-    /// for no PID namespace of its own).
+    /// for no PID namespace of its own, and the agent is not in the pod's: a pod VM).
     #[serde(default)]
     pub pod_pidns: bool,
 }
@@ -54,7 +55,7 @@ pub struct ExecConfig {
     /// Agent-side pid of the container's init process, whose namespaces are joined.
     pub target_pid: i32,
     pub process: Process,
-    pub cgroup: PathBuf,
+    pub cgroup: Cgroup,
     /// The container's profile: execs get the same filter as its init.
     pub seccomp: Option<Seccomp>,
 }
@@ -167,29 +168,7 @@ pub fn run_exec(args: &[String]) -> ExitCode {
 fn exec_main(args: &[String], report_pipe: &mut File) -> Result<()> {
     let cfg: ExecConfig = read_config(args)?;
     join_cgroup(&cfg.cgroup)?;
-    // Open every namespace first: after joining the mount namespace /proc is the container's.
-    let mut targets = Vec::new();
-    for (kind, flag) in [
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ] {
-        let ours =
-            std::fs::metadata(format!("/proc/self/ns/{kind}")).map_err(ctx("stat own ns"))?;
-        let path = format!("/proc/{}/ns/{kind}", cfg.target_pid);
-        let file = File::open(&path).map_err(ctx("open container namespace"))?;
-        let theirs = file.metadata().map_err(ctx("stat container ns"))?;
-        if std::os::unix::fs::MetadataExt::ino(&ours)
-            != std::os::unix::fs::MetadataExt::ino(&theirs)
-        {
-            targets.push((file, flag));
-        }
-    }
-    for (file, flag) in &targets {
-        nix::sched::setns(file, *flag).map_err(ctx("setns"))?;
-    }
+    join_namespaces(cfg.target_pid)?;
     // SAFETY: single-threaded helper, see init_main.
     match unsafe { nix::unistd::fork() }.map_err(ctx("fork"))? {
         ForkResult::Parent { child } => {
@@ -210,9 +189,62 @@ fn exec_main(args: &[String], report_pipe: &mut File) -> Result<()> {
     }
 }
 
-fn join_cgroup(cgroup: &Path) -> Result<()> {
-    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
-        .map_err(ctx("join cgroup"))
+/// The namespaces an exec joins: the container's IPC, UTS, cgroup, PID and mount ones.
+const EXEC_NAMESPACES: [(&str, CloneFlags); 5] = [
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Joins the namespaces of `target_pid` (a pid in this process' PID namespace) all at
+/// once through a pidfd. A host-mode agent can be PID 1 of the pod's PID namespace while
+/// /proc is the node's, so `/proc/<pid>` would name another process; a pidfd does not.
+/// Kernels without pidfd_open (before 5.3) or pidfd setns (before 5.8) use /proc.
+fn join_namespaces(target_pid: i32) -> Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, target_pid, 0) };
+    if fd >= 0 {
+        let fd = i32::try_from(fd).map_err(|_| "pidfd out of range".to_owned())?;
+        // SAFETY: pidfd_open just returned this descriptor; nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let flags = EXEC_NAMESPACES
+            .iter()
+            .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
+        match nix::sched::setns(&pidfd, flags) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL) => {} // A kernel without pidfd setns.
+            Err(e) => return Err(format!("setns to the container: {e}")),
+        }
+    }
+    join_namespaces_by_proc(target_pid)
+}
+
+/// [`join_namespaces`] through `/proc/<pid>/ns/*`, skipping the ones already shared.
+fn join_namespaces_by_proc(target_pid: i32) -> Result<()> {
+    // Open every namespace first: after joining the mount namespace /proc is the container's.
+    let mut targets = Vec::new();
+    for (kind, flag) in EXEC_NAMESPACES {
+        let ours =
+            std::fs::metadata(format!("/proc/self/ns/{kind}")).map_err(ctx("stat own ns"))?;
+        let path = format!("/proc/{target_pid}/ns/{kind}");
+        let file = File::open(&path).map_err(ctx("open container namespace"))?;
+        let theirs = file.metadata().map_err(ctx("stat container ns"))?;
+        if std::os::unix::fs::MetadataExt::ino(&ours)
+            != std::os::unix::fs::MetadataExt::ino(&theirs)
+        {
+            targets.push((file, flag));
+        }
+    }
+    for (file, flag) in &targets {
+        nix::sched::setns(file, *flag).map_err(ctx("setns"))?;
+    }
+    Ok(())
+}
+
+fn join_cgroup(cgroup: &Cgroup) -> Result<()> {
+    cgroup.join(std::process::id()).map_err(ctx("join cgroup"))
 }
 
 /// A process ready to `execve`.
@@ -349,7 +381,10 @@ mod tests {
                 cwd: "/".into(),
                 ..Default::default()
             },
-            cgroup: "/sys/fs/cgroup/hull/c".into(),
+            cgroup: Cgroup {
+                unified: Some("/sys/fs/cgroup/hull/c".into()),
+                v1: Vec::new(),
+            },
             seccomp: None,
         };
         let json = serde_json::to_vec(&cfg).expect("serialize");

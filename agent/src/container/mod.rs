@@ -44,8 +44,8 @@ use process::Spawned;
 pub use process::{Output, Process};
 use spec::{Process as ProcessSpec, Spec};
 
-/// Per-container helper configs.
-const STATE_DIR: &str = "/run/hull-agent";
+/// Per-container helper configs in a pod VM.
+pub const GUEST_STATE_DIR: &str = "/run/hull-agent";
 
 /// Exited execs kept per container (for a late WaitProcess or ReadOutput); older ones are
 /// forgotten, with their output, when a new exec starts. Without a bound every ExecSync
@@ -81,33 +81,6 @@ pub enum ContainerError {
     },
     #[error("Blocking task failed: {0}")]
     Join(String),
-    #[error("Failed to set the hugepage limit {path}")]
-    Hugepages {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Writes `hugetlb.<size>.max` for each limit. A page size the guest kernel has no hugetlb
-/// file for is skipped: kubelet sends a limit (usually 0) for every size the node has, and
-/// a guest without hugetlb has no huge pages to limit.
-fn apply_hugepage_limits(
-    cgroup: &Path,
-    limits: &[spec::HugepageLimit],
-) -> Result<(), ContainerError> {
-    for l in limits {
-        let valid =
-            !l.page_size.is_empty() && l.page_size.bytes().all(|b| b.is_ascii_alphanumeric());
-        let path = cgroup.join(format!("hugetlb.{}.max", l.page_size));
-        if !valid || !path.exists() {
-            tracing::debug!(page_size = %l.page_size, "no hugetlb limit file: skipped");
-            continue;
-        }
-        std::fs::write(&path, l.limit.to_string())
-            .map_err(|source| ContainerError::Hugepages { path, source })?;
-    }
-    Ok(())
 }
 
 /// Makes room for one more exec: drops the oldest exited ones so that at most
@@ -137,7 +110,7 @@ struct Pending {
 
 pub struct Container {
     pub id: String,
-    pub cgroup: PathBuf,
+    pub cgroup: cgroup::Cgroup,
     pub init: Arc<Process>,
     pending: Mutex<Option<Pending>>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -165,12 +138,30 @@ struct State {
     busy: std::collections::HashSet<String>,
 }
 
+/// Where the pod's `POD`-mode containers (those whose spec asks for no PID namespace of
+/// their own) get their PID namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPid {
+    /// One of the pod's own, held by `hull-pause` (a pod VM: the agent's namespace is the
+    /// whole guest's, with `/init` as PID 1).
+    Pause,
+    /// The agent's own: in host mode the agent is PID 1 of the pod's PID namespace, or
+    /// runs in the node's for a `hostPID` pod, where no pod namespace may be made.
+    Agent,
+}
+
 /// All containers of the pod.
 pub struct Containers {
     state: Mutex<State>,
     reaper: Reaper,
-    /// The pod's PID namespace, shared by its `POD`-mode containers.
-    pod_ns: pause::PodNamespace,
+    /// Where the containers' cgroups go (the guest's v2 tree, or the node's).
+    placement: cgroup::Placement,
+    /// Per-container helper configs (`<dir>/<id>/init.json` also records its cgroup,
+    /// which `hull-agent --host-cleanup` reads after an agent died).
+    state_dir: PathBuf,
+    /// The pod's PID namespace, shared by its `POD`-mode containers: `hull-pause`'s in a
+    /// pod VM, `None` in host mode (see [`PodPid`]).
+    pod_ns: Option<pause::PodNamespace>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -195,11 +186,21 @@ fn write_config(path: &Path, value: &impl serde::Serialize) -> Result<(), Contai
 }
 
 impl Containers {
-    pub fn new(reaper: Reaper) -> Self {
+    pub fn new(
+        reaper: Reaper,
+        placement: cgroup::Placement,
+        state_dir: PathBuf,
+        pod_pid: PodPid,
+    ) -> Self {
         Self {
             state: Mutex::new(State::default()),
             reaper,
-            pod_ns: pause::PodNamespace::default(),
+            placement,
+            state_dir,
+            pod_ns: match pod_pid {
+                PodPid::Pause => Some(pause::PodNamespace::default()),
+                PodPid::Agent => None,
+            },
         }
     }
 
@@ -254,14 +255,8 @@ impl Containers {
         rootfs: &str,
     ) -> Result<Container, ContainerError> {
         let resources = spec.linux.as_ref().and_then(|l| l.resources.as_ref());
-        let cgroup_path = cgroup::create(id, resources)?;
-        if let Some(r) = resources
-            && let Err(e) = apply_hugepage_limits(&cgroup_path, &r.hugepage_limits)
-        {
-            let _ = cgroup::destroy(&cgroup_path).await;
-            return Err(e);
-        }
-        let state_dir = Path::new(STATE_DIR).join(id);
+        let cgroup_path = self.placement.create(id, resources)?;
+        let state_dir = self.state_dir.join(id);
         let seccomp = spec.seccomp().cloned();
         let process = spec.process.clone().unwrap_or_default();
         let result = self
@@ -294,7 +289,7 @@ impl Containers {
         id: &str,
         spec: Spec,
         rootfs: &str,
-        cgroup_path: &Path,
+        cgroup_path: &cgroup::Cgroup,
         state_dir: &Path,
     ) -> Result<(Spawned, File), ContainerError> {
         std::fs::create_dir_all(state_dir).map_err(|source| ContainerError::WriteConfig {
@@ -302,11 +297,12 @@ impl Containers {
             source,
         })?;
         let process = spec.process.clone().unwrap_or_default();
-        let pod_pidns = !spec.wants_namespace("pid");
+        // Host mode: the agent's own PID namespace is the pod's (or the node's, hostPID).
+        let pod_pidns = self.pod_ns.is_some() && !spec.wants_namespace("pid");
         let config = helper::InitConfig {
             rootfs: PathBuf::from(rootfs),
             spec,
-            cgroup: cgroup_path.to_owned(),
+            cgroup: cgroup_path.clone(),
             pod_pidns,
         };
         let path = state_dir.join("init.json");
@@ -320,7 +316,10 @@ impl Containers {
                     what: "start pipe",
                     source,
                 })?;
-            let pidns = pod_pidns.then(|| pod_ns.pid_ns(&reaper)).transpose()?;
+            let pidns = match pod_ns.filter(|_| pod_pidns) {
+                Some(ns) => Some(ns.pid_ns(&reaper)?),
+                None => None,
+            };
             let fds = process::HelperFds {
                 start: Some(start_r),
                 pidns,
@@ -446,7 +445,7 @@ impl Containers {
         let exit = p.wait().await.ok_or_else(|| {
             ContainerError::FailedPrecondition("process exit was lost".to_owned())
         })?;
-        let oom = cgroup::flat_keyed(&c.cgroup, "memory.events", "oom_kill") > 0;
+        let oom = cgroup::stats(&c.cgroup).oom_kills > 0;
         Ok((exit, oom))
     }
 
@@ -471,7 +470,10 @@ impl Containers {
         tracing::info!(container_id = id, force, "removing container");
         lock(&c.pending).take(); // EOF on the start pipe: a never-started process exits.
         let result = cgroup::destroy(&c.cgroup).await;
-        let _ = std::fs::remove_dir_all(&c.state_dir);
+        if result.is_ok() {
+            // Kept otherwise: the host cleanup finds the cgroup in it.
+            let _ = std::fs::remove_dir_all(&c.state_dir);
+        }
         let mut s = lock(&self.state);
         s.busy.remove(id);
         if result.is_ok() {
@@ -530,24 +532,5 @@ mod tests {
         assert!(execs.contains_key("running"));
         assert!(execs.contains_key("e39") && execs.contains_key("e25"));
         assert!(!execs.contains_key("e24"), "the oldest went first");
-    }
-
-    #[test]
-    fn hugepage_limits_where_the_kernel_has_them() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("hugetlb.2MB.max"), "max").expect("file");
-        let limit = |size: &str, limit| spec::HugepageLimit {
-            page_size: size.into(),
-            limit,
-        };
-        let limits = [limit("2MB", 4 << 20), limit("1GB", 0), limit("../x", 1)];
-        apply_hugepage_limits(dir.path(), &limits).expect("apply");
-        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).ok();
-        assert_eq!(read("hugetlb.2MB.max").as_deref(), Some("4194304"));
-        assert_eq!(
-            read("hugetlb.1GB.max"),
-            None,
-            "absent size skipped, not created"
-        );
     }
 }

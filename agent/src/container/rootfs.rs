@@ -53,14 +53,7 @@ fn default_mounts() -> Vec<Mount> {
 }
 
 pub fn setup(rootfs: &Path, spec: &Spec) -> Result<()> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("make / private: {e}"))?;
+    root_propagation(rootfs, spec)?;
     mount(
         Some(rootfs),
         rootfs,
@@ -114,6 +107,41 @@ pub fn setup(rootfs: &Path, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// Whether a mount asks for bidirectional propagation (CRI Bidirectional: `rshared`).
+fn bidirectional(m: &Mount) -> bool {
+    propagation(&m.options).is_some_and(|p| p.contains(MsFlags::MS_SHARED))
+}
+
+/// Keeps what the container mounts from reaching the node (runc's rule), except through
+/// bidirectional volumes.
+///
+/// Normally every mount of the new namespace becomes a slave (`rslave`, runc's default): it
+/// still receives the node's new mounts (HostToContainer volumes work), and sends none.
+/// A bidirectional volume must be a *peer* of the node's mount instead, which a bind of a
+/// slave never is: then only the root mount and the mount holding the rootfs become slaves
+/// (pivot_root needs neither to be shared, and every mount made here lands below the
+/// rootfs), the bidirectional bind joins the node's peer group, the other binds take their
+/// own propagation, and the old root is made `rslave` before it is detached, so its
+/// unmounting never propagates to the node.
+fn root_propagation(rootfs: &Path, spec: &Spec) -> Result<()> {
+    let slave = |path: &Path, flags: MsFlags| {
+        mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+            .map_err(|e| format!("make {} a slave mount: {e}", path.display()))
+    };
+    if !spec.mounts.iter().any(bidirectional) {
+        return slave(Path::new("/"), MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    }
+    slave(Path::new("/"), MsFlags::MS_SLAVE)?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read mountinfo: {e}"))?;
+    let holder = hull_agent_api::mountinfo::mount_points(&info)
+        .map(std::path::PathBuf::from)
+        .filter(|p| rootfs.starts_with(p))
+        .max_by_key(|p| p.components().count())
+        .unwrap_or_else(|| "/".into());
+    slave(&holder, MsFlags::MS_SLAVE)
+}
+
 /// The propagation an OCI mount option asks for, if any.
 fn propagation(options: &[String]) -> Option<MsFlags> {
     options.iter().rev().find_map(|o| {
@@ -145,6 +173,8 @@ fn parse_options(options: &[String]) -> (MsFlags, bool, Vec<String>) {
             "strictatime" => flags |= MsFlags::MS_STRICTATIME,
             "noatime" => flags |= MsFlags::MS_NOATIME,
             "bind" => bind = true,
+            // Read-only all the way down: see `make_recursive_readonly`.
+            "rro" => {}
             "rbind" => {
                 bind = true;
                 flags |= MsFlags::MS_REC;
@@ -179,14 +209,20 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<()> {
             mount(None::<&str>, &dest, None::<&str>, remount, None::<&str>)
                 .map_err(|e| format!("remount {}: {e}", m.destination))?;
         }
-        // Within the guest only: the host side of a volume is set up by hulld.
-        if let Some(p) = propagation(&m.options) {
-            mount(None::<&str>, &dest, None::<&str>, p, None::<&str>)
-                .map_err(|e| format!("propagation of {}: {e}", m.destination))?;
+        if m.options.iter().any(|o| o == "rro") {
+            make_recursive_readonly(&dest)
+                .map_err(|e| format!("make {} recursively read-only: {e}", m.destination))?;
         }
+        // In a VM within the guest only: the host side of a volume is set up by hulld. On
+        // the node (host mode) a bidirectional bind stays a peer of the node's mount.
+        let p = propagation(&m.options).unwrap_or(MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        mount(None::<&str>, &dest, None::<&str>, p, None::<&str>)
+            .map_err(|e| format!("propagation of {}: {e}", m.destination))?;
         return Ok(());
     }
-    let kind = if kind == "cgroup" { "cgroup2" } else { kind };
+    if kind == "cgroup" {
+        return mount_cgroup(&dest, flags);
+    }
     make_target(&dest, true)?;
     let data = data.join(",");
     let data = (!data.is_empty()).then_some(data.as_str());
@@ -225,6 +261,15 @@ fn populate_dev(rootfs: &Path) -> Result<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
+        .and_then(|()| {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+        })
         .map_err(|e| format!("bind /dev/{name}: {e}"))?;
     }
     let links = [
@@ -243,12 +288,95 @@ fn populate_dev(rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `pivot_root(rootfs, rootfs)` then detach the old root (runc's trick, no put_old dir).
+/// `pivot_root(rootfs, rootfs)` then detach the old root (runc's trick, no put_old dir),
+/// made `rslave` first so that its unmounting cannot propagate anywhere.
 fn pivot(rootfs: &Path) -> Result<()> {
     nix::unistd::chdir(rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    let rslave = MsFlags::MS_SLAVE | MsFlags::MS_REC;
+    mount(None::<&str>, ".", None::<&str>, rslave, None::<&str>)
+        .map_err(|e| format!("make the old root rslave: {e}"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach old root: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Every mount at and below `dest` read-only (`mount_setattr` with `AT_RECURSIVE`, Linux
+/// 5.12+), for the `rro` option: CRI recursive read-only volumes.
+fn make_recursive_readonly(dest: &Path) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads a NUL-terminated path and `size_of::<mount_attr>()` bytes
+    // of `attr`, both valid for the call; it changes mount flags only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The container's `/sys/fs/cgroup`: the node's layout as seen from its cgroup namespace.
+/// A cgroup v2 mount where the agent's own `/sys/fs/cgroup` is one (every pod VM, v2
+/// nodes); on a v1 or hybrid node a tmpfs with each hierarchy below it, as runc mounts
+/// them (`<name>` like the node's: `memory`, `cpu,cpuacct`, `systemd`, `unified`).
+fn mount_cgroup(dest: &Path, flags: MsFlags) -> Result<()> {
+    make_target(dest, true)?;
+    let placement = super::cgroup::Placement::host(String::new()).map_err(|e| e.to_string())?;
+    let (unified, v1) = placement.hierarchies();
+    let v2_only = v1.is_empty() && unified.is_some_and(|u| u == Path::new("/sys/fs/cgroup"));
+    if v2_only || (v1.is_empty() && unified.is_none()) {
+        return mount(Some("cgroup"), dest, Some("cgroup2"), flags, None::<&str>)
+            .map_err(|e| format!("mount cgroup2 on {}: {e}", dest.display()));
+    }
+    let tmpfs = flags - MsFlags::MS_RDONLY;
+    mount(Some("tmpfs"), dest, Some("tmpfs"), tmpfs, Some("mode=755"))
+        .map_err(|e| format!("mount tmpfs on {}: {e}", dest.display()))?;
+    for (controllers, point) in v1 {
+        let name = point.file_name().unwrap_or_default();
+        let target = dest.join(name);
+        make_target(&target, true)?;
+        let data = controllers.join(",");
+        mount(
+            Some("cgroup"),
+            &target,
+            Some("cgroup"),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(|e| format!("mount cgroup {data} on {}: {e}", target.display()))?;
+    }
+    if let Some(u) = unified {
+        let target = dest.join(u.file_name().unwrap_or_default());
+        make_target(&target, true)?;
+        mount(
+            Some("cgroup"),
+            &target,
+            Some("cgroup2"),
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mount cgroup2 on {}: {e}", target.display()))?;
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | tmpfs;
+        mount(None::<&str>, dest, None::<&str>, ro, None::<&str>)
+            .map_err(|e| format!("remount {} read-only: {e}", dest.display()))?;
+    }
+    Ok(())
 }
 
 fn mask(path: &str) -> Result<()> {

@@ -114,6 +114,54 @@ pub struct Resources {
     pub pids: Option<Pids>,
     #[serde(default, rename = "hugepageLimits")]
     pub hugepage_limits: Vec<HugepageLimit>,
+    /// The device cgroup rules, in order (applied on cgroup v1 hosts, see `cgroup`).
+    #[serde(default)]
+    pub devices: Vec<DeviceRule>,
+    /// Raw cgroup v2 files (`memory.high`).
+    #[serde(default)]
+    pub unified: BTreeMap<String, String>,
+}
+
+/// OCI `linux.resources.devices[]`: allow or deny access to devices of a type and number.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    /// `a` (all), `c` or `b`; absent is all.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    /// Some of `rwm`; absent is all three.
+    pub access: Option<String>,
+}
+
+impl DeviceRule {
+    /// The v1 file (`devices.allow`/`devices.deny`) and line (`c 1:3 rwm`, `a`).
+    pub fn v1_line(&self) -> Result<(&'static str, String), String> {
+        let file = if self.allow {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        let kind = self.kind.as_deref().unwrap_or("a");
+        if !matches!(kind, "a" | "c" | "b") {
+            return Err(format!("device type {kind:?}"));
+        }
+        let access = self.access.as_deref().unwrap_or("rwm");
+        if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
+            return Err(format!("device access {access:?}"));
+        }
+        let number = |n: Option<i64>| match n {
+            None | Some(-1) => Ok("*".to_owned()),
+            Some(n) if n >= 0 => Ok(n.to_string()),
+            Some(n) => Err(format!("device number {n}")),
+        };
+        let (major, minor) = (number(self.major)?, number(self.minor)?);
+        if kind == "a" && major == "*" && minor == "*" {
+            return Ok((file, "a".to_owned()));
+        }
+        Ok((file, format!("{kind} {major}:{minor} {access}")))
+    }
 }
 
 /// OCI `linux.resources.hugepageLimits[]`: `pageSize` as in the cgroup files (`2MB`).
@@ -127,6 +175,8 @@ pub struct HugepageLimit {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Memory {
     pub limit: Option<i64>,
+    /// Memory plus swap (the CRI's and runc's meaning).
+    pub swap: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -135,6 +185,7 @@ pub struct Cpu {
     pub quota: Option<i64>,
     pub period: Option<u64>,
     pub cpus: Option<String>,
+    pub mems: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

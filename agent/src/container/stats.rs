@@ -27,7 +27,7 @@ pub fn read(path: &Path, timestamp_unix_nanos: i64) -> pb::ContainerStatsRespons
     let cpu = keyed(path, "cpu.stat");
     let mem = keyed(path, "memory.stat");
     let events = keyed(path, "memory.events");
-    let single = |file| super::cgroup::single(path, file);
+    let single = |file| super::cgroup::v2::single(path, file);
     let get = |m: &HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
     pb::ContainerStatsResponse {
         cpu_usage_usec: get(&cpu, "usage_usec"),

@@ -3,6 +3,7 @@
 
 pub mod etc;
 mod exec_sync;
+pub mod host_volumes;
 pub mod images;
 pub mod inroot;
 pub mod manager;

@@ -103,6 +103,22 @@ pub struct Resources {
     pub hugepage_limits: Vec<HugepageLimit>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub unified: BTreeMap<String, String>,
+    /// The device cgroup rules, in order (the agent applies them on a cgroup v1 node).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceRule>,
+}
+
+/// OCI `linux.resources.devices[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub major: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor: Option<i64>,
+    pub access: &'static str,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -192,7 +192,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<oci::Spec, SpecError> {
     }
     let mut linux = oci::Linux {
         namespaces: namespaces(&sc),
-        resources: resources.map(self::resources),
+        resources: Some(oci::Resources {
+            devices: device_rules(sc.privileged),
+            ..resources.map(self::resources).unwrap_or_default()
+        }),
         sysctl: input.pod_sysctls.clone(),
         seccomp,
         ..Default::default()
@@ -344,12 +347,32 @@ fn cap_name(c: &str) -> Result<String, SpecError> {
     }
 }
 
-/// The default set, then drops, then adds ("ALL" in either); all of them when privileged.
+/// A privileged container's capabilities: every one hulld's bounding set has
+/// (`CapBnd` of `/proc/<pid>/status`), as containerd's `WithAllCurrentCapabilities`: a node
+/// whose init dropped some (this project's build machines drop CAP_SYS_RESOURCE) cannot
+/// give them to a host pod's container, where the agent's capset would fail. Every cap if
+/// the status cannot be read.
+fn current_caps(status: &str) -> Vec<String> {
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1 << bit) != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect()
+}
+
+/// The default set, then drops, then adds ("ALL" in either); all of the node's when
+/// privileged.
 pub fn capabilities(
     sc: &cri::LinuxContainerSecurityContext,
 ) -> Result<oci::Capabilities, SpecError> {
     let mut caps: Vec<String> = if sc.privileged {
-        ALL_CAPS.iter().map(|s| (*s).to_owned()).collect()
+        current_caps(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
     } else {
         let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect();
         let empty = cri::Capability::default();
@@ -407,6 +430,42 @@ fn namespaces(sc: &cri::LinuxContainerSecurityContext) -> Vec<oci::Namespace> {
         .collect()
 }
 
+/// containerd's device cgroup rules: a privileged container may use every device; any
+/// other only the standard character devices (and mknod, which alone opens nothing).
+/// Enforced where the container's cgroup is v1 (host-isolation pods on a v1 node).
+pub fn device_rules(privileged: bool) -> Vec<oci::DeviceRule> {
+    let rule = |allow, kind, major, minor, access| oci::DeviceRule {
+        allow,
+        kind,
+        major,
+        minor,
+        access,
+    };
+    if privileged {
+        return vec![rule(true, None, None, None, "rwm")];
+    }
+    let mut out = vec![
+        rule(false, None, None, None, "rwm"),
+        rule(true, Some("c"), None, None, "m"),
+        rule(true, Some("b"), None, None, "m"),
+    ];
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+        (10, 200),
+    ] {
+        out.push(rule(true, Some("c"), Some(major), Some(minor), "rwm"));
+    }
+    out.push(rule(true, Some("c"), Some(136), None, "rwm"));
+    out
+}
+
 /// CRI resources → OCI cgroup resources (the agent writes them as cgroup v2 files).
 pub fn resources(r: &cri::LinuxContainerResources) -> oci::Resources {
     let positive = |v: i64| (v > 0).then_some(v);
@@ -443,6 +502,7 @@ pub fn resources(r: &cri::LinuxContainerResources) -> oci::Resources {
             })
             .collect(),
         unified,
+        devices: Vec::new(),
     }
 }
 
@@ -522,7 +582,11 @@ fn mounts(
         // left to the host side, which is read-only at the top only.
         let guest_ro = gm.readonly && (gm.recursive_readonly || !gm.host_submounts);
         let rw = if guest_ro { "ro" } else { "rw" };
-        out.push(m(dest, "bind", &gm.source, &["rbind", propagation, rw]));
+        let mut mount = m(dest, "bind", &gm.source, &["rbind", propagation, rw]);
+        if gm.recursive_readonly {
+            mount.options.push("rro".into());
+        }
+        out.push(mount);
     }
     // Parents before children (containerd sorts by path depth). A read-only rootfs is
     // `root.readonly`: the agent remounts the root read-only after every mount.

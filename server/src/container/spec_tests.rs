@@ -216,10 +216,11 @@ fn capabilities_add_drop_privileged() {
     })
     .expect("caps");
     assert_eq!(c, strings(&["CAP_CHOWN"]));
-    assert_eq!(
-        caps(|s| s.privileged = true).expect("caps").len(),
-        ALL_CAPS.len()
-    );
+    // Every capability this process' bounding set has (all but CAP_SYS_RESOURCE here).
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let mut bounding = current_caps(&status);
+    bounding.sort();
+    assert_eq!(caps(|s| s.privileged = true).expect("caps"), bounding);
     let bad = caps(|s| {
         s.capabilities = Some(cri::Capability {
             add_capabilities: strings(&["FLY"]),
@@ -318,14 +319,15 @@ fn cri_mounts_override_and_sort() {
         strings(&["rbind", "rslave", "ro"])
     );
     // Read-only over host submounts: non-recursive is the host's job (a guest read-only
-    // bind would cover the submounts too), recursive is both sides'.
+    // bind would cover the submounts too), recursive is both sides' (`rro`: the agent's
+    // bind is read-only all the way down, which a host pod's only bind must be).
     assert_eq!(
         spec.mounts[pos("/nrro")].options,
         strings(&["rbind", "rprivate", "rw"])
     );
     assert_eq!(
         spec.mounts[pos("/rro")].options,
-        strings(&["rbind", "rprivate", "ro"])
+        strings(&["rbind", "rprivate", "ro", "rro"])
     );
     let bad = [GuestMount {
         container_path: "rel".into(),
@@ -518,4 +520,38 @@ fn stop_signals() {
     assert_eq!(stop_signal("9"), 9);
     assert_eq!(stop_signal("SIGNOPE"), 15);
     assert_eq!(stop_signal("999"), 15);
+}
+
+#[test]
+fn device_rules_deny_all_but_the_standard_devices_unless_privileged() {
+    let spec = build_with(&sc(|_| {}), &[]).expect("spec");
+    let devices = spec.linux.resources.expect("resources").devices;
+    assert_eq!(
+        (devices[0].allow, devices[0].kind),
+        (false, None),
+        "deny all first"
+    );
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.allow && d.kind == Some("c") && d.major == Some(1) && d.minor == Some(3))
+    );
+    assert!(!devices.iter().any(|d| d.allow && d.kind.is_none()));
+    let privileged = build_with(&sc(|s| s.privileged = true), &[]).expect("spec");
+    let devices = privileged.linux.resources.expect("resources").devices;
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].allow && devices[0].kind.is_none() && devices[0].access == "rwm");
+}
+
+#[test]
+fn privileged_gets_the_caps_of_the_bounding_set() {
+    let all = current_caps("Name:\thulld\nCapBnd:\t000001ffffffffff\n");
+    assert_eq!(all.len(), ALL_CAPS.len());
+    let dropped = current_caps("CapBnd:\t000001fffeffffff\n");
+    assert!(
+        !dropped.iter().any(|c| c == "CAP_SYS_RESOURCE"),
+        "{dropped:?}"
+    );
+    assert_eq!(dropped.len(), ALL_CAPS.len() - 1);
+    assert_eq!(current_caps("garbage").len(), ALL_CAPS.len());
 }

@@ -9,8 +9,9 @@ use tracing::Instrument;
 
 use super::super::CriService;
 use super::super::status::CriError;
+use crate::config::Isolation;
 use crate::container::images::{ContainerImages, ImagesError};
-use crate::container::{etc, inroot, spec, volumes};
+use crate::container::{etc, host_volumes, inroot, spec, volumes};
 use crate::sandbox::{Sandbox, share};
 use crate::state::{ContainerRecord, ContainerState};
 
@@ -68,11 +69,15 @@ pub(super) async fn remove_container_dir(
 }
 
 /// Creates every mount point in the rootfs on the host, so that a read-only rootfs can
-/// still take its mounts in the guest. Paths resolve inside the rootfs as the container
-/// sees them (an image's `/data -> /etc` is the rootfs's `/etc`), never on the host, even
-/// with a guest replacing dirs by symlinks meanwhile (`inroot`). Best effort: the agent
-/// reports what fails.
-fn make_mount_points(rootfs: &Path, mounts: &[spec::GuestMount], host_mounts: &Path) {
+/// still take its mounts in the guest. `source_is_dir` says which mounts are dirs. Paths
+/// resolve inside the rootfs as the container sees them (an image's `/data -> /etc` is the
+/// rootfs's `/etc`), never on the host, even with a guest replacing dirs by symlinks
+/// meanwhile (`inroot`). Best effort: the agent reports what fails.
+fn make_mount_points(
+    rootfs: &Path,
+    mounts: &[spec::GuestMount],
+    source_is_dir: impl Fn(usize, &spec::GuestMount) -> bool,
+) {
     let root = match inroot::RootDir::open(rootfs) {
         Ok(r) => r,
         Err(e) => {
@@ -89,7 +94,7 @@ fn make_mount_points(rootfs: &Path, mounts: &[spec::GuestMount], host_mounts: &P
         if root.exists(target) {
             continue;
         }
-        let made = if host_mounts.join(i.to_string()).is_dir() {
+        let made = if source_is_dir(i, m) {
             root.mkdir_all(target)
         } else {
             root.create_file(target)
@@ -98,6 +103,21 @@ fn make_mount_points(rootfs: &Path, mounts: &[spec::GuestMount], host_mounts: &P
             tracing::debug!(path = rel, error = %e, "cannot create a mount point");
         }
     }
+}
+
+/// A hostNetwork pod has the node's hostname (as with containerd): its sandbox config with
+/// that hostname, for `/etc/hostname`; `None` for other pods.
+fn host_network_hostname(
+    pod: &cri::PodSandboxConfig,
+) -> Result<Option<cri::PodSandboxConfig>, CriError> {
+    if !crate::sandbox::handlers::NodeNamespacesOf::of(pod).network || !pod.hostname.is_empty() {
+        return Ok(None);
+    }
+    let name = nix::unistd::gethostname()
+        .map_err(|e| CriError::internal("Reading the node's hostname", e))?;
+    let mut with_name = pod.clone();
+    with_name.hostname = name.to_string_lossy().into_owned();
+    Ok(Some(with_name))
 }
 
 impl CriService {
@@ -200,23 +220,39 @@ impl CriService {
             .map_err(images_error)?;
         undo.rootfs = Some(rootfs.clone());
         hull_image::faults::pause_at("create_container.rootfs").await;
-        let guest_shared = Sandbox::GUEST_SHARED_DIR;
+        let host = sandbox.isolation() == Isolation::Host;
+        let agent_shared = sandbox.agent_shared_dir();
+        let guest_shared = agent_shared.as_str();
         let files = images.files_dir(id).ok_or_else(|| {
             CriError::internal(
                 "The container's files dir",
                 format!("bad container id {id}"),
             )
         })?;
+        let node_hostname = host_network_hostname(sandbox_config)?;
         let etc_files = etc::prepare(
             &files,
-            (sandbox_config, &config),
+            (node_hostname.as_ref().unwrap_or(sandbox_config), &config),
             Path::new("/etc/resolv.conf"),
         )
         .map_err(|e| CriError::internal("Writing /etc/hostname and /etc/resolv.conf", e))?;
         let all: Vec<cri::Mount> = config.mounts.iter().cloned().chain(etc_files).collect();
-        let mounts = volumes::prepare(&run_dir, guest_shared, id, &all)
-            .map_err(|e| CriError::InvalidArgument(crate::sandbox::error_chain(&e)))?;
-        make_mount_points(&rootfs, &mounts, &volumes::mounts_dir(&run_dir, id));
+        let invalid =
+            |e: &dyn std::error::Error| CriError::InvalidArgument(crate::sandbox::error_chain(e));
+        // A host pod's agent binds the node's paths itself (nothing in hulld's namespace).
+        let mounts = if host {
+            host_volumes::prepare(&all).map_err(|e| invalid(&e))?
+        } else {
+            volumes::prepare(&run_dir, guest_shared, id, &all).map_err(|e| invalid(&e))?
+        };
+        let vm_mounts = volumes::mounts_dir(&run_dir, id);
+        make_mount_points(&rootfs, &mounts, |i, m| {
+            if host {
+                Path::new(&m.source).is_dir()
+            } else {
+                vm_mounts.join(i.to_string()).is_dir()
+            }
+        });
         let sysctls: BTreeMap<String, String> = sandbox_config
             .linux
             .as_ref()
@@ -234,7 +270,7 @@ impl CriService {
             host_rootfs: &rootfs,
             guest_rootfs: &guest_rootfs,
             mounts: &mounts,
-            hostname: &sandbox_config.hostname,
+            hostname: &node_hostname.as_ref().unwrap_or(sandbox_config).hostname,
             pod_sysctls: &sysctls,
         })
         .map_err(|e| CriError::InvalidArgument(e.to_string()))?;

@@ -47,13 +47,7 @@ impl CriService {
                 conditions: vec![runtime, network],
             }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler {
-                name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: true,
-                    user_namespaces: false,
-                }),
-            }],
+            runtime_handlers: runtime_handlers(config),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
             }),
@@ -71,6 +65,30 @@ impl CriService {
             }),
         }
     }
+}
+
+/// Every configured handler, sorted, and `""` for the default one (as containerd lists
+/// its default runtime twice). Both isolations make recursive read-only mounts (hulld's
+/// host side for VM pods, the agent's mount for host pods); neither runs user namespaces.
+fn runtime_handlers(config: &Config) -> Vec<cri::RuntimeHandler> {
+    let features = |_: &crate::config::RuntimeHandler| cri::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: true,
+        user_namespaces: false,
+    };
+    let mut out = Vec::with_capacity(config.runtimes.len() + 1);
+    if let Some((_, default)) = config.runtime_handler("") {
+        out.push(cri::RuntimeHandler {
+            name: String::new(),
+            features: Some(features(default)),
+        });
+    }
+    for (name, handler) in &config.runtimes {
+        out.push(cri::RuntimeHandler {
+            name: name.clone(),
+            features: Some(features(handler)),
+        });
+    }
+    out
 }
 
 /// A failed check: (reason, message), as in the CRI's `RuntimeCondition`.
@@ -125,5 +143,30 @@ impl CriService {
             .network
             .ready()
             .map_err(|e| ("NetworkPluginNotReady", e.message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lists_every_handler_and_the_default_as_empty_name() {
+        let config = Config::parse(
+            "[runtimes.big]\nisolation = \"vm\"\n",
+            std::path::Path::new("/t.toml"),
+        )
+        .expect("config");
+        let handlers = runtime_handlers(&config);
+        let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["", "big", "host", "hull"]);
+        for h in &handlers {
+            let f = h.features.as_ref().expect("features");
+            assert!(
+                f.recursive_read_only_mounts && !f.user_namespaces,
+                "{}",
+                h.name
+            );
+        }
     }
 }

@@ -17,9 +17,10 @@ impl From<SandboxError> for CriError {
     fn from(err: SandboxError) -> Self {
         let message = error_chain(&err);
         match err.root() {
-            SandboxError::InvalidRequest(_) | SandboxError::HostNetwork => {
-                CriError::InvalidArgument(message)
-            }
+            SandboxError::InvalidRequest(_)
+            | SandboxError::UnknownHandler { .. }
+            | SandboxError::NodeNamespacesRefused { .. } => CriError::InvalidArgument(message),
+            SandboxError::HostIsolationDenied { .. } => CriError::PermissionDenied(message),
             SandboxError::NameReserved { .. } => CriError::AlreadyExists(message),
             SandboxError::NotFound(_) => CriError::NotFound(message),
             SandboxError::BackendUnavailable(_) | SandboxError::NotReady { .. } => {

@@ -50,6 +50,9 @@ fn verbose_info(sb: &Sandbox, rec: &SandboxRecord) -> Result<HashMap<String, Str
         "runtimeHandler": rec.runtime_handler,
         "runtimeType": crate::cri::RUNTIME_NAME,
         "config": serde_json::to_value(&rec.config).map_err(|e| CriError::internal("Encoding info", e))?,
+        // "vm": a microVM; "host": the containers run on the node (hull-agent in host
+        // mode, whose pid is vmmPid).
+        "isolation": r.isolation.as_str(),
         "vmmPid": vm.as_ref().map(|v| v.pid()).unwrap_or(r.vmm_pid),
         "vmRunning": vm.as_ref().is_some_and(|v| v.is_running()),
         "backend": r.backend,
@@ -59,8 +62,8 @@ fn verbose_info(sb: &Sandbox, rec: &SandboxRecord) -> Result<HashMap<String, Str
         "runDir": r.run_dir,
         "sharedDir": r.shared_dir,
         "stagingDir": crate::sandbox::share::staging_dir(&r.run_dir),
-        "vcpus": r.vm.as_ref().map(|v| v.vcpus),
-        "memoryMib": r.vm.as_ref().map(|v| v.memory_mib),
+        "vcpus": r.vm.as_ref().filter(|v| v.host.is_none()).map(|v| v.vcpus),
+        "memoryMib": r.vm.as_ref().filter(|v| v.host.is_none()).map(|v| v.memory_mib),
         "ips": r.ips,
         "timingsMs": r.timings_ms,
         "error": r.error,
@@ -190,10 +193,23 @@ fn vm_usage(sb: &Sandbox, rec: &SandboxRecord) -> Option<(u64, u64)> {
     }))
 }
 
+/// CPU time and working set of a host pod's containers (from their cgroups on the node).
+fn host_containers_usage(containers: &[(cri::ContainerStats, u64)]) -> (u64, u64) {
+    let of = |v: Option<&cri::UInt64Value>| v.map(|v| v.value).unwrap_or(0);
+    containers.iter().fold((0, 0), |(cpu, mem), (c, _)| {
+        let c_cpu = of(c
+            .cpu
+            .as_ref()
+            .and_then(|u| u.usage_core_nano_seconds.as_ref()));
+        let c_mem = of(c.memory.as_ref().and_then(|u| u.working_set_bytes.as_ref()));
+        (cpu.saturating_add(c_cpu), mem.saturating_add(c_mem))
+    })
+}
+
 /// A pod's stats: CPU and memory of its VM's host processes (what the pod costs the
 /// node: the containers' work inside the guest plus the VMM, virtiofsd and the guest
-/// kernel), its running containers' own stats from the guest's cgroups, and the number
-/// of their processes.
+/// kernel; for a host pod its agent plus its containers' cgroups), its running
+/// containers' own stats from the guest's cgroups, and the number of their processes.
 fn pod_stats(
     sb: &Sandbox,
     rec: &SandboxRecord,
@@ -201,7 +217,13 @@ fn pod_stats(
 ) -> cri::PodSandboxStats {
     let ts = now_nanos();
     let value = |v: u64| Some(cri::UInt64Value { value: v });
-    let (cpu, memory) = match vm_usage(sb, rec) {
+    let mut usage = vm_usage(sb, rec);
+    if rec.resources.isolation == crate::config::Isolation::Host {
+        // A host pod's containers are not in its agent's process: their cgroups count.
+        let (cpu, mem) = host_containers_usage(&containers);
+        usage = usage.map(|(c, m)| (c.saturating_add(cpu), m.saturating_add(mem)));
+    }
+    let (cpu, memory) = match usage {
         Some((cpu_ns, rss)) => (
             Some(cri::CpuUsage {
                 timestamp: ts,

@@ -14,6 +14,9 @@ pub enum CriError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A policy of hulld's config forbids it (host isolation outside the allow-list).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     DeadlineExceeded(String),
     /// The node cannot hold what was asked for (kubelet retries with back-off).
@@ -50,6 +53,7 @@ impl CriError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unimplemented { .. } => Code::Unimplemented,

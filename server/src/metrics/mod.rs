@@ -199,6 +199,8 @@ pub fn vm_started(backend: hull_vm::hypervisor::Backend, restored: bool, elapsed
     let backend = match backend {
         hull_vm::hypervisor::Backend::Hull => "hull",
         hull_vm::hypervisor::Backend::Qemu => "qemu",
+        // A host-isolation pod: its agent on the node, no VM.
+        hull_vm::hypervisor::Backend::Host => "host",
     };
     let boot = if restored { "restore" } else { "cold" };
     metrics::histogram!(VM_START, "backend" => backend, "boot" => boot).record(elapsed);

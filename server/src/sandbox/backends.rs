@@ -173,6 +173,7 @@ fn backend_of(b: Backend) -> Arc<dyn Hypervisor> {
     match b {
         Backend::Qemu => Arc::new(QemuHypervisor::new(QemuConfig::default())),
         Backend::Hull => Arc::new(HullHypervisor::new(HullConfig::default())),
+        Backend::Host => Arc::new(hull_vm::host::HostBackend::new(Default::default())),
     }
 }
 
@@ -182,6 +183,19 @@ fn qemu_config(config: &Config) -> QemuConfig {
         console_max_bytes: config.vm.console_log_max_bytes,
         ..QemuConfig::default()
     }
+}
+
+/// The VMM of a handler whose `vmm` is `choice` (not `vm.vmm`'s), or why it cannot run.
+pub(super) fn vmm_for(choice: VmmChoice, config: &Config) -> Result<Arc<dyn Hypervisor>, String> {
+    let (hypervisor, reason) = select_vmm(
+        choice,
+        host_kvm(),
+        HullConfig::default(),
+        qemu_config(config),
+        config.vm.templates,
+    );
+    tracing::info!(?choice, %reason, ok = hypervisor.is_ok(), "VMM of a runtime handler");
+    hypervisor
 }
 
 fn choose_hypervisor(

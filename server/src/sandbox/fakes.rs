@@ -85,7 +85,12 @@ impl Hypervisor for FakeHypervisor {
         if s.fail_start {
             return Err(HypervisorError::Boot("injected: kernel panic".into()));
         }
-        assert!(config.netns.is_some() && config.net.is_some() && config.shared_dir.is_some());
+        // A VM pod has all three; a host pod (hostNetwork: no netns) has none of a VM's NIC.
+        let vm = config.netns.is_some() && config.net.is_some() && config.shared_dir.is_some();
+        assert!(
+            vm || (config.host.is_some() && config.net.is_none()),
+            "{config:?}"
+        );
         s.live.insert(config.id.clone());
         s.started.push(config.clone());
         Ok(Box::new(FakeVm {

@@ -63,6 +63,7 @@ pub fn pod_spec(id: &str, config: &PodSandboxConfig) -> Result<PodSpec, SandboxE
         port_mappings: ports,
         dns,
         bandwidth: None,
+        nic: hull_network::PodNic::VmTap,
     })
 }
 

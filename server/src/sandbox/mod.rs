@@ -26,17 +26,24 @@
 //! the guest; `notready` after Stop, when the VM died, or when an undo failed (the record
 //! then keeps the name reserved, and RemovePodSandbox finishes the cleanup).
 //!
-//! # hostNetwork
-//! A VM cannot share the node's network namespace, so a pod asking for
-//! `namespace_options.network = NODE` is refused with `InvalidArgument` and a message
-//! saying so (Kata does the same for its VM runtimes by default).
+//! # Isolation
+//! The runtime handler and the pod's namespace options choose the isolation
+//! ([`handlers`]): a VM, or host isolation (hostNetwork/hostPID/hostIPC pods and
+//! `isolation = "host"` handlers), where hull-agent in host mode runs the containers on the
+//! node ([`host`], `hull_vm::host`). Both go through the same steps below; the host
+//! pod's "VM" is its agent process, its network has no tap (or is the node's), and its
+//! share is a plain host dir its agent reads directly. hulld logs every host-isolation pod
+//! at warn level.
 
 mod backends;
 pub mod capacity;
 mod guest;
+pub mod handlers;
+pub mod host;
 mod janitor;
 mod run;
 pub mod share;
+pub mod share_ns;
 pub mod sizing;
 mod stop;
 mod warm;
@@ -44,6 +51,8 @@ pub mod watch;
 
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod host_tests;
 #[cfg(test)]
 mod tests;
 
@@ -58,7 +67,7 @@ use tonic::transport::Channel;
 
 pub use backends::{AgentConnector, Backends, VsockAgent};
 
-use crate::config::Config;
+use crate::config::{Config, Isolation};
 use crate::state::{SandboxRecord, SandboxState, Store, StoreError};
 use crate::unwind::Cleanup;
 
@@ -71,9 +80,17 @@ pub enum SandboxError {
     #[error("Invalid pod sandbox request: {0}")]
     InvalidRequest(String),
     #[error(
-        "hostNetwork pods are not supported: a hull pod is a microVM and cannot share the node's network namespace"
+        "Runtime handler {name:?} is not configured (hull has {known}; see [runtimes] in hulld's config)"
     )]
-    HostNetwork,
+    UnknownHandler { name: String, known: String },
+    #[error(
+        "The pod asks for {asked}, which a VM (handler {handler:?}) cannot share, and this node runs no pod on the host (host_isolation.node_namespaces = \"refuse\")"
+    )]
+    NodeNamespacesRefused { asked: String, handler: String },
+    #[error(
+        "Pods of namespace {namespace:?} may not run with host isolation ({why}); hulld's host_isolation.allowed_namespaces does not list it"
+    )]
+    HostIsolationDenied { namespace: String, why: String },
     #[error("Pod sandbox name {name:?} is already reserved for sandbox {id}")]
     NameReserved { name: String, id: String },
     #[error("Pod not admitted")]
@@ -214,6 +231,21 @@ impl Sandbox {
         lock(&self.record).resources.netns.clone()
     }
 
+    /// A VM, or host isolation.
+    pub fn isolation(&self) -> Isolation {
+        lock(&self.record).resources.isolation
+    }
+
+    /// Where this pod's agent sees [`Sandbox::staging_dir`]: the VM's virtio-fs mount of
+    /// its read-only view, or for a host pod (whose agent is on the node, with no share)
+    /// the staging dir itself.
+    pub fn agent_shared_dir(&self) -> String {
+        match self.isolation() {
+            Isolation::Vm => Self::GUEST_SHARED_DIR.to_owned(),
+            Isolation::Host => self.staging_dir().display().to_string(),
+        }
+    }
+
     /// The per-pod operation lock.
     pub async fn lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
         Arc::clone(&self.op).lock_owned().await
@@ -278,11 +310,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A VMM backend, or why it cannot run here.
+type VmmBackend = Result<Arc<dyn hull_vm::hypervisor::Hypervisor>, String>;
+
 /// Every sandbox hulld knows, by id, and the reserved pod names.
 pub struct SandboxManager {
     config: Arc<Config>,
     pub(crate) store: Store,
     backends: Backends,
+    /// The host backend (hull-agent in host mode) of host-isolation pods.
+    host: Arc<dyn hull_vm::hypervisor::Hypervisor>,
+    /// VMMs of handlers whose `vmm` differs from `vm.vmm`, made at their first pod (each
+    /// keeps its own VM templates).
+    vmms: Mutex<HashMap<crate::config::VmmChoice, VmmBackend>>,
     /// Memory admission of new pods (`[node]`).
     pub(crate) capacity: capacity::NodeCapacity,
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
@@ -302,11 +342,16 @@ impl std::fmt::Debug for SandboxManager {
 
 impl SandboxManager {
     pub fn new(config: Arc<Config>, store: Store, backends: Backends) -> Self {
+        let host = Arc::new(hull_vm::host::HostBackend::new(hull_vm::host::HostConfig {
+            agent: config.host_isolation.agent.clone(),
+        }));
         Self {
             capacity: capacity::NodeCapacity::new(&config.node),
             config,
             store,
             backends,
+            host,
+            vmms: Mutex::new(HashMap::new()),
             sandboxes: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             vm_death: watch::HookCell::new(),
@@ -315,6 +360,46 @@ impl SandboxManager {
 
     pub fn backends(&self) -> &Backends {
         &self.backends
+    }
+
+    /// Uses `host` for host-isolation pods instead of hull-agent (tests).
+    pub fn with_host_backend(mut self, host: Arc<dyn hull_vm::hypervisor::Hypervisor>) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The backend that started a sandbox's VM or host agent (`recorded`), to re-attach to
+    /// it and stop it (see [`Backends::hypervisor_for`]).
+    pub fn hypervisor_for(
+        &self,
+        recorded: Option<hull_vm::hypervisor::Backend>,
+    ) -> Option<Arc<dyn hull_vm::hypervisor::Hypervisor>> {
+        match recorded {
+            Some(hull_vm::hypervisor::Backend::Host) => Some(Arc::clone(&self.host)),
+            other => self.backends.hypervisor_for(other),
+        }
+    }
+
+    /// The VMM of a VM handler: `vm.vmm`'s, or the handler's own `vmm`.
+    fn vm_backend(
+        &self,
+        choice: Option<crate::config::VmmChoice>,
+    ) -> Result<Arc<dyn hull_vm::hypervisor::Hypervisor>, SandboxError> {
+        let choice = match choice {
+            Some(c) if c != self.config.vm.vmm => c,
+            _ => {
+                return self
+                    .backends
+                    .hypervisor
+                    .clone()
+                    .map_err(SandboxError::BackendUnavailable);
+            }
+        };
+        lock(&self.vmms)
+            .entry(choice)
+            .or_insert_with(|| backends::vmm_for(choice, &self.config))
+            .clone()
+            .map_err(SandboxError::BackendUnavailable)
     }
 
     /// The sandbox with this id, or the only one whose id starts with it.

@@ -1,8 +1,10 @@
 //! RunPodSandbox: a recipe of named steps, each followed at once by its undo
-//! (STYLE.md §5). Steps: validate → reserve name → record `creating` → run dir + shared
-//! dir → pod network (netns, CNI ADD, tap + tc) → VM start in the netns → agent connect
-//! (racing the VM's exit, under `vm.agent_timeout_secs`) → agent SetupSandbox → record
-//! `ready`. Each phase's time is logged and kept in the record.
+//! (STYLE.md §5). Steps: validate (request, runtime handler, isolation policy) → reserve
+//! name → record `creating` → run dir + shared dir → pod network (netns, CNI ADD, tap + tc;
+//! no tap for a host-isolation pod, nothing for hostNetwork) → VM start in the netns (or
+//! the host agent, see [`super::host`]) → agent connect (racing the VM's exit, under
+//! `vm.agent_timeout_secs`) → agent SetupSandbox → record `ready`. Each phase's time is
+//! logged and kept in the record.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -10,19 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hull_agent_api::AgentClient;
-use hull_cri_api::{NamespaceMode, PodSandboxConfig, RunPodSandboxRequest};
+use hull_cri_api::{PodSandboxConfig, RunPodSandboxRequest};
 use hull_image::faults::pause_at;
 use hull_vm::hypervisor::{Hypervisor, NetConfig, VmConfig, VmHandle};
 use tonic::transport::Channel;
 use tracing::{Instrument, info, info_span};
 
+use super::handlers::PodIsolation;
 use super::{CLEANUP_DEADLINE, Sandbox, SandboxError, SandboxManager, guest, lock, name_key};
+use crate::config::Isolation;
 use crate::state::sandbox::SandboxResources;
 use crate::state::{SandboxRecord, SandboxState, now_nanos};
 use crate::unwind::Unwind;
 
-/// Runtime handlers hull accepts (kubelet sends "" without a RuntimeClass).
-const HANDLERS: [&str; 2] = ["", "hull"];
 /// How long a VM gets to stop when RunPodSandbox unwinds.
 const UNDO_VM_GRACE: Duration = Duration::from_secs(1);
 /// How often the agent wait checks that the VM is still alive.
@@ -52,21 +54,6 @@ pub(super) fn validate(req: &RunPodSandboxRequest) -> Result<&PodSandboxConfig, 
             return Err(invalid(&format!("config.metadata.{what} is empty")));
         }
     }
-    if !HANDLERS.contains(&req.runtime_handler.as_str()) {
-        return Err(invalid(&format!(
-            "runtime handler {} is unknown (hull serves \"\" and \"hull\")",
-            crate::cri::status::quote(&req.runtime_handler)
-        )));
-    }
-    let network = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .map(|n| n.network);
-    if network == Some(NamespaceMode::Node as i32) {
-        return Err(SandboxError::HostNetwork);
-    }
     Ok(config)
 }
 
@@ -91,11 +78,11 @@ impl SandboxManager {
 
     async fn run_task(self: Arc<Self>, req: RunPodSandboxRequest) -> Result<String, SandboxError> {
         let config = validate(&req)?.clone();
-        let hypervisor = self
-            .backends
-            .hypervisor
-            .clone()
-            .map_err(SandboxError::BackendUnavailable)?;
+        let iso = super::handlers::resolve(&self.config, &req.runtime_handler, &config)?;
+        let hypervisor = match iso.isolation {
+            Isolation::Vm => self.vm_backend(iso.runtime.vmm)?,
+            Isolation::Host => Arc::clone(&self.host),
+        };
         let id = new_id()?;
         // Port mappings are checked before anything is taken.
         guest::pod_spec(&id, &config)?;
@@ -112,14 +99,20 @@ impl SandboxManager {
         })?;
         let span = info_span!("run_pod_sandbox", pod_id = %id, pod = %format!("{}/{}", meta.namespace, meta.name));
         async move {
-            info!(attempt = meta.attempt, "RunPodSandbox");
+            info!(attempt = meta.attempt, handler = %iso.handler, isolation = iso.isolation.as_str(), "RunPodSandbox");
+            if iso.isolation == Isolation::Host {
+                tracing::warn!(handler = %iso.handler, host_network = iso.node.network,
+                    host_pid = iso.node.pid, host_ipc = iso.node.ipc,
+                    "host-isolation pod: its containers run on the node, not in a VM");
+            }
             let t0 = Instant::now();
             let mut undo = Unwind::new(&id);
             let sb = self.reserve_and_record(&id, config, &req.runtime_handler, &mut undo)?;
+            sb.update(&self.store, |r| r.resources.isolation = iso.isolation)?;
             let _guard = sb.lock().await;
             pause_at("run_sandbox.recorded").await;
             match self
-                .run_steps(&sb, hypervisor.as_ref(), &mut undo, t0)
+                .run_steps(&sb, hypervisor.as_ref(), &iso, &mut undo, t0)
                 .await
             {
                 Ok(()) => {
@@ -185,6 +178,7 @@ impl SandboxManager {
         self: &Arc<Self>,
         sb: &Arc<Sandbox>,
         hypervisor: &dyn Hypervisor,
+        iso: &PodIsolation,
         undo: &mut Unwind,
         t0: Instant,
     ) -> Result<(), SandboxError> {
@@ -192,34 +186,33 @@ impl SandboxManager {
         let mut timings = std::collections::BTreeMap::new();
         create_dirs(sb, undo)?;
 
-        let spec = guest::pod_spec(&sb.id, &rec.config)?;
-        let net = self
-            .backends
-            .network
-            .setup(&spec)
-            .await
-            .map_err(SandboxError::NetworkSetup)?;
-        let (network, id) = (Arc::clone(&self.backends.network), sb.id.clone());
-        undo.push("network", async move {
-            network
-                .teardown(&id)
-                .await
-                .map_err(|e| hull_network::cni::error_chain(&e))
-        });
-        timings.insert("netns".to_owned(), ms(net.timings.netns));
-        timings.insert("cni".to_owned(), ms(net.timings.cni));
-        timings.insert("tap_tc".to_owned(), ms(net.timings.tap_tc));
-        info!(ips = ?net.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(), netns_ms = ms(net.timings.netns), cni_ms = ms(net.timings.cni), tap_tc_ms = ms(net.timings.tap_tc), "pod network ready");
-        sb.update(&self.store, |r| {
-            r.resources.netns = Some(net.netns.clone());
-            r.resources.ips = net.ips.iter().map(|i| i.address.addr.to_string()).collect();
-        })?;
+        let net = self.network_step(sb, iso, undo, &mut timings).await?;
         pause_at("run_sandbox.network").await;
-
         let t = Instant::now();
-        let vm_config = self.vm_config(sb, &rec.config, &net);
-        // Recorded before the start: a hulld killed during it finds the VMM and helpers
-        // again from the run dir's pid files at recovery.
+        let vm_config = match (iso.isolation, &net) {
+            (Isolation::Vm, Some(net)) => self.vm_config(sb, &rec.config, iso, net),
+            (Isolation::Vm, None) => {
+                return Err(SandboxError::InvalidRequest(
+                    "a VM pod needs a pod network".into(),
+                ));
+            }
+            (Isolation::Host, net) => {
+                let netns = match net {
+                    Some(n) => Some(n.netns.clone()),
+                    None => super::host::node_netns(&self.config),
+                };
+                super::host::vm_config(
+                    &self.config,
+                    &sb.id,
+                    &rec.config,
+                    iso,
+                    sb.run_dir.clone(),
+                    netns,
+                )?
+            }
+        };
+        // Recorded before the start: a hulld killed during it finds the VMM (or host agent)
+        // and helpers again from the run dir's pid files at recovery.
         sb.update(&self.store, |r| {
             r.resources.vm = Some(vm_config.clone());
             r.resources.backend = Some(hypervisor.backend());
@@ -268,7 +261,12 @@ impl SandboxManager {
         *sb.agent.lock().await = Some(client.clone());
 
         let t = Instant::now();
-        let setup = guest::setup_request(&sb.id, &rec.config, &net);
+        let setup = match &net {
+            Some(net) if iso.isolation == Isolation::Vm => {
+                guest::setup_request(&sb.id, &rec.config, net)
+            }
+            _ => super::host::setup_request(&sb.id, &rec.config, iso),
+        };
         self.backends
             .agent
             .setup_sandbox(client, setup)
@@ -291,10 +289,53 @@ impl SandboxManager {
         Ok(())
     }
 
+    /// The pod network (netns, CNI ADD; tap + tc for a VM), with its undo; none for a
+    /// hostNetwork pod.
+    async fn network_step(
+        &self,
+        sb: &Arc<Sandbox>,
+        iso: &PodIsolation,
+        undo: &mut Unwind,
+        timings: &mut std::collections::BTreeMap<String, f64>,
+    ) -> Result<Option<hull_network::PodNetworkStatus>, SandboxError> {
+        if iso.node.network {
+            info!("hostNetwork: the pod uses the node's network");
+            return Ok(None);
+        }
+        let rec = sb.record();
+        let mut spec = guest::pod_spec(&sb.id, &rec.config)?;
+        if iso.isolation == Isolation::Host {
+            spec.nic = hull_network::PodNic::Direct;
+        }
+        let net = self
+            .backends
+            .network
+            .setup(&spec)
+            .await
+            .map_err(SandboxError::NetworkSetup)?;
+        let (network, id) = (Arc::clone(&self.backends.network), sb.id.clone());
+        undo.push("network", async move {
+            network
+                .teardown(&id)
+                .await
+                .map_err(|e| hull_network::cni::error_chain(&e))
+        });
+        timings.insert("netns".to_owned(), ms(net.timings.netns));
+        timings.insert("cni".to_owned(), ms(net.timings.cni));
+        timings.insert("tap_tc".to_owned(), ms(net.timings.tap_tc));
+        info!(ips = ?net.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>(), netns_ms = ms(net.timings.netns), cni_ms = ms(net.timings.cni), tap_tc_ms = ms(net.timings.tap_tc), "pod network ready");
+        sb.update(&self.store, |r| {
+            r.resources.netns = Some(net.netns.clone());
+            r.resources.ips = net.ips.iter().map(|i| i.address.addr.to_string()).collect();
+        })?;
+        Ok(Some(net))
+    }
+
     fn vm_config(
         &self,
         sb: &Sandbox,
         config: &PodSandboxConfig,
+        iso: &PodIsolation,
         net: &hull_network::PodNetworkStatus,
     ) -> VmConfig {
         let nic = NetConfig {
@@ -303,6 +344,15 @@ impl SandboxManager {
             mtu: net.mtu,
         };
         let mut vm = self.pod_vm_config(&sb.id, config, sb.run_dir.clone(), nic);
+        // A handler's own default size.
+        let r = &iso.runtime;
+        if r.default_vcpus.is_some() || r.default_memory_mib.is_some() {
+            let mut section = self.config.vm.clone();
+            section.default_vcpus = r.default_vcpus.unwrap_or(section.default_vcpus);
+            section.default_memory_mib = r.default_memory_mib.unwrap_or(section.default_memory_mib);
+            let size = super::sizing::vm_size(config, &section);
+            (vm.vcpus, vm.memory_mib) = (size.vcpus, size.memory_mib);
+        }
         vm.netns = Some(net.netns.clone());
         vm.shared_dir = Some(sb.shared_dir.clone());
         vm
@@ -328,6 +378,7 @@ impl SandboxManager {
             netns: None,
             net: Some(nic),
             shared_dir: Some(run_dir.join("shared")),
+            host: None,
             run_dir,
         }
     }

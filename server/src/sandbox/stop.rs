@@ -82,11 +82,14 @@ impl SandboxManager {
             info!(?exit, "VM stopped");
         }
         *lock(&sb.vm) = None;
-        self.backends
-            .network
-            .teardown(&sb.id)
-            .await
-            .map_err(SandboxError::NetworkTeardown)?;
+        // A hostNetwork pod had no pod network (teardown would run CNI DEL for nothing).
+        if !super::handlers::NodeNamespacesOf::of(&sb.record().config).network {
+            self.backends
+                .network
+                .teardown(&sb.id)
+                .await
+                .map_err(SandboxError::NetworkTeardown)?;
+        }
         sb.update(&self.store, |r| {
             r.state = SandboxState::NotReady;
             r.resources.vmm_pid = 0;
@@ -185,7 +188,7 @@ impl SandboxManager {
     ) -> Option<Arc<dyn hull_vm::hypervisor::VmHandle>> {
         let resources = sb.record().resources;
         let config = resources.vm?;
-        let hypervisor = self.backends.hypervisor_for(resources.backend)?;
+        let hypervisor = self.hypervisor_for(resources.backend)?;
         match hypervisor.reattach(&config).await {
             Ok(vm) => Some(Arc::from(vm)),
             Err(e) => {

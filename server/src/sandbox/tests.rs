@@ -293,9 +293,10 @@ async fn validation_and_backend_errors() {
         }),
         ..Default::default()
     });
+    // hostNetwork needs host isolation, which pods of "default" are not allowed.
     let err = CriError::from(e.mgr.run(r).await.unwrap_err());
     assert!(
-        matches!(&err, CriError::InvalidArgument(m) if m.contains("hostNetwork")),
+        matches!(&err, CriError::PermissionDenied(m) if m.contains("hostNetwork") && m.contains("\"default\"")),
         "{err}"
     );
     let mut r = request("web");

@@ -45,7 +45,9 @@ pub struct SandboxResources {
     pub netns: Option<PathBuf>,
     /// The pod's IPs from the CNI result (first is the primary).
     pub ips: Vec<String>,
-    /// The VM as started (for reattach after a restart).
+    /// A VM, or host isolation (the pod's containers on the node).
+    pub isolation: crate::config::Isolation,
+    /// The VM (or host agent) as started (for reattach after a restart).
     pub vm: Option<VmConfig>,
     pub backend: Option<Backend>,
     pub vmm_pid: u32,

@@ -187,6 +187,19 @@ fn reap_leftovers(root: &Path) {
         .flatten()
     {
         let id = entry.file_name().to_string_lossy().into_owned();
+        // A host-isolation pod's agent is dead now: its cleanup removes the containers'
+        // cgroups (killing what is still in them, e.g. a hostPID pod's) and namespace pins.
+        let host_config = entry.path().join("host-agent.json");
+        let agent = std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.parent()?.join("hull-agent")));
+        if let Some(agent) = agent.filter(|_| host_config.exists()) {
+            eprintln!("test cleanup: host pod {id}");
+            let _ = Command::new(agent)
+                .arg("--host-cleanup")
+                .arg(&host_config)
+                .status();
+        }
         let netns = Path::new("/run/netns").join(format!("hull-{id}"));
         if netns.exists() {
             eprintln!("test cleanup: deleting leftover netns {}", netns.display());

@@ -1,6 +1,6 @@
 # The control plane of test/k8s/run.sh (sourced): certificates, etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and kube-proxy (iptables mode, a host process of
-# the suite's network namespace), and kubectl.
+# kube-controller-manager, kube-scheduler and kube-proxy (iptables mode, a hostNetwork
+# DaemonSet pod that hull runs with host isolation), and kubectl.
 # shellcheck shell=bash
 
 APISERVER=https://127.0.0.1:6443
@@ -80,6 +80,7 @@ start_control_plane() {
         --etcd-servers http://127.0.0.1:2379 \
         --bind-address 0.0.0.0 --secure-port 6443 --advertise-address "${NODE_IPS[1]}" \
         --service-cluster-ip-range "$SERVICE_CIDR" \
+        --allow-privileged=true \
         --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
         --client-ca-file "$pki/ca.crt" \
         --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
@@ -117,13 +118,21 @@ EOF
 }
 
 # start_kube_proxy: one kube-proxy for the suite's network namespace (both nodes' bridges
-# live there). masqueradeAll: a pod reaching a Service backend on its own bridge gets the
-# reply through the host, without br_netfilter. conntrack: leave the host's limits alone.
+# live there), as the DaemonSet of a real cluster: a hostNetwork, privileged pod in
+# kube-system on node1, which hull runs with host isolation (its containers in the
+# namespace's network, on the node's cgroups). Its config, kubeconfig and certificate come
+# from a hostPath dir. masqueradeAll: a pod reaching a Service backend on its own bridge
+# gets the reply through the host, without br_netfilter. conntrack: leave the host's
+# limits alone. test_kube_proxy_pod waits for it.
 start_kube_proxy() {
-    cat >"$WORK/kube-proxy.yaml" <<EOF
+    local dir=$WORK/kube-proxy version
+    mkdir -p "$dir"
+    cp "$WORK/pki/ca.crt" "$WORK/pki/kube-proxy.crt" "$WORK/pki/kube-proxy.key" "$dir/"
+    sed "s|$WORK/pki/|$dir/|g" "$WORK/kube-proxy.kubeconfig" >"$dir/kubeconfig"
+    cat >"$dir/config.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
-clientConnection: {kubeconfig: $WORK/kube-proxy.kubeconfig}
+clientConnection: {kubeconfig: $dir/kubeconfig}
 mode: iptables
 hostnameOverride: node1
 clusterCIDR: $CLUSTER_CIDR
@@ -133,6 +142,33 @@ metricsBindAddress: 127.0.0.1:10249
 iptables: {masqueradeAll: true, syncPeriod: 10s, minSyncPeriod: 1s}
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 EOF
-    start_proc kube-proxy "$BIN/kube-proxy" --config "$WORK/kube-proxy.yaml" --v 1
-    wait_up kube-proxy 120 curl -sf http://127.0.0.1:10256/healthz
+    version=$("$BIN/kube-proxy" --version | awk '{print $2}')
+    k apply -f - >/dev/null <<EOF || die "cannot create kube-proxy's DaemonSet"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: kube-proxy, namespace: kube-system, labels: {k8s-app: kube-proxy}}
+spec:
+  selector: {matchLabels: {k8s-app: kube-proxy}}
+  template:
+    metadata: {labels: {k8s-app: kube-proxy}}
+    spec:
+      hostNetwork: true
+      nodeSelector: {kubernetes.io/hostname: node1}
+      priorityClassName: system-node-critical
+      tolerations: [{operator: Exists}]
+      containers:
+      - name: kube-proxy
+        image: registry.k8s.io/kube-proxy:$version
+        command: [/usr/local/bin/kube-proxy, --config=$dir/config.yaml, --v=1]
+        securityContext: {privileged: true}
+        volumeMounts:
+        - {name: config, mountPath: $dir, readOnly: true}
+        - {name: xtables-lock, mountPath: /run/xtables.lock}
+        - {name: modules, mountPath: /lib/modules, readOnly: true}
+      volumes:
+      - {name: config, hostPath: {path: $dir, type: Directory}}
+      - {name: xtables-lock, hostPath: {path: /run/xtables.lock, type: FileOrCreate}}
+      - {name: modules, hostPath: {path: /lib/modules}}
+EOF
+    log "kube-proxy: a DaemonSet in kube-system, on node1"
 }

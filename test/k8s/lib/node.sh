@@ -34,6 +34,8 @@ start_registries() {
     log "building and pushing the test images (log: $LOG_DIR/images.log)"
     "$HERE/images.sh" "$REGISTRY" "$AUTH_REGISTRY" "$AUTH_USER:$AUTH_PASS" >"$LOG_DIR/images.log" 2>&1 ||
         die "building the test images failed; see $LOG_DIR/images.log"
+    "$HERE/kube-proxy-image.sh" "$REGISTRY" "$BIN/kube-proxy" >>"$LOG_DIR/images.log" 2>&1 ||
+        die "building the kube-proxy image failed; see $LOG_DIR/images.log"
 }
 
 # start_hulld N: hulld for node N: bridge hk8sN on 10.244.N.0/24, its own dirs.
@@ -68,6 +70,10 @@ start_hulld() {
         echo
         echo "[streaming]"
         echo "address = \"127.0.0.1:0\""
+        echo
+        # kube-proxy's DaemonSet pod (hostNetwork, kube-system) runs with host isolation.
+        echo "[host_isolation]"
+        echo "agent = \"$HULL_AGENT_BIN\""
         for host in registry.k8s.io k8s.gcr.io gcr.io; do
             echo
             echo "[registry.hosts.\"$host\"]"

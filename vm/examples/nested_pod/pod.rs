@@ -140,6 +140,7 @@ async fn one_pod(
             mtu: 1500,
         }),
         shared_dir: with_fs.then_some(share),
+        host: None,
     };
     let t0 = Instant::now();
     let vm = hv.start_vm(&cfg).await.context("hull backend start")?;

@@ -45,6 +45,7 @@ fn setup() -> Setup {
         netns: None,
         net: None,
         shared_dir: None,
+        host: None,
     };
     Setup { dir, config }
 }

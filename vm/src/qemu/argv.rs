@@ -296,6 +296,7 @@ pub(crate) fn test_config() -> VmConfig {
             mtu: 1500,
         }),
         shared_dir: Some("/srv/share".into()),
+        host: None,
     }
 }
 

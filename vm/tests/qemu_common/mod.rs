@@ -160,6 +160,7 @@ pub fn config(dir: &Path, id: &str) -> VmConfig {
         netns: None,
         net: None,
         shared_dir: Some(dir.join("share")),
+        host: None,
     }
 }
 

@@ -189,6 +189,7 @@ fn pod_samples_network_and_vm_cost() {
         netns: None,
         net: None,
         shared_dir: None,
+        host: None,
     });
     let mut m = Samples::pod(&p);
     let text = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n    lo:  100 1 0 0 0 0 0 0  100 1 0 0 0 0 0 0\n  eth0: 5000 40 1 2 0 0 0 0 7000 50 3 4 0 0 0 0\n  tap0: 7000 50 0 0 0 0 0 0 5000 40 0 0 0 0 0 0\n";

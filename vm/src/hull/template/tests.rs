@@ -30,6 +30,7 @@ fn setup() -> Files {
             mtu: 1500,
         }),
         shared_dir: Some(dir.path().join("share")),
+        host: None,
     };
     Files { dir, config, vmm }
 }

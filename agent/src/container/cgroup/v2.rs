@@ -1,102 +1,10 @@
-//! Per-container cgroup v2 directories under `/sys/fs/cgroup/hull/<id>`: limits from the
-//! OCI resources, stats, OOM counts, and kill-all on remove.
+//! cgroup v2 (unified) files: the limits an update writes, stats and OOM counts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hull_agent_api::v1::LinuxResources;
 
-use super::spec::Resources;
-
-pub const ROOT: &str = "/sys/fs/cgroup/hull";
-
-/// Errors from cgroup file operations.
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    #[error("Failed to create cgroup {path}")]
-    Create {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Failed to write {file}")]
-    Write {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Invalid resource value: {0}")]
-    Invalid(String),
-    #[error("Failed to remove cgroup {path}")]
-    Remove {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Creates the container's cgroup and applies its limits.
-pub fn create(id: &str, resources: Option<&Resources>) -> Result<PathBuf, CgroupError> {
-    let parent = Path::new(ROOT);
-    if !parent.exists() {
-        std::fs::create_dir_all(parent).map_err(|source| CgroupError::Create {
-            path: parent.to_owned(),
-            source,
-        })?;
-        let controllers =
-            std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
-        let enable: Vec<String> = controllers
-            .split_whitespace()
-            .map(|c| format!("+{c}"))
-            .collect();
-        write(&parent.join("cgroup.subtree_control"), &enable.join(" "))?;
-    }
-    let path = parent.join(id);
-    std::fs::create_dir(&path).map_err(|source| CgroupError::Create {
-        path: path.clone(),
-        source,
-    })?;
-    if let Some(r) = resources
-        && let Err(e) = apply(&path, r)
-    {
-        let _ = std::fs::remove_dir(&path);
-        return Err(e);
-    }
-    Ok(path)
-}
-
-fn write(file: &Path, value: &str) -> Result<(), CgroupError> {
-    std::fs::write(file, value).map_err(|source| CgroupError::Write {
-        file: file.to_owned(),
-        source,
-    })
-}
-
-fn apply(path: &Path, r: &Resources) -> Result<(), CgroupError> {
-    if let Some(limit) = r.memory.as_ref().and_then(|m| m.limit)
-        && limit > 0
-    {
-        write(&path.join("memory.max"), &limit.to_string())?;
-    }
-    if let Some(cpu) = &r.cpu {
-        if let Some(shares) = cpu.shares.filter(|s| *s > 0) {
-            write(
-                &path.join("cpu.weight"),
-                &shares_to_weight(shares).to_string(),
-            )?;
-        }
-        if let Some(quota) = cpu.quota.filter(|q| *q > 0) {
-            let period = cpu.period.unwrap_or(100_000);
-            write(&path.join("cpu.max"), &format!("{quota} {period}"))?;
-        }
-        if let Some(cpus) = cpu.cpus.as_deref().filter(|c| !c.is_empty()) {
-            write(&path.join("cpuset.cpus"), cpus)?;
-        }
-    }
-    if let Some(p) = r.pids.as_ref().filter(|p| p.limit > 0) {
-        write(&path.join("pids.max"), &p.limit.to_string())?;
-    }
-    Ok(())
-}
+use super::{CgroupError, Stats, write};
 
 /// The runc/crun conversion from cgroup v1 shares to v2 weight.
 fn shares_to_weight(shares: u64) -> u64 {
@@ -104,7 +12,7 @@ fn shares_to_weight(shares: u64) -> u64 {
 }
 
 /// A cpuset list: digits, commas and ranges only.
-fn cpuset(list: &str) -> Result<&str, CgroupError> {
+pub(super) fn cpuset(list: &str) -> Result<&str, CgroupError> {
     let ok = list
         .bytes()
         .all(|b| b.is_ascii_digit() || b == b',' || b == b'-');
@@ -115,7 +23,7 @@ fn cpuset(list: &str) -> Result<&str, CgroupError> {
     }
 }
 
-fn limit_or_max(v: i64) -> String {
+pub(super) fn limit_or_max(v: i64) -> String {
     if v < 0 {
         "max".to_owned()
     } else {
@@ -200,7 +108,7 @@ pub fn update_writes(
     Ok(w)
 }
 
-/// Applies new limits to a live cgroup (UpdateContainerResources). Files the guest kernel
+/// Applies limits to a cgroup (at create, and UpdateContainerResources). Files the kernel
 /// lacks are skipped for swap and hugetlb (optional controllers), an error otherwise.
 pub fn update(path: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
     let cpu_max = std::fs::read_to_string(path.join("cpu.max")).unwrap_or_default();
@@ -208,7 +116,7 @@ pub fn update(path: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
         let target = path.join(&file);
         let optional = file.starts_with("hugetlb.") || file == "memory.swap.max";
         if optional && !target.exists() {
-            tracing::info!(file, "cgroup file absent in the guest: skipped");
+            tracing::info!(file, "cgroup file absent: skipped");
             continue;
         }
         tracing::debug!(file, value, "cgroup write");
@@ -217,25 +125,19 @@ pub fn update(path: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Kills every process in the cgroup and removes it (retrying while they exit).
-pub async fn destroy(path: &Path) -> Result<(), CgroupError> {
-    if !path.exists() {
-        return Ok(());
+/// The container's numbers from its v2 cgroup.
+pub fn stats(p: &Path) -> Stats {
+    Stats {
+        cpu_usage_usec: flat_keyed(p, "cpu.stat", "usage_usec"),
+        cpu_user_usec: flat_keyed(p, "cpu.stat", "user_usec"),
+        cpu_system_usec: flat_keyed(p, "cpu.stat", "system_usec"),
+        memory_current_bytes: single(p, "memory.current"),
+        memory_max_bytes: single(p, "memory.max"),
+        memory_anon_bytes: flat_keyed(p, "memory.stat", "anon"),
+        memory_file_bytes: flat_keyed(p, "memory.stat", "file"),
+        oom_kills: flat_keyed(p, "memory.events", "oom_kill"),
+        pids_current: single(p, "pids.current"),
     }
-    let _ = std::fs::write(path.join("cgroup.kill"), "1");
-    let mut last = None;
-    for _ in 0..100 {
-        match std::fs::remove_dir(path) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    Err(CgroupError::Remove {
-        path: path.to_owned(),
-        source: last.unwrap_or_else(|| std::io::Error::other("busy")),
-    })
 }
 
 /// Reads `key value` lines (cpu.stat, memory.stat, memory.events) into a lookup.
