@@ -24,10 +24,13 @@ log() { printf '[install %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 "$REPO/packaging/deps.sh"
 
 log "building hull (release)"
-(cd "$REPO" && cargo build --release --locked -p hulld -p hull-vmm --bins)
+(cd "$REPO" && cargo build --release --locked -p hulld -p hull-vmm -p hull-agent --bins)
 install -m 0755 "$REPO/target/release/hulld" /usr/local/bin/hulld
 # Next to hulld: the hull backend looks for hull-vmm there first (then on PATH).
 install -m 0755 "$REPO/target/release/hull-vmm" /usr/local/bin/hull-vmm
+# hull-agent in host mode runs host-isolation pods (hostNetwork/hostPID/hostIPC, or a
+# handler with isolation = "host"); the config's default path.
+install -m 0755 "$REPO/target/release/hull-agent" /usr/local/bin/hull-agent
 
 log "building the guest kernel and initramfs"
 "$REPO/packaging/guest/build.sh" all
