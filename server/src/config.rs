@@ -72,7 +72,7 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// Registry mirrors, credentials and pull limits (`[registry]`, see `hull_image::RegistryConfig`).
     pub registry: hull_image::RegistryConfig,
-    /// Runtime handlers by name (`[runtimes.<name>]`), see [`runtimes`].
+    /// Runtime handlers by name (`[runtimes.<name>]`), see [`RuntimeHandler`].
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Who may run with host isolation (`[host_isolation]`).
     pub host_isolation: HostIsolationSection,

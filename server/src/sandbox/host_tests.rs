@@ -122,7 +122,11 @@ async fn a_host_network_pod_runs_on_the_host_backend_without_a_pod_network() {
         started.netns, None,
         "the node's network is hulld's own here"
     );
-    assert_eq!(sb.agent_shared_dir(), sb.shared_dir().display().to_string());
+    // A host pod's agent works in hulld's staging tree (the read-only view is for VMs).
+    assert_eq!(
+        sb.agent_shared_dir(),
+        sb.staging_dir().display().to_string()
+    );
     let setup = e.agent.state.lock().unwrap().setups[0].clone();
     assert!(setup.interfaces.is_empty() && setup.routes.is_empty() && setup.entropy.is_empty());
     assert_eq!(setup.hostname, "", "the node's hostname is kept");
