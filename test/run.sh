@@ -35,8 +35,18 @@ step() {
 # printed, its failure failing the run) before the step that needs it; cached, they are
 # no-ops.
 BG=$(mktemp -d)
-# On exit (a failed step included) the background builds stop with the run.
-trap 'for j in $(jobs -p); do pkill -TERM -P "$j"; kill "$j"; done 2>/dev/null; rm -rf "$BG"' EXIT
+# On exit (a failed step included) the background builds stop with the run. Nothing in
+# here may fail: under `set -e` a failing command would make the run's exit status 1, even
+# after every step passed (pkill finds nothing once a job has ended).
+stop_background() {
+    local j
+    for j in $(jobs -p); do
+        pkill -TERM -P "$j" 2>/dev/null || true
+        kill "$j" 2>/dev/null || true
+    done
+    rm -rf "$BG" || true
+}
+trap stop_background EXIT
 background() {
     local name=$1; shift
     log "== $name: started in the background (log follows when waited for)"
